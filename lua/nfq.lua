@@ -1,0 +1,449 @@
+--- nfq: bind a Linux NFQUEUE and give each queued packet to a Lua callback.
+-- The per-packet path is FFI calls into the C core (nfq/core.so, or the
+-- nfqlua binary itself); see README.md for the API and its guarantees.
+local ffi = require "ffi"
+local bit = require "bit"
+
+-- FFI metatypes can be set once per Lua state. When the module is loaded
+-- again (package.loaded cleared, as busted's insulation and OpenResty's
+-- lua_code_cache off do), hand back the first copy.
+local registry = debug.getregistry()
+if registry["nfq.module"] then
+	return registry["nfq.module"]
+end
+
+require "nfq.cdef"
+
+local band, bor, rshift = bit.band, bit.bor, bit.rshift
+local floor = math.floor
+local type, error, pcall, tostring, tonumber = type, error, pcall, tostring, tonumber
+local setmetatable, getmetatable, pairs = setmetatable, getmetatable, pairs
+local ffi_string, ffi_errno, ffi_gc, ffi_cast = ffi.string, ffi.errno, ffi.gc, ffi.cast
+
+if not pcall(function() return ffi.C.nfq_strerror end) then
+	ffi.cdef [[char *nfq_strerror(int errnum) asm("strerror");]]
+end
+
+-- The core is either linked into this process (the nfqlua daemon, or a C
+-- host linking libnfqlua) or loaded from package.cpath. The namespace is
+-- cached, not its functions: the JIT resolves C.fn to a constant.
+local C
+if pcall(function() return ffi.C.nfq_queue_open end) then
+	C = ffi.C
+else
+	local path = package.searchpath("nfq.core", package.cpath)
+	if not path then
+		error("nfq: cannot find nfq/core.so in package.cpath; run make, or add the lua/ directory to LUA_CPATH", 2)
+	end
+	C = ffi.load(path)
+end
+
+local _M = {
+	_VERSION = "0.1.0",
+	COPY_NONE = 0,
+	COPY_META = 1,
+	COPY_PACKET = 2,
+	DROP = 0,
+	ACCEPT = 1,
+	REPEAT = 4,
+}
+
+local NF_DROP, NF_ACCEPT, NF_REPEAT = 0, 1, 4
+local EINTR, EALREADY, EMSGSIZE = 4, 114, 90
+
+local PKT_PENDING = C.NFQ_PKT_PENDING
+local PF_HW, PF_TIMESTAMP = C.NFQ_PF_HW, C.NFQ_PF_TIMESTAMP
+local PF_MARK_SET, PF_PAYLOAD_SET, PF_RETAINED = C.NFQ_PF_MARK_SET, C.NFQ_PF_PAYLOAD_SET, C.NFQ_PF_RETAINED
+
+local queue_ptr_t = ffi.typeof("struct nfq_queue *")
+local const_bytes_t = ffi.typeof("const uint8_t *")
+
+local function strerror(e)
+	return ffi_string(C.nfq_strerror(e))
+end
+
+local function is_callable(f)
+	if type(f) == "function" then return true end
+	local mt = getmetatable(f)
+	return type(mt) == "table" and type(mt.__call) == "function"
+end
+
+local function check_int(v, lo, hi, what, level)
+	if type(v) ~= "number" or v ~= v or v ~= floor(v) or v < lo or v > hi then
+		error(("nfq: %s must be an integer from %d to %d, got %s"):format(what, lo, hi, tostring(v)), level + 1)
+	end
+	return v
+end
+
+local function check_opts(opts, known, what, level)
+	if opts == nil then return {} end
+	if type(opts) ~= "table" then
+		error(("nfq: %s options must be a table, got %s"):format(what, type(opts)), level + 1)
+	end
+	for k in pairs(opts) do
+		if not known[k] then
+			error(("nfq: unknown %s option '%s'"):format(what, tostring(k)), level + 1)
+		end
+	end
+	return opts
+end
+
+local fallback_verdicts = { accept = NF_ACCEPT, drop = NF_DROP }
+
+local function check_fallback(v, level)
+	local verdict = fallback_verdicts[v]
+	if not verdict then
+		error(("nfq: fallback must be \"accept\" or \"drop\", got %s"):format(tostring(v)), level + 1)
+	end
+	return verdict
+end
+
+--------------------------------------------------------------------------
+-- Packets
+--------------------------------------------------------------------------
+
+local Packet = {}
+
+-- The C packet behind a Lua packet, if it is still alive: a slot is alive
+-- until its callback returns, a retained copy until it is collected.
+local function live(pkt)
+	local p = pkt.p
+	if p.gen ~= pkt.gen then
+		error(("nfq: packet %d is gone: its callback returned, so it got its verdict; call pkt:retain() inside the callback to keep it"):format(pkt.id), 3)
+	end
+	return p
+end
+
+local function payload_of(p)
+	if band(p.flags, PF_PAYLOAD_SET) ~= 0 then
+		return ffi_cast(const_bytes_t, p.new_payload), p.new_payload_len
+	end
+	return p.payload, p.payload_len
+end
+
+local function payload_or_error(pkt)
+	local data, len = payload_of(live(pkt))
+	if data == nil then
+		error(("nfq: packet %d has no payload: the queue copies metadata only (bind with mode = nfq.COPY_PACKET)"):format(pkt.id), 3)
+	end
+	return data, len
+end
+
+function Packet:get_payload()
+	return ffi_string(payload_or_error(self))
+end
+
+--- Zero-copy view: a const uint8_t* to the first payload byte, and the length.
+function Packet:view()
+	return payload_or_error(self)
+end
+
+function Packet:get_payload_len()
+	local _, len = payload_of(live(self))
+	return len
+end
+
+local function check_pending(pkt, p)
+	if p.state ~= PKT_PENDING then
+		error(("nfq: packet %d already has a verdict"):format(pkt.id), 3)
+	end
+end
+
+function Packet:set_payload(data)
+	local p = live(self)
+	if type(data) ~= "string" then
+		error("nfq: set_payload expects a string, got " .. type(data), 2)
+	end
+	check_pending(self, p)
+	if C.nfq_packet_set_payload(p, data, #data) ~= 0 then
+		local e = ffi_errno()
+		if e == EMSGSIZE then
+			error(("nfq: a payload of %d bytes is larger than a verdict can carry (65531)"):format(#data), 2)
+		end
+		error("nfq: set_payload: " .. strerror(e), 2)
+	end
+end
+
+function Packet:set_mark(mark)
+	local p = live(self)
+	check_int(mark, 0, 0xffffffff, "mark", 2)
+	check_pending(self, p)
+	p.new_mark = mark
+	p.flags = bor(p.flags, PF_MARK_SET)
+end
+
+function Packet:get_mark()
+	local p = live(self)
+	if band(p.flags, PF_MARK_SET) ~= 0 then
+		return tonumber(p.new_mark)
+	end
+	return tonumber(p.mark)
+end
+
+function Packet:get_hw()
+	local p = live(self)
+	if band(p.flags, PF_HW) == 0 then return nil end
+	return ffi_string(p.hw_addr, p.hw_addrlen)
+end
+
+function Packet:get_timestamp()
+	local p = live(self)
+	if band(p.flags, PF_TIMESTAMP) == 0 then return 0.0 end
+	return tonumber(p.ts_sec) + tonumber(p.ts_usec) * 1e-6
+end
+
+local function release_retained(pkt)
+	C.nfq_packet_release(pkt.p)
+end
+
+function Packet:retain()
+	local p = live(self)
+	if band(p.flags, PF_RETAINED) ~= 0 then return self end
+	local copy = C.nfq_packet_retain(p)
+	if copy == nil then
+		error("nfq: retain: out of memory", 2)
+	end
+	self.p = copy
+	self.gen = copy.gen
+	ffi_gc(self, release_retained)
+	return self
+end
+
+local function give_verdict(pkt, verdict)
+	local p = live(pkt)
+	if p.queue == nil then
+		error(("nfq: packet %d: its queue was unbound or closed, which gave it the fallback verdict"):format(pkt.id), 3)
+	end
+	if C.nfq_packet_verdict(p, verdict) ~= 0 then
+		local e = ffi_errno()
+		if e == EALREADY then
+			error(("nfq: packet %d already has a verdict"):format(pkt.id), 3)
+		end
+		error(("nfq: verdict for packet %d: %s"):format(pkt.id, strerror(e)), 3)
+	end
+end
+
+function Packet:accept() give_verdict(self, NF_ACCEPT) end
+function Packet:drop() give_verdict(self, NF_DROP) end
+Packet["repeat"] = function(self) give_verdict(self, NF_REPEAT) end
+--- `repeat` is a Lua keyword: pkt:rerun() is the same verdict.
+Packet.rerun = Packet["repeat"]
+
+local proto_names = {
+	[1] = "ICMP", [2] = "IGMP", [6] = "TCP", [17] = "UDP", [47] = "GRE",
+	[50] = "ESP", [51] = "AH", [58] = "ICMPv6", [132] = "SCTP",
+}
+-- IPv6 extension headers that tostring() steps over to name the transport.
+local ipv6_ext = { [0] = true, [43] = true, [60] = true }
+
+local function transport_protocol(data, len)
+	local version = rshift(data[0], 4)
+	if version == 4 and len >= 20 then
+		return data[9]
+	elseif version == 6 and len >= 40 then
+		local nh, off = data[6], 40
+		while ipv6_ext[nh] and off + 8 <= len do
+			nh, off = data[off], off + 8 * (data[off + 1] + 1)
+		end
+		if nh == 44 and off + 8 <= len then nh = data[off] end
+		return nh
+	end
+end
+
+local function describe(pkt)
+	local p = pkt.p
+	if p.gen ~= pkt.gen then
+		return ("packet %d (gone)"):format(pkt.id)
+	end
+	local data, len = payload_of(p)
+	if data == nil or len == 0 then
+		return ("packet %d, no payload"):format(pkt.id)
+	end
+	local proto = transport_protocol(data, len)
+	local name = proto and (proto_names[proto] or ("protocol " .. proto)) or "unknown protocol"
+	return ("%s packet, %d bytes"):format(name, len)
+end
+
+local packet_t = ffi.metatype("struct nfq_lua_packet", {
+	__index = Packet,
+	__tostring = describe,
+})
+
+--------------------------------------------------------------------------
+-- Queues
+--------------------------------------------------------------------------
+
+local Queue = {}
+Queue.__index = Queue
+
+local function queue_of(self, level)
+	local q = self.q
+	if q == nil then
+		error("nfq: this queue is closed", level + 1)
+	end
+	return q
+end
+
+--- Give every packet of the current batch to the callback. An error leaves
+-- q.pos after the failed packet, so the caller can finish it and go on.
+local function dispatch(self)
+	local q = self.q
+	local cb = self.callback
+	local pkts = q.pkts
+	while q.pos < q.count do
+		local i = q.pos
+		q.pos = i + 1
+		local p = pkts + i
+		cb(packet_t(p, p.gen, p.id, p.mark, p.hw_protocol, p.hook))
+		C.nfq_packet_finish(p)
+	end
+end
+Queue._dispatch = dispatch
+
+local new_opts = { sockfd = true }
+
+function _M.new(opts)
+	opts = check_opts(opts, new_opts, "new", 2)
+	local fd = -1
+	if opts.sockfd ~= nil then
+		fd = check_int(opts.sockfd, 0, 0x7fffffff, "sockfd", 2)
+	end
+	local q = C.nfq_queue_open(fd)
+	if q == nil then
+		local e = ffi_errno()
+		if fd >= 0 then
+			error(("nfq: sockfd %d is not a usable NETLINK_NETFILTER socket: %s"):format(fd, strerror(e)), 2)
+		end
+		return nil, "cannot open a netfilter netlink socket: " .. strerror(e)
+	end
+	ffi_gc(q, C.nfq_queue_close)
+	return setmetatable({ q = q }, Queue)
+end
+
+--- A Queue over a queue that C owns (the daemon's); it cannot unbind it.
+function _M._adopt(qptr, callback)
+	local q = ffi_cast(queue_ptr_t, qptr)
+	return setmetatable({ q = q, callback = callback, queue_num = q.queue_num, adopted = true }, Queue)
+end
+
+local bind_opts = { max_len = true, mode = true, range = true, sock_len = true, fallback = true }
+
+function Queue:bind(queue_num, callback, opts)
+	local q = queue_of(self, 2)
+	if self.queue_num then
+		error(("nfq: this queue object is already bound to queue %d; unbind it first"):format(self.queue_num), 2)
+	end
+	check_int(queue_num, 0, 65535, "queue_num", 2)
+	if not is_callable(callback) then
+		error("nfq: bind: the callback must be a function or a callable table, got " .. type(callback), 2)
+	end
+	opts = check_opts(opts, bind_opts, "bind", 2)
+	local max_len = check_int(opts.max_len or 1024, 1, 0xffffffff, "max_len", 2)
+	local mode = opts.mode or _M.COPY_PACKET
+	if mode == _M.COPY_NONE then
+		error("nfq: mode COPY_NONE delivers no packets (the kernel drops them); use COPY_META or COPY_PACKET", 2)
+	end
+	if mode ~= _M.COPY_META and mode ~= _M.COPY_PACKET then
+		error("nfq: mode must be nfq.COPY_META or nfq.COPY_PACKET, got " .. tostring(mode), 2)
+	end
+	local range = check_int(opts.range or 65535, 1, 65535, "range", 2)
+	local sock_len = check_int(opts.sock_len or 0, 0, 0x7fffffff, "sock_len", 2)
+	q.fallback = check_fallback(opts.fallback or "accept", 2)
+	if C.nfq_queue_bind(q, queue_num, mode, range, max_len, sock_len, 0) ~= 0 then
+		return nil, ffi_string(q.errmsg)
+	end
+	self.callback = callback
+	self.queue_num = queue_num
+	return true
+end
+
+function Queue:unbind()
+	local q = self.q
+	if q == nil or not self.queue_num then return true end
+	if self.adopted then
+		error("nfq: the daemon owns this queue; it cannot be unbound from a script", 2)
+	end
+	self.queue_num = nil
+	self.callback = nil
+	if C.nfq_queue_unbind(q) ~= 0 then
+		return nil, ffi_string(q.errmsg)
+	end
+	return true
+end
+
+function Queue:close()
+	local q = self.q
+	if q == nil then return end
+	if self.adopted then
+		error("nfq: the daemon owns this queue; it cannot be closed from a script", 2)
+	end
+	self.q = nil
+	self.queue_num = nil
+	self.callback = nil
+	ffi_gc(q, nil)
+	C.nfq_queue_close(q)
+end
+
+function Queue:get_fd()
+	return queue_of(self, 2).fd
+end
+
+--- Swap the callback; packets of the next batch go to the new one.
+function Queue:set_callback(callback)
+	if not is_callable(callback) then
+		error("nfq: set_callback: the callback must be a function or a callable table, got " .. type(callback), 2)
+	end
+	self.callback = callback
+end
+
+--- Receive and dispatch: forever when block is true (the default), or what
+-- is pending when it is false. A callback error is re-raised after its
+-- packet got the fallback verdict; calling run() again goes on with the rest.
+function Queue:run(block)
+	local q = queue_of(self, 2)
+	if not self.queue_num then
+		error("nfq: run: the queue is not bound; call q:bind() first", 2)
+	end
+	local timeout = (block == nil or block) and -1 or 0
+	while true do
+		if q.pos >= q.count then
+			local n = C.nfq_queue_receive(q, timeout)
+			if n < 0 then
+				if ffi_errno() ~= EINTR then
+					return nil, ffi_string(q.errmsg)
+				end
+			elseif n == 0 and timeout == 0 then
+				C.nfq_queue_flush(q)
+				return true
+			end
+		end
+		local ok, err = pcall(dispatch, self)
+		if not ok then
+			q.stats.script_errors = q.stats.script_errors + 1
+			C.nfq_queue_finish_current(q)
+			C.nfq_queue_flush(q)
+			error(err, 0)
+		end
+		C.nfq_queue_flush(q)
+	end
+end
+
+local stat_names = {
+	"received", "accepted", "dropped", "repeated", "requeued", "fallback",
+	"verdict_errors", "enobufs", "script_errors",
+}
+_M.stat_names = stat_names
+
+--- The queue's counters as a table of numbers.
+function Queue:stats()
+	local s = queue_of(self, 2).stats
+	local t = {}
+	for i = 1, #stat_names do
+		local k = stat_names[i]
+		t[k] = tonumber(s[k])
+	end
+	return t
+end
+
+registry["nfq.module"] = _M
+return _M

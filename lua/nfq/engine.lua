@@ -1,0 +1,52 @@
+--- nfq.engine: the Lua half of the nfqlua daemon. C owns the queue, the
+-- loop and the Lua state; it calls these functions through the C API.
+local nfq = require "nfq"
+
+local type, error, getmetatable = type, error, getmetatable
+
+local _M = { _VERSION = nfq._VERSION }
+
+local function is_callable(f)
+	if type(f) == "function" then return true end
+	local mt = getmetatable(f)
+	return type(mt) == "table" and type(mt.__call) == "function"
+end
+
+--- Load a filter script: it returns the callback, or a table with
+-- on_packet and optional on_start and on_stop. Raises one-line errors.
+function _M.load(path)
+	local chunk, err = loadfile(path)
+	if not chunk then
+		error(err, 0)
+	end
+	local ret = chunk()
+	if is_callable(ret) and type(ret) ~= "table" then
+		return { on_packet = ret }
+	end
+	if type(ret) ~= "table" then
+		error(("%s: the script must return a function or a table with on_packet, but returned %s"):format(path, type(ret)), 0)
+	end
+	if not is_callable(ret.on_packet) then
+		error(("%s: the table the script returns has no on_packet function"):format(path), 0)
+	end
+	for _, hook in ipairs { "on_start", "on_stop" } do
+		if ret[hook] ~= nil and not is_callable(ret[hook]) then
+			error(("%s: %s must be a function, got %s"):format(path, hook, type(ret[hook])), 0)
+		end
+	end
+	return ret
+end
+
+--- The function C calls once per batch of packets received on the queue.
+function _M.attach(qptr, hooks)
+	local queue = nfq._adopt(qptr, hooks.on_packet)
+	local dispatch = queue._dispatch
+	return function() dispatch(queue) end
+end
+
+function _M.call_hook(hooks, name)
+	local hook = hooks[name]
+	if hook then hook() end
+end
+
+return _M

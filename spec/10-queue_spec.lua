@@ -1,0 +1,381 @@
+-- The library API against the real kernel: each test runs in a fresh
+-- network namespace with its own NFQUEUE rules.
+local nfq = require "nfq"
+local H = require "helpers.net"
+local ffi = require "ffi"
+
+-- Run the queue until cond() holds.
+local function pump(q, cond, timeout)
+	H.wait_for(function()
+		assert(q:run(false))
+		return cond()
+	end, timeout or 5, "packets to reach the callback")
+end
+
+local function bound_queue(num, cb, opts)
+	local q = assert(nfq.new())
+	assert(q:bind(num, cb, opts))
+	H.wait_queue_ready(num)
+	return q
+end
+
+describe("queue #kernel", function()
+	local q
+	before_each(function()
+		H.fresh_netns()
+	end)
+	after_each(function()
+		if q then q:close() end
+		q = nil
+	end)
+
+	it("accepts and drops by content", function()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5001 -j NFQUEUE --queue-num 1")
+		local rx, tx = H.udp("127.0.0.1", 5001), H.udp()
+		local seen = 0
+		q = bound_queue(1, function(pkt)
+			seen = seen + 1
+			if H.udp4_data(pkt:get_payload()):find("bad") then pkt:drop() else pkt:accept() end
+		end)
+		for _, m in ipairs { "good1", "bad1", "good2", "bad2" } do
+			tx:sendto(m, "127.0.0.1", 5001)
+		end
+		pump(q, function() return seen == 4 end)
+		assert.same({ "good1", "good2" }, rx:recv_all(0.3))
+		local st = q:stats()
+		assert.equal(4, st.received)
+		assert.equal(2, st.accepted)
+		assert.equal(2, st.dropped)
+		assert.equal(0, st.fallback)
+	end)
+
+	it("rewrites a payload with new lengths and checksums, as the peer receives it", function()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5002 -j NFQUEUE --queue-num 1")
+		local rx, tx = H.udp("127.0.0.1", 5002), H.udp()
+		local new_data = "rewritten, and longer than the original"
+		local after_set
+		q = bound_queue(1, function(pkt)
+			local rewritten = H.rewrite_udp4(pkt:get_payload(), new_data)
+			pkt:set_payload(rewritten)
+			after_set = pkt:get_payload() == rewritten and pkt:get_payload_len() == #rewritten
+			pkt:accept()
+		end)
+		tx:sendto("short", "127.0.0.1", 5002)
+		pump(q, function() return after_set ~= nil end)
+		assert.is_true(after_set)
+		assert.equal(new_data, rx:recv(1))
+	end)
+
+	it("reorders: holds one packet and accepts it after the next", function()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5003 -j NFQUEUE --queue-num 1")
+		local rx, tx = H.udp("127.0.0.1", 5003), H.udp()
+		local held
+		local done = false
+		q = bound_queue(1, function(pkt)
+			if not held then
+				held = pkt:retain()
+			else
+				pkt:accept()
+				held:accept()
+				done = true
+			end
+		end)
+		tx:sendto("one", "127.0.0.1", 5003)
+		tx:sendto("two", "127.0.0.1", 5003)
+		pump(q, function() return done end)
+		assert.same({ "two", "one" }, rx:recv_all(0.3))
+	end)
+
+	it("sets a mark that a -m mark rule counts", function()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5004 -j NFQUEUE --queue-num 1")
+		H.sh("iptables -t mangle -A POSTROUTING -o lo -m mark --mark 0xc0ffee01 -j RETURN")
+		local rx, tx = H.udp("127.0.0.1", 5004), H.udp()
+		local marks = {}
+		q = bound_queue(1, function(pkt)
+			pkt:set_mark(0xc0ffee01)
+			marks[#marks + 1] = { pkt:get_mark(), pkt.mark }
+			pkt:accept()
+		end)
+		for i = 1, 3 do tx:sendto("m" .. i, "127.0.0.1", 5004) end
+		pump(q, function() return #marks == 3 end)
+		assert.equal(3, #rx:recv_all(0.3))
+		assert.same({ 0xc0ffee01, 0 }, marks[1])
+		assert.equal(3, H.rule_packets("mangle", "POSTROUTING", "0xc0ffee01"))
+	end)
+
+	it("repeats a packet through its hook, keeping the new mark", function()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5005 -m mark ! --mark 7 -j NFQUEUE --queue-num 1")
+		H.sh("iptables -t mangle -A POSTROUTING -o lo -m mark --mark 7 -j RETURN")
+		local rx, tx = H.udp("127.0.0.1", 5005), H.udp()
+		local calls = 0
+		q = bound_queue(1, function(pkt)
+			calls = calls + 1
+			pkt:set_mark(7)
+			if calls == 1 then pkt["repeat"](pkt) else pkt:rerun() end
+		end)
+		tx:sendto("again", "127.0.0.1", 5005)
+		tx:sendto("alias", "127.0.0.1", 5005)
+		pump(q, function() return calls == 2 end)
+		assert.same({ "again", "alias" }, rx:recv_all(0.3))
+		assert.equal(2, calls)
+		assert.equal(2, q:stats().repeated)
+		assert.equal(2, H.rule_packets("mangle", "POSTROUTING", "mark match 0x7"))
+	end)
+
+	it("in COPY_META mode gives metadata and no payload", function()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5006 -j NFQUEUE --queue-num 1")
+		local rx, tx = H.udp("127.0.0.1", 5006), H.udp()
+		local len, err
+		q = bound_queue(1, function(pkt)
+			len = pkt:get_payload_len()
+			local ok, e = pcall(pkt.get_payload, pkt)
+			err = not ok and e
+			pkt:accept()
+		end, { mode = nfq.COPY_META })
+		assert.equal(1, H.queue_info(1).copy_mode)
+		tx:sendto("meta only", "127.0.0.1", 5006)
+		pump(q, function() return len ~= nil end)
+		assert.equal(0, len)
+		assert.matches("no payload", err)
+		assert.equal("meta only", rx:recv(1))
+	end)
+
+	it("truncates the copy to range while the delivered packet stays whole", function()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5007 -j NFQUEUE --queue-num 1")
+		local rx, tx = H.udp("127.0.0.1", 5007), H.udp()
+		local copy
+		q = bound_queue(1, function(pkt)
+			copy = pkt:get_payload()
+			assert.equal(20, pkt:get_payload_len())
+		end, { range = 20 })
+		local data = string.rep("x", 300)
+		tx:sendto(data, "127.0.0.1", 5007)
+		pump(q, function() return copy ~= nil end)
+		assert.equal(20, #copy)
+		assert.equal(0x45, copy:byte(1))
+		assert.equal(data, rx:recv(1))
+	end)
+
+	it("gives the receive time on input, and 0.0 on output", function()
+		H.sh("iptables -A INPUT -i lo -p udp --dport 5008 -j NFQUEUE --queue-num 1")
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5018 -j NFQUEUE --queue-num 1")
+		local rx_in, rx_out, tx = H.udp("127.0.0.1", 5008), H.udp("127.0.0.1", 5018), H.udp()
+		local stamps = {}
+		q = bound_queue(1, function(pkt)
+			stamps[pkt.hook] = pkt:get_timestamp()
+		end)
+		local before = os.time()
+		tx:sendto("in", "127.0.0.1", 5008)
+		tx:sendto("out", "127.0.0.1", 5018)
+		pump(q, function() return stamps[1] and stamps[3] end)
+		assert.is_true(math.abs(stamps[1] - before) < 3, "input timestamp " .. stamps[1] .. " vs " .. before)
+		assert.is_true(stamps[1] ~= math.floor(stamps[1]), "microseconds are kept")
+		assert.equal(0.0, stamps[3])
+		assert.equal("in", rx_in:recv(1))
+		assert.equal("out", rx_out:recv(1))
+	end)
+
+	it("raises after the callback unless the packet was retained", function()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5010 -j NFQUEUE --queue-num 1")
+		local rx, tx = H.udp("127.0.0.1", 5010), H.udp()
+		local plain, kept
+		q = bound_queue(1, function(pkt)
+			if not plain then plain = pkt else kept = pkt:retain() end
+		end)
+		tx:sendto("plain", "127.0.0.1", 5010)
+		tx:sendto("kept", "127.0.0.1", 5010)
+		pump(q, function() return kept ~= nil end)
+		local ok, err = pcall(plain.get_payload, plain)
+		assert.is_false(ok)
+		assert.matches("retain", err)
+		assert.has_error(function() plain:accept() end)
+		assert.matches("callback returned", tostring(select(2, pcall(plain.drop, plain))))
+		assert.equal("packet " .. plain.id .. " (gone)", tostring(plain))
+		assert.equal("kept", H.udp4_data(kept:get_payload()))
+		assert.equal("plain", rx:recv(1))
+		assert.is_nil(rx:recv(0.2))
+		kept:accept()
+		assert.equal("kept", rx:recv(1))
+		assert.equal("kept", H.udp4_data(kept:get_payload()), "still readable after its verdict")
+	end)
+
+	it("refuses a second verdict", function()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5011 -j NFQUEUE --queue-num 1")
+		local tx = H.udp()
+		local err
+		q = bound_queue(1, function(pkt)
+			pkt:accept()
+			err = select(2, pcall(pkt.drop, pkt))
+		end)
+		tx:sendto("x", "127.0.0.1", 5011)
+		pump(q, function() return err ~= nil end)
+		assert.matches("already has a verdict", err)
+		assert.equal(1, q:stats().accepted)
+		assert.equal(0, q:stats().dropped)
+	end)
+
+	it("propagates a callback error after the fallback verdict, and goes on", function()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5012 -j NFQUEUE --queue-num 1")
+		local rx, tx = H.udp("127.0.0.1", 5012), H.udp()
+		local seen = {}
+		q = bound_queue(1, function(pkt)
+			local data = H.udp4_data(pkt:get_payload())
+			seen[#seen + 1] = data
+			if data == "boom" then error("script broke on " .. data) end
+			pkt:accept()
+		end, { fallback = "drop" })
+		tx:sendto("before", "127.0.0.1", 5012)
+		tx:sendto("boom", "127.0.0.1", 5012)
+		tx:sendto("after", "127.0.0.1", 5012)
+		local errors = {}
+		H.wait_for(function()
+			local ok, err = pcall(q.run, q, false)
+			if not ok then errors[#errors + 1] = err end
+			return #seen == 3
+		end)
+		assert.equal(1, #errors)
+		assert.matches("script broke on boom", errors[1])
+		assert.same({ "before", "after" }, rx:recv_all(0.3))
+		local st = q:stats()
+		assert.equal(1, st.fallback)
+		assert.equal(1, st.dropped)
+		assert.equal(1, st.script_errors)
+	end)
+
+	it("names the queue when another socket holds it", function()
+		q = bound_queue(3, function() end)
+		local other = assert(nfq.new())
+		local ok, err = other:bind(3, function() end)
+		assert.is_nil(ok)
+		assert.matches("queue 3 is already bound", err)
+		other:close()
+	end)
+
+	it("raises when binding an object that is already bound", function()
+		q = bound_queue(4, function() end)
+		assert.has_error(function() q:bind(5, function() end) end,
+			"nfq: this queue object is already bound to queue 4; unbind it first")
+	end)
+
+	it("binds in another namespace through a socket made there", function()
+		local here = ffi.C.open("/proc/self/ns/net", 0)
+		assert.is_true(here >= 0)
+		H.fresh_netns()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5013 -j NFQUEUE --queue-num 7")
+		local fd = ffi.C.socket(16, 3, 12) -- AF_NETLINK, SOCK_RAW, NETLINK_NETFILTER
+		local rx, tx = H.udp("127.0.0.1", 5013), H.udp()
+		assert.equal(0, ffi.C.setns(here, 0x40000000))
+		ffi.C.close(here)
+		local got
+		q = assert(nfq.new { sockfd = fd })
+		assert(q:bind(7, function(pkt) got = H.udp4_data(pkt:get_payload()) end))
+		assert.is_nil(H.queue_info(7), "the queue lives in the other namespace")
+		tx:sendto("over there", "127.0.0.1", 5013)
+		pump(q, function() return got end)
+		assert.equal("over there", got)
+		assert.equal("over there", rx:recv(1))
+		q:close()
+		q = nil
+		ffi.C.close(fd)
+	end)
+
+	it("handles IPv6", function()
+		H.sh("ip6tables -A OUTPUT -o lo -p udp --dport 5014 -j NFQUEUE --queue-num 1")
+		local rx, tx = H.udp("::1", 5014), H.udp("::1")
+		local desc, proto
+		q = bound_queue(1, function(pkt)
+			desc, proto = tostring(pkt), pkt.hw_protocol
+		end)
+		tx:sendto("six", "::1", 5014)
+		pump(q, function() return desc end)
+		assert.equal("UDP packet, 51 bytes", desc)
+		assert.equal(0x86dd, proto)
+		assert.equal("six", rx:recv(1))
+	end)
+
+	it("sees and rewrites 9000-byte packets whole", function()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5015 -j NFQUEUE --queue-num 1")
+		local rx, tx = H.udp("127.0.0.1", 5015), H.udp()
+		local len
+		local replacement = string.rep("R", 9000)
+		q = bound_queue(1, function(pkt)
+			len = pkt:get_payload_len()
+			pkt:set_payload(H.rewrite_udp4(pkt:get_payload(), replacement))
+			pkt:accept()
+		end)
+		tx:sendto(string.rep("o", 9000), "127.0.0.1", 5015)
+		pump(q, function() return len end)
+		assert.equal(9028, len)
+		assert.equal(replacement, rx:recv(1))
+	end)
+
+	it("gives held packets the fallback verdict at unbind, and refuses verdicts after", function()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5016 -j NFQUEUE --queue-num 1")
+		local rx, tx = H.udp("127.0.0.1", 5016), H.udp()
+		local held
+		q = bound_queue(1, function(pkt) held = pkt:retain() end)
+		tx:sendto("held", "127.0.0.1", 5016)
+		pump(q, function() return held end)
+		assert.is_nil(rx:recv(0.2))
+		assert.is_true(q:unbind())
+		assert.is_true(q:unbind())
+		assert.equal("held", rx:recv(1))
+		local ok, err = pcall(held.accept, held)
+		assert.is_false(ok)
+		assert.matches("unbound or closed", err)
+		assert.equal(1, q:stats().fallback)
+	end)
+
+	it("gives a collected retained packet the fallback verdict", function()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5017 -j NFQUEUE --queue-num 1")
+		local rx, tx = H.udp("127.0.0.1", 5017), H.udp()
+		local seen = false
+		q = bound_queue(1, function(pkt)
+			pkt:retain()
+			seen = true
+		end, { fallback = "accept" })
+		tx:sendto("forgotten", "127.0.0.1", 5017)
+		pump(q, function() return seen end)
+		assert.is_nil(rx:recv(0.2))
+		collectgarbage()
+		collectgarbage()
+		assert.equal("forgotten", rx:recv(1))
+		assert.equal(1, q:stats().fallback)
+	end)
+
+	it("drops packets left without a verdict when the fallback is drop", function()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5019 -j NFQUEUE --queue-num 1")
+		local rx, tx = H.udp("127.0.0.1", 5019), H.udp()
+		local seen = 0
+		q = bound_queue(1, function() seen = seen + 1 end, { fallback = "drop" })
+		tx:sendto("ignored", "127.0.0.1", 5019)
+		pump(q, function() return seen == 1 end)
+		assert.is_nil(rx:recv(0.3))
+		assert.equal(1, q:stats().fallback)
+	end)
+
+	it("reports the source hardware address and hook over veth, and none on output", function()
+		local peer = "nfqpeer" .. ffi.C.getpid()
+		finally(function() os.execute("ip netns del " .. peer .. " 2>/dev/null") end)
+		H.sh("ip netns add " .. peer)
+		H.sh("ip link add nfqv0 type veth peer name nfqv1 netns " .. peer)
+		H.sh("ip addr add 169.254.77.1/24 dev nfqv0 && ip link set nfqv0 up")
+		H.sh(("ip netns exec %s sh -c 'ip addr add 169.254.77.2/24 dev nfqv1 && ip link set nfqv1 up && ip link set lo up'"):format(peer))
+		local peer_mac = H.sh(("ip netns exec %s cat /sys/class/net/nfqv1/address"):format(peer)):gsub("%s+", "")
+		H.sh("iptables -A INPUT -i nfqv0 -p udp --dport 5020 -j NFQUEUE --queue-num 1")
+		H.sh("iptables -A OUTPUT -o nfqv0 -p udp --dport 5021 -j NFQUEUE --queue-num 1")
+		local rx = H.udp("169.254.77.1", 5020)
+		local tx = H.udp()
+		local seen = {}
+		q = bound_queue(1, function(pkt)
+			local hw = pkt:get_hw()
+			seen[pkt.hook] = hw and hw:gsub(".", function(c) return ("%02x:"):format(c:byte()) end):sub(1, -2) or false
+		end)
+		H.sh(("ip netns exec %s bash -c 'echo from-peer > /dev/udp/169.254.77.1/5020'"):format(peer))
+		tx:sendto("to-peer", "169.254.77.2", 5021)
+		pump(q, function() return seen[1] ~= nil and seen[3] ~= nil end)
+		assert.equal(peer_mac, seen[1])
+		assert.is_false(seen[3])
+		assert.equal("from-peer\n", rx:recv(1))
+	end)
+end)

@@ -1,0 +1,225 @@
+/*
+ * nfq_packet.c: one queued packet: parsing the kernel's message, verdicts,
+ * payload rewrites and retained copies.
+ */
+#include <arpa/inet.h>
+#include <endian.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libmnl/libmnl.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nfnetlink_queue.h>
+
+#include "nfq_internal.h"
+
+static int collect_attr(const struct nlattr *attr, void *data)
+{
+	const struct nlattr **tb = data;
+
+	/* Attributes newer than our headers are skipped, not refused. */
+	if (mnl_attr_type_valid(attr, NFQA_MAX) < 0)
+		return MNL_CB_OK;
+	tb[mnl_attr_get_type(attr)] = attr;
+	return MNL_CB_OK;
+}
+
+static int attr_u32(const struct nlattr *attr, uint32_t *out)
+{
+	if (!attr || mnl_attr_get_payload_len(attr) < sizeof(uint32_t))
+		return 0;
+	uint32_t v;
+	memcpy(&v, mnl_attr_get_payload(attr), sizeof v);
+	*out = ntohl(v);
+	return 1;
+}
+
+int nfq_packet_parse(struct nfq_packet *p, const void *msg, size_t len)
+{
+	const struct nlmsghdr *nlh = msg;
+	const struct nlattr *tb[NFQA_MAX + 1] = { 0 };
+
+	if (!msg || len < sizeof(*nlh) || nlh->nlmsg_len > len ||
+	    nlh->nlmsg_len < mnl_nlmsg_size(sizeof(struct nfgenmsg)) ||
+	    nlh->nlmsg_type != ((NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET)) {
+		errno = EINVAL;
+		return -1;
+	}
+	if (mnl_attr_parse(nlh, sizeof(struct nfgenmsg), collect_attr, tb) < 0) {
+		errno = EINVAL;
+		return -1;
+	}
+	const struct nlattr *hdr_attr = tb[NFQA_PACKET_HDR];
+	if (!hdr_attr ||
+	    mnl_attr_get_payload_len(hdr_attr) < sizeof(struct nfqnl_msg_packet_hdr)) {
+		errno = EINVAL;
+		return -1;
+	}
+
+	uint32_t gen = p->gen;
+	memset(p, 0, sizeof *p);
+	p->gen = gen;
+
+	struct nfqnl_msg_packet_hdr ph;
+	memcpy(&ph, mnl_attr_get_payload(hdr_attr), sizeof ph);
+	p->id = ntohl(ph.packet_id);
+	p->hw_protocol = ntohs(ph.hw_protocol);
+	p->hook = ph.hook;
+
+	attr_u32(tb[NFQA_MARK], &p->mark);
+	attr_u32(tb[NFQA_IFINDEX_INDEV], &p->indev);
+	attr_u32(tb[NFQA_IFINDEX_OUTDEV], &p->outdev);
+	attr_u32(tb[NFQA_IFINDEX_PHYSINDEV], &p->physindev);
+	attr_u32(tb[NFQA_IFINDEX_PHYSOUTDEV], &p->physoutdev);
+	if (attr_u32(tb[NFQA_UID], &p->uid))
+		p->flags |= NFQ_PF_UID;
+	if (attr_u32(tb[NFQA_GID], &p->gid))
+		p->flags |= NFQ_PF_GID;
+
+	const struct nlattr *ts = tb[NFQA_TIMESTAMP];
+	if (ts && mnl_attr_get_payload_len(ts) >= sizeof(struct nfqnl_msg_packet_timestamp)) {
+		uint64_t sec, usec;
+		memcpy(&sec, mnl_attr_get_payload(ts), 8);
+		memcpy(&usec, (const char *)mnl_attr_get_payload(ts) + 8, 8);
+		p->ts_sec = (int64_t)be64toh(sec);
+		p->ts_usec = (int64_t)be64toh(usec);
+		p->flags |= NFQ_PF_TIMESTAMP;
+	}
+
+	const struct nlattr *hw = tb[NFQA_HWADDR];
+	if (hw && mnl_attr_get_payload_len(hw) >= sizeof(struct nfqnl_msg_packet_hw)) {
+		struct nfqnl_msg_packet_hw h;
+		memcpy(&h, mnl_attr_get_payload(hw), sizeof h);
+		uint16_t n = ntohs(h.hw_addrlen);
+		if (n > 0 && n <= sizeof p->hw_addr) {
+			memcpy(p->hw_addr, h.hw_addr, n);
+			p->hw_addrlen = n;
+			p->flags |= NFQ_PF_HW;
+		}
+	}
+
+	const struct nlattr *pl = tb[NFQA_PAYLOAD];
+	if (pl) {
+		p->payload = mnl_attr_get_payload(pl);
+		p->payload_len = mnl_attr_get_payload_len(pl);
+	}
+	p->cap_len = p->payload_len;
+	attr_u32(tb[NFQA_CAP_LEN], &p->cap_len);
+	p->state = NFQ_PKT_PENDING;
+	return 0;
+}
+
+int nfq_packet_verdict(struct nfq_packet *p, uint32_t verdict)
+{
+	if (p->state != NFQ_PKT_PENDING) {
+		errno = EALREADY;
+		return -1;
+	}
+	struct nfq_queue *q = p->queue;
+	if (!q || q->queue_num < 0) {
+		errno = ENOTCONN;
+		return -1;
+	}
+	if (nfq_queue_put_verdict(q, p, verdict) < 0)
+		return -1;
+	p->state = NFQ_PKT_VERDICTED;
+	switch (verdict & NF_VERDICT_MASK) {
+	case NF_ACCEPT: q->stats.accepted++; break;
+	case NF_DROP: q->stats.dropped++; break;
+	case NF_REPEAT: q->stats.repeated++; break;
+	default: q->stats.requeued++; break;
+	}
+	if (p->flags & NFQ_PF_RETAINED)
+		nfq_queue_unlink_retained(q, p);
+	if (!q->in_dispatch)
+		nfq_queue_flush(q);
+	return 0;
+}
+
+void nfq_packet_fallback(struct nfq_packet *p)
+{
+	if (p->state != NFQ_PKT_PENDING || !p->queue)
+		return;
+	struct nfq_queue *q = p->queue;
+	if (nfq_packet_verdict(p, q->fallback) == 0)
+		q->stats.fallback++;
+}
+
+void nfq_packet_finish(struct nfq_packet *p)
+{
+	nfq_packet_fallback(p);
+	free(p->new_payload);
+	p->new_payload = NULL;
+	p->gen++;
+}
+
+int nfq_packet_set_payload(struct nfq_packet *p, const void *data, size_t len)
+{
+	if (p->state != NFQ_PKT_PENDING) {
+		errno = EALREADY;
+		return -1;
+	}
+	if (len > NFQ_MAX_PAYLOAD) {
+		errno = EMSGSIZE;
+		return -1;
+	}
+	/* One spare byte so that an empty payload is still a valid allocation. */
+	uint8_t *copy = malloc(len + 1);
+	if (!copy)
+		return -1;
+	memcpy(copy, data, len);
+	free(p->new_payload);
+	p->new_payload = copy;
+	p->new_payload_len = (uint32_t)len;
+	p->flags |= NFQ_PF_PAYLOAD_SET;
+	return 0;
+}
+
+/*
+ * The copy owns its payload (own_payload) and its rewrite (new_payload); the
+ * Lua object that asked for it frees it through nfq_packet_release() when it
+ * is collected. The slot keeps nothing.
+ */
+struct nfq_packet *nfq_packet_retain(struct nfq_packet *p)
+{
+	if (p->flags & NFQ_PF_RETAINED)
+		return p;
+	struct nfq_packet *c = malloc(sizeof *c);
+	if (!c)
+		return NULL;
+	*c = *p;
+	c->gen = 0;
+	c->flags |= NFQ_PF_RETAINED;
+	c->prev = c->next = NULL;
+	c->own_payload = NULL;
+	if (p->payload) {
+		c->own_payload = malloc(p->payload_len + 1);
+		if (!c->own_payload) {
+			free(c);
+			return NULL;
+		}
+		memcpy(c->own_payload, p->payload, p->payload_len);
+		c->payload = c->own_payload;
+	}
+	p->new_payload = NULL;
+	p->flags &= ~(uint32_t)NFQ_PF_PAYLOAD_SET;
+	if (p->state == NFQ_PKT_PENDING) {
+		p->state = NFQ_PKT_MOVED;
+		nfq_queue_link_retained(c->queue, c);
+	}
+	return c;
+}
+
+void nfq_packet_release(struct nfq_packet *p)
+{
+	if (!p)
+		return;
+	nfq_packet_fallback(p);
+	if (p->queue && p->state == NFQ_PKT_PENDING)
+		nfq_queue_unlink_retained(p->queue, p);
+	free(p->new_payload);
+	free(p->own_payload);
+	free(p);
+}

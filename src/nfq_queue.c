@@ -1,0 +1,580 @@
+/*
+ * nfq_queue.c: the netlink side: the socket, binding a queue, receiving
+ * batches of packets and sending verdicts.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <libmnl/libmnl.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nfnetlink_queue.h>
+#include <libnetfilter_queue/libnetfilter_queue.h>
+
+#include "nfq_internal.h"
+
+/* Datagrams read per recvmmsg(): the kernel sends one packet per datagram. */
+#define BATCH_SLOTS 64
+/* Room for the attributes that come with a payload of `range` bytes. */
+#define MSG_OVERHEAD 4096
+/* Verdicts are sent once this many bytes are waiting. */
+#define TX_FLUSH_AT (64 * 1024)
+#define ACK_TIMEOUT_MS 5000
+/* Rounds of reading what is left in the socket before an unbind. */
+#define DRAIN_ROUNDS 256
+
+struct nfq_queue_priv {
+	int own_fd;
+	uint32_t seq;
+	uint32_t ack_seq;	/* the request we wait for, 0 if none */
+	int ack_err;
+	int ack_seen;
+	size_t slot_size;
+	unsigned rx_used;	/* receive buffers holding this batch */
+	uint8_t *rx;		/* BATCH_SLOTS buffers of slot_size bytes */
+	struct mmsghdr mmsg[BATCH_SLOTS];
+	struct iovec iov[BATCH_SLOTS];
+	uint8_t *tx;
+	size_t tx_len, tx_cap;
+	struct nfq_packet *retained;	/* retained packets still pending */
+};
+
+/*
+ * Batch slot arrays are never given back to malloc: a stale Lua reference to
+ * a slot must still find a valid generation number, even after its queue
+ * was closed. Closed queues hand their arrays to the next queue opened.
+ */
+static struct slot_array {
+	struct nfq_packet *pkts;
+	struct slot_array *next;
+} *spare_slots;
+static pthread_mutex_t spare_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static struct nfq_packet *get_slots(void)
+{
+	struct nfq_packet *pkts = NULL;
+	pthread_mutex_lock(&spare_lock);
+	struct slot_array *s = spare_slots;
+	if (s) {
+		spare_slots = s->next;
+		pkts = s->pkts;
+		free(s);
+	}
+	pthread_mutex_unlock(&spare_lock);
+	return pkts ? pkts : calloc(BATCH_SLOTS, sizeof(struct nfq_packet));
+}
+
+static void put_slots(struct nfq_packet *pkts)
+{
+	struct slot_array *s = malloc(sizeof *s);
+	if (!s)
+		return;	/* leak the array rather than free memory a ref may read */
+	for (unsigned i = 0; i < BATCH_SLOTS; i++) {
+		pkts[i].gen++;
+		pkts[i].queue = NULL;
+	}
+	pthread_mutex_lock(&spare_lock);
+	s->pkts = pkts;
+	s->next = spare_slots;
+	spare_slots = s;
+	pthread_mutex_unlock(&spare_lock);
+}
+
+static void set_error(struct nfq_queue *q, const char *fmt, ...)
+{
+	int saved = errno;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(q->errmsg, sizeof q->errmsg, fmt, ap);
+	va_end(ap);
+	errno = saved;
+}
+
+static int check_netfilter_socket(int fd)
+{
+	int domain = 0, protocol = 0;
+	socklen_t len = sizeof domain;
+	if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0)
+		return -1;
+	len = sizeof protocol;
+	if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &protocol, &len) < 0)
+		return -1;
+	if (domain != AF_NETLINK || protocol != NETLINK_NETFILTER) {
+		errno = EPROTOTYPE;
+		return -1;
+	}
+	return 0;
+}
+
+struct nfq_queue *nfq_queue_open(int sockfd)
+{
+	struct nfq_queue *q = calloc(1, sizeof *q);
+	struct nfq_queue_priv *s = calloc(1, sizeof *s);
+	if (!q || !s) {
+		free(q);
+		free(s);
+		return NULL;
+	}
+	q->priv = s;
+	q->queue_num = -1;
+	q->fallback = NF_ACCEPT;
+	q->fd = sockfd;
+	if (sockfd < 0) {
+		q->fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
+		if (q->fd < 0)
+			goto fail;
+		s->own_fd = 1;
+	} else if (check_netfilter_socket(sockfd) < 0) {
+		goto fail;
+	}
+	struct sockaddr_nl sa = { .nl_family = AF_NETLINK };
+	socklen_t salen = sizeof sa;
+	if (getsockname(q->fd, (struct sockaddr *)&sa, &salen) < 0)
+		goto fail;
+	if (sa.nl_pid == 0 && bind(q->fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+		goto fail;
+	/*
+	 * The kernel stamps received packets only while some socket asked for
+	 * timestamps; asking here makes NFQA_TIMESTAMP reliable on input hooks.
+	 */
+	int on = 1;
+	setsockopt(q->fd, SOL_SOCKET, SO_TIMESTAMP, &on, sizeof on);
+	s->seq = (uint32_t)getpid() << 8;
+	return q;
+fail:;
+	int saved = errno;
+	if (s->own_fd)
+		close(q->fd);
+	free(s);
+	free(q);
+	errno = saved;
+	return NULL;
+}
+
+static int send_all(struct nfq_queue *q, const void *buf, size_t len)
+{
+	static const struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
+	for (;;) {
+		ssize_t n = sendto(q->fd, buf, len, 0,
+				   (const struct sockaddr *)&kernel, sizeof kernel);
+		if (n >= 0)
+			return 0;
+		if (errno != EINTR)
+			return -1;
+	}
+}
+
+int nfq_queue_flush(struct nfq_queue *q)
+{
+	struct nfq_queue_priv *s = q->priv;
+	q->in_dispatch = 0;
+	if (s->tx_len == 0)
+		return 0;
+	int rc = send_all(q, s->tx, s->tx_len);
+	if (rc < 0) {
+		q->stats.verdict_errors++;
+		set_error(q, "sending verdicts: %s", strerror(errno));
+	}
+	s->tx_len = 0;
+	return rc;
+}
+
+static int tx_reserve(struct nfq_queue *q, size_t need)
+{
+	struct nfq_queue_priv *s = q->priv;
+	if (s->tx_len > 0 && s->tx_len + need > TX_FLUSH_AT)
+		nfq_queue_flush(q);
+	if (s->tx_len + need <= s->tx_cap)
+		return 0;
+	size_t cap = s->tx_cap ? s->tx_cap : 16384;
+	while (cap < s->tx_len + need)
+		cap *= 2;
+	uint8_t *tx = realloc(s->tx, cap);
+	if (!tx)
+		return -1;
+	s->tx = tx;
+	s->tx_cap = cap;
+	return 0;
+}
+
+int nfq_queue_put_verdict(struct nfq_queue *q, const struct nfq_packet *p,
+			  uint32_t verdict)
+{
+	struct nfq_queue_priv *s = q->priv;
+	uint32_t plen = (p->flags & NFQ_PF_PAYLOAD_SET) ? p->new_payload_len : 0;
+	if (tx_reserve(q, 128 + MNL_ALIGN(plen)) < 0)
+		return -1;
+	struct nlmsghdr *nlh = nfq_nlmsg_put((char *)s->tx + s->tx_len,
+					     NFQNL_MSG_VERDICT, (uint32_t)q->queue_num);
+	nfq_nlmsg_verdict_put(nlh, (int)p->id, (int)verdict);
+	if (p->flags & NFQ_PF_MARK_SET)
+		nfq_nlmsg_verdict_put_mark(nlh, p->new_mark);
+	if (p->flags & NFQ_PF_PAYLOAD_SET)
+		nfq_nlmsg_verdict_put_pkt(nlh, p->new_payload, plen);
+	s->tx_len += nlh->nlmsg_len;
+	return 0;
+}
+
+void nfq_queue_link_retained(struct nfq_queue *q, struct nfq_packet *p)
+{
+	struct nfq_queue_priv *s = q->priv;
+	p->prev = NULL;
+	p->next = s->retained;
+	if (s->retained)
+		s->retained->prev = p;
+	s->retained = p;
+}
+
+void nfq_queue_unlink_retained(struct nfq_queue *q, struct nfq_packet *p)
+{
+	struct nfq_queue_priv *s = q->priv;
+	if (p->prev)
+		p->prev->next = p->next;
+	else if (s->retained == p)
+		s->retained = p->next;
+	if (p->next)
+		p->next->prev = p->prev;
+	p->prev = p->next = NULL;
+}
+
+static void handle_message(struct nfq_queue *q, const struct nlmsghdr *nlh,
+			   size_t len)
+{
+	struct nfq_queue_priv *s = q->priv;
+	if (nlh->nlmsg_type == NLMSG_ERROR) {
+		const struct nlmsgerr *err = mnl_nlmsg_get_payload(nlh);
+		if (nlh->nlmsg_len < mnl_nlmsg_size(sizeof *err))
+			return;
+		if (s->ack_seq && nlh->nlmsg_seq == s->ack_seq) {
+			s->ack_err = -err->error;
+			s->ack_seen = 1;
+		} else if (err->error) {
+			q->stats.verdict_errors++;
+		}
+		return;
+	}
+	if (nlh->nlmsg_type != ((NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET))
+		return;
+	struct nfq_packet *p = &q->pkts[q->count];
+	if (nfq_packet_parse(p, nlh, len) < 0) {
+		q->stats.verdict_errors++;
+		return;
+	}
+	p->queue = q;
+	q->count++;
+	q->stats.received++;
+}
+
+/* One recvmmsg() into the free receive buffers; packets join the batch. */
+static int receive_some(struct nfq_queue *q, int timeout_ms)
+{
+	struct nfq_queue_priv *s = q->priv;
+	if (q->pos >= q->count) {
+		q->pos = q->count = 0;
+		s->rx_used = 0;
+	}
+	if (s->rx_used >= BATCH_SLOTS)
+		return 0;
+	if (timeout_ms != 0) {
+		struct pollfd pfd = { .fd = q->fd, .events = POLLIN };
+		int r = poll(&pfd, 1, timeout_ms);
+		if (r <= 0)
+			return r;
+	}
+	int n;
+	for (;;) {
+		n = recvmmsg(q->fd, s->mmsg + s->rx_used, BATCH_SLOTS - s->rx_used,
+			     MSG_DONTWAIT, NULL);
+		if (n >= 0)
+			break;
+		if (errno == EAGAIN || errno == EWOULDBLOCK)
+			return 0;
+		if (errno == ENOBUFS) {
+			/* The kernel dropped messages for us; what is left is still good. */
+			q->stats.enobufs++;
+			continue;
+		}
+		if (errno != EINTR || timeout_ms == 0)
+			return -1;
+	}
+	for (int i = 0; i < n; i++) {
+		struct mmsghdr *m = &s->mmsg[s->rx_used + i];
+		const struct nlmsghdr *nlh = m->msg_hdr.msg_iov->iov_base;
+		int len = (int)m->msg_len;
+		while (mnl_nlmsg_ok(nlh, len) && q->count < BATCH_SLOTS) {
+			handle_message(q, nlh, (size_t)len);
+			nlh = mnl_nlmsg_next(nlh, &len);
+		}
+	}
+	s->rx_used += (unsigned)n;
+	return n;
+}
+
+int nfq_queue_receive(struct nfq_queue *q, int timeout_ms)
+{
+	if (q->queue_num < 0) {
+		errno = ENOTCONN;
+		set_error(q, "the queue is not bound");
+		return -1;
+	}
+	if (receive_some(q, timeout_ms) < 0) {
+		set_error(q, "receiving from the queue: %s", strerror(errno));
+		return -1;
+	}
+	if (q->count > q->pos)
+		q->in_dispatch = 1;
+	return (int)(q->count - q->pos);
+}
+
+void nfq_queue_finish_current(struct nfq_queue *q)
+{
+	if (q->pos > 0 && q->pos <= q->count)
+		nfq_packet_finish(&q->pkts[q->pos - 1]);
+}
+
+/* Give the fallback verdict to every packet of the batch not dispatched yet. */
+static void finish_batch(struct nfq_queue *q)
+{
+	while (q->pos < q->count)
+		nfq_packet_finish(&q->pkts[q->pos++]);
+}
+
+/*
+ * Send a config request and wait for its ack. Packets that arrive meanwhile
+ * join the batch (binding), or get the fallback verdict (unbinding).
+ */
+static int config_request(struct nfq_queue *q, struct nlmsghdr *nlh,
+			  int keep_packets)
+{
+	struct nfq_queue_priv *s = q->priv;
+	nlh->nlmsg_flags |= NLM_F_ACK;
+	nlh->nlmsg_seq = ++s->seq;
+	s->ack_seq = nlh->nlmsg_seq;
+	s->ack_seen = 0;
+	s->ack_err = 0;
+	if (send_all(q, nlh, nlh->nlmsg_len) < 0) {
+		s->ack_seq = 0;
+		return -1;
+	}
+	int waited = 0;
+	while (!s->ack_seen) {
+		if (!keep_packets)
+			finish_batch(q);
+		else if (s->rx_used >= BATCH_SLOTS)
+			break;
+		int n = receive_some(q, 100);
+		if (n < 0 && errno != EINTR)
+			break;
+		if (n == 0 && (waited += 100) >= ACK_TIMEOUT_MS)
+			break;
+	}
+	s->ack_seq = 0;
+	if (!s->ack_seen) {
+		errno = ETIMEDOUT;
+		return -1;
+	}
+	if (s->ack_err) {
+		errno = s->ack_err;
+		return -1;
+	}
+	return 0;
+}
+
+static uint32_t default_sock_len(uint32_t max_len, uint32_t range)
+{
+	/* Room for a full queue of packets of the copied size, plus skb overhead. */
+	uint64_t per_packet = (uint64_t)(range < 2048 ? range : 2048) + 2048;
+	uint64_t n = (uint64_t)max_len * per_packet;
+	if (n < (1u << 22))
+		n = 1u << 22;
+	if (n > (1u << 30))
+		n = 1u << 30;
+	return (uint32_t)n;
+}
+
+static void set_rcvbuf(int fd, uint32_t bytes)
+{
+	int v = (int)(bytes > INT32_MAX ? INT32_MAX : bytes);
+	/* FORCE passes net.core.rmem_max for root; otherwise take what we get. */
+	if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &v, sizeof v) < 0)
+		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, sizeof v);
+}
+
+static int alloc_batch(struct nfq_queue *q, uint32_t range)
+{
+	struct nfq_queue_priv *s = q->priv;
+	size_t slot = ((size_t)range + MSG_OVERHEAD + 4095) & ~(size_t)4095;
+	if (s->rx && s->slot_size == slot)
+		return 0;
+	uint8_t *rx = malloc(slot * BATCH_SLOTS);
+	if (!rx)
+		return -1;
+	free(s->rx);
+	s->rx = rx;
+	s->slot_size = slot;
+	for (unsigned i = 0; i < BATCH_SLOTS; i++) {
+		s->iov[i].iov_base = rx + i * slot;
+		s->iov[i].iov_len = slot;
+		memset(&s->mmsg[i], 0, sizeof s->mmsg[i]);
+		s->mmsg[i].msg_hdr.msg_iov = &s->iov[i];
+		s->mmsg[i].msg_hdr.msg_iovlen = 1;
+	}
+	if (!q->pkts && !(q->pkts = get_slots()))
+		return -1;
+	return 0;
+}
+
+static int is_net_admin(void)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	char line[256];
+	unsigned long long caps = 0;
+	if (!f)
+		return 1;
+	while (fgets(line, sizeof line, f))
+		if (sscanf(line, "CapEff: %llx", &caps) == 1)
+			break;
+	fclose(f);
+	return (caps >> 12) & 1;	/* CAP_NET_ADMIN */
+}
+
+/* The portid holding a queue, from the kernel's per-namespace listing. */
+static long queue_owner(uint32_t queue_num)
+{
+	FILE *f = fopen("/proc/net/netfilter/nfnetlink_queue", "r");
+	unsigned num;
+	long portid, owner = -1;
+	if (!f)
+		return -1;
+	while (fscanf(f, "%u %ld %*[^\n]", &num, &portid) == 2)
+		if (num == queue_num) {
+			owner = portid;
+			break;
+		}
+	fclose(f);
+	return owner;
+}
+
+int nfq_queue_bind(struct nfq_queue *q, uint32_t queue_num, uint32_t mode,
+		   uint32_t range, uint32_t max_len, uint32_t sock_len,
+		   uint32_t flags)
+{
+	if (q->queue_num >= 0) {
+		errno = EALREADY;
+		set_error(q, "this queue object is already bound to queue %d", q->queue_num);
+		return -1;
+	}
+	if (queue_num > 65535 || (mode != NFQNL_COPY_META && mode != NFQNL_COPY_PACKET) ||
+	    range < 1 || range > 65535 || max_len < 1) {
+		errno = EINVAL;
+		set_error(q, "invalid bind parameters");
+		return -1;
+	}
+	if (alloc_batch(q, range) < 0) {
+		set_error(q, "out of memory");
+		return -1;
+	}
+	set_rcvbuf(q->fd, sock_len ? sock_len : default_sock_len(max_len, range));
+
+	/*
+	 * Bind, copy mode, range, length and flags travel in one message: the
+	 * kernel applies them together, so no packet meets the queue while it is
+	 * still in COPY_NONE (which drops).
+	 */
+	char buf[MNL_SOCKET_BUFFER_SIZE];
+	struct nlmsghdr *nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, queue_num);
+	nfq_nlmsg_cfg_put_cmd(nlh, AF_UNSPEC, NFQNL_CFG_CMD_BIND);
+	nfq_nlmsg_cfg_put_params(nlh, (uint8_t)mode, (int)range);
+	nfq_nlmsg_cfg_put_qmaxlen(nlh, max_len);
+	if (flags) {
+		mnl_attr_put_u32(nlh, NFQA_CFG_FLAGS, htonl(flags));
+		mnl_attr_put_u32(nlh, NFQA_CFG_MASK, htonl(flags));
+	}
+	if (config_request(q, nlh, 1) < 0) {
+		int err = errno;
+		if (err == EPERM && !is_net_admin()) {
+			set_error(q, "binding queue %u needs root or CAP_NET_ADMIN", queue_num);
+		} else if (err == EPERM || err == EBUSY) {
+			long owner = queue_owner(queue_num);
+			if (owner >= 0)
+				set_error(q, "queue %u is already bound by another socket (portid %ld); stop that program or pick another --queue-num",
+					  queue_num, owner);
+			else
+				set_error(q, "queue %u is already bound by another socket; stop that program or pick another queue",
+					  queue_num);
+			err = EBUSY;
+		} else {
+			set_error(q, "cannot bind queue %u: %s", queue_num, strerror(err));
+		}
+		errno = err;
+		return -1;
+	}
+	q->queue_num = (int32_t)queue_num;
+	return 0;
+}
+
+static void fallback_retained(struct nfq_queue *q)
+{
+	struct nfq_queue_priv *s = q->priv;
+	while (s->retained) {
+		struct nfq_packet *p = s->retained;
+		nfq_packet_fallback(p);
+		if (s->retained == p)	/* the verdict could not be sent */
+			nfq_queue_unlink_retained(q, p);
+		p->state = NFQ_PKT_VERDICTED;
+		p->queue = NULL;
+	}
+}
+
+int nfq_queue_unbind(struct nfq_queue *q)
+{
+	if (q->queue_num < 0)
+		return 0;
+	/* Nothing may stay queued: the kernel drops what is left at unbind. */
+	finish_batch(q);
+	fallback_retained(q);
+	for (int round = 0; round < DRAIN_ROUNDS; round++) {
+		if (receive_some(q, 0) <= 0)
+			break;
+		finish_batch(q);
+	}
+	nfq_queue_flush(q);
+
+	char buf[MNL_SOCKET_BUFFER_SIZE];
+	struct nlmsghdr *nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, (uint32_t)q->queue_num);
+	nfq_nlmsg_cfg_put_cmd(nlh, AF_UNSPEC, NFQNL_CFG_CMD_UNBIND);
+	int rc = config_request(q, nlh, 0);
+	finish_batch(q);
+	nfq_queue_flush(q);
+	q->queue_num = -1;
+	q->pos = q->count = 0;
+	q->priv->rx_used = 0;
+	if (rc < 0)
+		set_error(q, "unbinding: %s", strerror(errno));
+	return rc;
+}
+
+void nfq_queue_close(struct nfq_queue *q)
+{
+	if (!q)
+		return;
+	struct nfq_queue_priv *s = q->priv;
+	nfq_queue_unbind(q);
+	if (s->own_fd)
+		close(q->fd);
+	if (q->pkts)
+		put_slots(q->pkts);
+	free(s->rx);
+	free(s->tx);
+	free(s);
+	free(q);
+}

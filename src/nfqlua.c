@@ -1,0 +1,219 @@
+/*
+ * nfqlua.c: the daemon: flags, signals and logging over the engine.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <ev.h>
+
+#include "nfq_log.h"
+#include "nfqlua.h"
+
+#define NFQLUA_VERSION "0.1.0"
+
+enum { EXIT_USAGE = 2 };
+
+static const char usage[] =
+	"usage: nfqlua SCRIPT --queue N [options]\n"
+	"\n"
+	"Filter the packets that an iptables -j NFQUEUE rule sends to queue N\n"
+	"with the Lua function that SCRIPT returns.\n"
+	"\n"
+	"  -q, --queue N          queue number, 0..65535 (required)\n"
+	"      --max-len N        kernel queue length in packets (default 1024)\n"
+	"      --mode packet|meta copy whole packets or metadata only (default packet)\n"
+	"      --range N          bytes copied per packet, 1..65535 (default 65535)\n"
+	"      --sock-len BYTES   netlink receive buffer (default: sized from --max-len)\n"
+	"      --fallback accept|drop\n"
+	"                         verdict for packets the script leaves without one\n"
+	"                         (errors, forgotten packets, shutdown; default accept)\n"
+	"      --check            load and compile SCRIPT, then exit\n"
+	"  -v, --verbose          log more (twice: debug)\n"
+	"      --version          print the version and exit\n"
+	"  -h, --help             print this help and exit\n"
+	"\n"
+	"Signals: SIGINT and SIGTERM stop after giving held packets the fallback verdict.\n";
+
+struct cli {
+	struct nfq_engine_opts engine;
+	int check;
+	int have_queue;
+};
+
+static void usage_error(const char *fmt, const char *arg)
+{
+	fprintf(stderr, "nfqlua: ");
+	fprintf(stderr, fmt, arg);
+	fprintf(stderr, " (see nfqlua --help)\n");
+	exit(EXIT_USAGE);
+}
+
+static uint32_t parse_number(const char *flag, const char *s, unsigned long lo,
+			     unsigned long hi)
+{
+	char *end;
+	errno = 0;
+	unsigned long v = strtoul(s, &end, 10);
+	if (*s < '0' || *s > '9' || *end || errno || v < lo || v > hi) {
+		fprintf(stderr, "nfqlua: %s must be a number from %lu to %lu, got '%s' (see nfqlua --help)\n",
+			flag, lo, hi, s);
+		exit(EXIT_USAGE);
+	}
+	return (uint32_t)v;
+}
+
+static void parse_args(int argc, char **argv, struct cli *cli)
+{
+	enum { OPT_MAX_LEN = 256, OPT_MODE, OPT_RANGE, OPT_SOCK_LEN, OPT_FALLBACK,
+	       OPT_CHECK, OPT_VERSION };
+	static const struct option options[] = {
+		{ "queue", required_argument, NULL, 'q' },
+		{ "max-len", required_argument, NULL, OPT_MAX_LEN },
+		{ "mode", required_argument, NULL, OPT_MODE },
+		{ "range", required_argument, NULL, OPT_RANGE },
+		{ "sock-len", required_argument, NULL, OPT_SOCK_LEN },
+		{ "fallback", required_argument, NULL, OPT_FALLBACK },
+		{ "check", no_argument, NULL, OPT_CHECK },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "version", no_argument, NULL, OPT_VERSION },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 }
+	};
+	struct nfq_engine_opts *o = &cli->engine;
+	o->mode = 2;
+	o->range = 65535;
+	o->max_len = 1024;
+	o->fallback = 1;
+	opterr = 0;
+	int c;
+	while ((c = getopt_long(argc, argv, ":q:vh", options, NULL)) != -1) {
+		switch (c) {
+		case 'q':
+			o->queue_num = parse_number("--queue", optarg, 0, 65535);
+			cli->have_queue = 1;
+			break;
+		case OPT_MAX_LEN:
+			o->max_len = parse_number("--max-len", optarg, 1, UINT32_MAX);
+			break;
+		case OPT_MODE:
+			if (strcmp(optarg, "packet") == 0)
+				o->mode = 2;
+			else if (strcmp(optarg, "meta") == 0)
+				o->mode = 1;
+			else
+				usage_error("--mode must be 'packet' or 'meta', got '%s'", optarg);
+			break;
+		case OPT_RANGE:
+			o->range = parse_number("--range", optarg, 1, 65535);
+			break;
+		case OPT_SOCK_LEN:
+			o->sock_len = parse_number("--sock-len", optarg, 4096, INT32_MAX);
+			break;
+		case OPT_FALLBACK:
+			if (strcmp(optarg, "accept") == 0)
+				o->fallback = 1;
+			else if (strcmp(optarg, "drop") == 0)
+				o->fallback = 0;
+			else
+				usage_error("--fallback must be 'accept' or 'drop', got '%s'", optarg);
+			break;
+		case OPT_CHECK:
+			cli->check = 1;
+			break;
+		case 'v':
+			if (nfq_log_level < NFQ_LOG_DEBUG)
+				nfq_log_level++;
+			break;
+		case OPT_VERSION:
+			printf("nfqlua %s\n", NFQLUA_VERSION);
+			exit(0);
+		case 'h':
+			fputs(usage, stdout);
+			exit(0);
+		case ':':
+			usage_error("option '%s' needs a value", argv[optind - 1]);
+			break;
+		default:
+			usage_error("unknown option '%s'", argv[optind - 1]);
+		}
+	}
+	if (optind >= argc)
+		usage_error("no SCRIPT given%s", "");
+	if (optind + 1 < argc)
+		usage_error("unexpected argument '%s': give one SCRIPT", argv[optind + 1]);
+	o->script = argv[optind];
+	if (!cli->check && !cli->have_queue)
+		usage_error("--queue N is required%s", "");
+}
+
+static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
+{
+	(void)revents;
+	nfq_log(NFQ_LOG_INFO, "got %s, stopping", strsignal(w->signum));
+	ev_break(loop, EVBREAK_ALL);
+}
+
+static void log_stats(const struct nfq_stats *s)
+{
+	nfq_log(NFQ_LOG_INFO,
+		"received=%llu accepted=%llu dropped=%llu repeated=%llu fallback=%llu script_errors=%llu verdict_errors=%llu enobufs=%llu",
+		(unsigned long long)s->received, (unsigned long long)s->accepted,
+		(unsigned long long)s->dropped, (unsigned long long)s->repeated,
+		(unsigned long long)s->fallback, (unsigned long long)s->script_errors,
+		(unsigned long long)s->verdict_errors, (unsigned long long)s->enobufs);
+}
+
+int main(int argc, char **argv)
+{
+	struct cli cli = { 0 };
+	char err[1024];
+
+	/* Scripts print per packet: lines must reach a pipe as they are written. */
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	parse_args(argc, argv, &cli);
+
+	FILE *f = fopen(cli.engine.script, "r");
+	if (!f) {
+		fprintf(stderr, "nfqlua: cannot read script '%s': %s\n", cli.engine.script, strerror(errno));
+		return 1;
+	}
+	fclose(f);
+
+	if (cli.check) {
+		if (nfq_engine_check_script(cli.engine.script, err, sizeof err) < 0) {
+			fprintf(stderr, "nfqlua: %s\n", err);
+			return 1;
+		}
+		printf("%s: ok\n", cli.engine.script);
+		return 0;
+	}
+
+	signal(SIGPIPE, SIG_IGN);
+	struct ev_loop *loop = EV_DEFAULT;
+	ev_signal sigint, sigterm;
+	ev_signal_init(&sigint, on_stop_signal, SIGINT);
+	ev_signal_init(&sigterm, on_stop_signal, SIGTERM);
+	ev_signal_start(loop, &sigint);
+	ev_signal_start(loop, &sigterm);
+
+	struct nfq_engine *e = nfq_engine_new(loop, &cli.engine, err, sizeof err);
+	if (!e) {
+		fprintf(stderr, "nfqlua: %s\n", err);
+		return 1;
+	}
+	nfq_log(NFQ_LOG_INFO, "queue %u bound (mode %s, range %u, max-len %u, fallback %s), running %s",
+		cli.engine.queue_num, cli.engine.mode == 1 ? "meta" : "packet",
+		cli.engine.range, cli.engine.max_len,
+		cli.engine.fallback ? "accept" : "drop", cli.engine.script);
+	ev_run(loop, 0);
+	nfq_engine_stop(e);
+	log_stats(nfq_engine_stats(e));
+	nfq_engine_free(e);
+	nfq_log(NFQ_LOG_INFO, "queue %u unbound, exiting", cli.engine.queue_num);
+	return 0;
+}

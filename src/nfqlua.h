@@ -1,0 +1,52 @@
+/*
+ * nfqlua.h: the nfqlua engine, for C programs that run a libev loop.
+ *
+ * An engine is one bound queue, one Lua state running a filter script and
+ * one ev_io watcher on the caller's loop. All calls must come from the
+ * thread that runs that loop. The nfqlua daemon is a main() over this API.
+ */
+#ifndef NFQLUA_H
+#define NFQLUA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "nfq_core.h"
+
+struct ev_loop;
+struct nfq_engine;
+
+struct nfq_engine_opts {
+	const char *script;	/* path of the filter script */
+	uint32_t queue_num;	/* 0..65535 */
+	uint32_t mode;		/* 1 = COPY_META, 2 = COPY_PACKET */
+	uint32_t range;		/* bytes copied per packet, 1..65535 */
+	uint32_t max_len;	/* kernel queue length */
+	uint32_t sock_len;	/* receive buffer bytes, 0 = sized from max_len */
+	uint32_t fallback;	/* verdict for packets left without one: 0 drop, 1 accept */
+};
+
+/*
+ * Load the script, bind the queue, run on_start and start watching the
+ * socket on loop. NULL on failure, with a one-line reason in err.
+ */
+struct nfq_engine *nfq_engine_new(struct ev_loop *loop,
+				  const struct nfq_engine_opts *opts,
+				  char *err, size_t errlen);
+
+/*
+ * Stop reading, run on_stop, give every packet still held the fallback
+ * verdict and unbind. The counters stay readable. Safe to call twice.
+ */
+void nfq_engine_stop(struct nfq_engine *e);
+
+/* Stop if needed, then free. Safe to call with NULL. */
+void nfq_engine_free(struct nfq_engine *e);
+
+/* Counters; valid until nfq_engine_free(). */
+const struct nfq_stats *nfq_engine_stats(const struct nfq_engine *e);
+
+/* Load and compile a script without touching the kernel: 0, or -1 and err. */
+int nfq_engine_check_script(const char *path, char *err, size_t errlen);
+
+#endif
