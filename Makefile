@@ -30,7 +30,7 @@ LUA_MODULES = lua/nfq.lua lua/nfq/cdef.lua lua/nfq/engine.lua
 # Module bytecode linked into the binary: require finds luaJIT_BC_<name>.
 LUA_BC_OBJ = $(BUILD)/bc_nfq.o $(BUILD)/bc_nfq_cdef.o $(BUILD)/bc_nfq_engine.o
 
-SPEC_ENV = LUA_PATH='lua/?.lua;lua/?/init.lua;spec/?.lua;;' LUA_CPATH='lua/?.so;;'
+SPEC_ENV = NFQ_ROOT=$(CURDIR) LUA_PATH='lua/?.lua;lua/?/init.lua;spec/?.lua;;' LUA_CPATH='lua/?.so;;'
 
 .PHONY: all deps test unit demo clean
 

@@ -40,6 +40,7 @@ end
 
 local _M = {
 	_VERSION = "0.1.0",
+	_C = C, -- the core's FFI namespace, for specs and tools; not a public API
 	COPY_NONE = 0,
 	COPY_META = 1,
 	COPY_PACKET = 2,

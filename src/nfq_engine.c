@@ -235,12 +235,12 @@ void nfq_engine_stop(struct nfq_engine *e)
 	e->io.data = NULL;
 	if (e->L && e->dispatch_ref)
 		call_hook(e, "on_stop");
-	/* Closing the state collects retained packets: they get the fallback verdict. */
+	/* Packets the script still holds get the fallback verdict, oldest first. */
+	if (e->q)
+		nfq_queue_unbind(e->q);
 	if (e->L)
 		lua_close(e->L);
 	e->L = NULL;
-	if (e->q)
-		nfq_queue_unbind(e->q);
 }
 
 void nfq_engine_free(struct nfq_engine *e)

@@ -15,15 +15,22 @@
 
 #include "nfq_internal.h"
 
-static int collect_attr(const struct nlattr *attr, void *data)
+/*
+ * Index the attributes of a packet message into tb. Every byte after the
+ * headers must belong to a well-formed attribute; unknown types are skipped.
+ */
+static int collect_attrs(const struct nlmsghdr *nlh, const struct nlattr **tb)
 {
-	const struct nlattr **tb = data;
-
-	/* Attributes newer than our headers are skipped, not refused. */
-	if (mnl_attr_type_valid(attr, NFQA_MAX) < 0)
-		return MNL_CB_OK;
-	tb[mnl_attr_get_type(attr)] = attr;
-	return MNL_CB_OK;
+	const char *end = (const char *)nlh + nlh->nlmsg_len;
+	const struct nlattr *attr = mnl_nlmsg_get_payload_offset(nlh, sizeof(struct nfgenmsg));
+	while ((const char *)attr < end) {
+		if (!mnl_attr_ok(attr, (int)(end - (const char *)attr)))
+			return -1;
+		if (mnl_attr_type_valid(attr, NFQA_MAX) > 0)
+			tb[mnl_attr_get_type(attr)] = attr;
+		attr = mnl_attr_next(attr);
+	}
+	return 0;
 }
 
 static int attr_u32(const struct nlattr *attr, uint32_t *out)
@@ -47,7 +54,7 @@ int nfq_packet_parse(struct nfq_packet *p, const void *msg, size_t len)
 		errno = EINVAL;
 		return -1;
 	}
-	if (mnl_attr_parse(nlh, sizeof(struct nfgenmsg), collect_attr, tb) < 0) {
+	if (collect_attrs(nlh, tb) < 0) {
 		errno = EINVAL;
 		return -1;
 	}

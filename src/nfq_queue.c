@@ -45,7 +45,8 @@ struct nfq_queue_priv {
 	struct iovec iov[BATCH_SLOTS];
 	uint8_t *tx;
 	size_t tx_len, tx_cap;
-	struct nfq_packet *retained;	/* retained packets still pending */
+	struct nfq_packet *retained;	/* retained packets still pending, oldest first */
+	struct nfq_packet *retained_tail;
 };
 
 /*
@@ -227,11 +228,13 @@ int nfq_queue_put_verdict(struct nfq_queue *q, const struct nfq_packet *p,
 void nfq_queue_link_retained(struct nfq_queue *q, struct nfq_packet *p)
 {
 	struct nfq_queue_priv *s = q->priv;
-	p->prev = NULL;
-	p->next = s->retained;
-	if (s->retained)
-		s->retained->prev = p;
-	s->retained = p;
+	p->next = NULL;
+	p->prev = s->retained_tail;
+	if (s->retained_tail)
+		s->retained_tail->next = p;
+	else
+		s->retained = p;
+	s->retained_tail = p;
 }
 
 void nfq_queue_unlink_retained(struct nfq_queue *q, struct nfq_packet *p)
@@ -243,6 +246,8 @@ void nfq_queue_unlink_retained(struct nfq_queue *q, struct nfq_packet *p)
 		s->retained = p->next;
 	if (p->next)
 		p->next->prev = p->prev;
+	else if (s->retained_tail == p)
+		s->retained_tail = p->prev;
 	p->prev = p->next = NULL;
 }
 

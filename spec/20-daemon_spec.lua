@@ -1,0 +1,215 @@
+-- The nfqlua daemon: real traffic through real rules, and every kind of
+-- bad input answered with one clear line and a non-zero exit.
+local H = require "helpers.net"
+local nfq = require "nfq"
+
+local function one_line(out)
+	local lines = {}
+	for line in out:gmatch("[^\n]+") do lines[#lines + 1] = line end
+	assert.equal(1, #lines, "expected one line, got:\n" .. out)
+	assert.is_nil(out:find("traceback", 1, true))
+	return lines[1]
+end
+
+describe("nfqlua daemon #kernel", function()
+	local d
+	before_each(function()
+		H.fresh_netns()
+	end)
+	after_each(function()
+		if d then d:stop() end
+		d = nil
+	end)
+
+	local function start(script_text, args)
+		local script = H.tmpfile(script_text, ".lua")
+		d = H.daemon(script .. " " .. (args or "--queue 1"))
+		d:wait_output("bound")
+		H.wait_queue_ready(tonumber((args or ""):match("--queue (%d+)")) or 1)
+		return script
+	end
+
+	it("filters real UDP traffic with a script", function()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 6001 -j NFQUEUE --queue-num 1")
+		local rx, tx = H.udp("127.0.0.1", 6001), H.udp()
+		d = H.daemon(H.root .. "/scripts/examples/drop_word.lua --queue 1")
+		d:wait_output("bound")
+		H.wait_queue_ready(1)
+		for _, m in ipairs { "keep 1", "please DROP me", "keep 2" } do
+			tx:sendto(m, "127.0.0.1", 6001)
+		end
+		assert.same({ "keep 1", "keep 2" }, rx:recv_all(0.5))
+		d:signal("TERM")
+		assert.equal(0, d:wait())
+		local out = d:output()
+		assert.matches("drop_word: dropping packets that contain \"DROP\"", out, 1, true)
+		assert.matches("drop_word: dropped 1 packets", out, 1, true)
+		assert.matches("received=3 accepted=2 dropped=1", out, 1, true)
+	end)
+
+	it("carries TCP connections", function()
+		H.sh("iptables -A OUTPUT -o lo -p tcp --dport 6002 -j NFQUEUE --queue-num 1")
+		start("local n = 0\nreturn function(pkt) n = n + 1 pkt:accept() end")
+		local server = H.tcp_listen("127.0.0.1", 6002)
+		local client = H.tcp_connect("127.0.0.1", 6002)
+		local conn = assert(server:accept(2))
+		client:send("hello over tcp")
+		assert.equal("hello over tcp", conn:recv(2))
+		client:close(); conn:close(); server:close()
+	end)
+
+	it("logs a script error with file and line, gives the fallback verdict and goes on", function()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 6003 -j NFQUEUE --queue-num 1")
+		local rx, tx = H.udp("127.0.0.1", 6003), H.udp()
+		local script = start([[
+return function(pkt)
+	if pkt:get_payload():find("boom") then
+		error("exploded")
+	end
+	pkt:accept()
+end]], "--queue 1 --fallback drop")
+		tx:sendto("first", "127.0.0.1", 6003)
+		tx:sendto("boom", "127.0.0.1", 6003)
+		tx:sendto("last", "127.0.0.1", 6003)
+		assert.same({ "first", "last" }, rx:recv_all(0.5))
+		d:wait_output(script .. ":3: exploded")
+		d:signal("INT")
+		assert.equal(0, d:wait())
+		assert.matches("fallback=1 script_errors=1", d:output(), 1, true)
+	end)
+
+	it("runs on_start and on_stop, and gives held packets the fallback verdict at SIGTERM", function()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 6004 -j NFQUEUE --queue-num 1")
+		local rx, tx = H.udp("127.0.0.1", 6004), H.udp()
+		start([[
+local held = {}
+return {
+	on_start = function() print("on_start ran") end,
+	on_packet = function(pkt) held[#held + 1] = pkt:retain() print("holding " .. pkt.id) end,
+	on_stop = function() print("on_stop ran with " .. #held .. " held") end,
+}]])
+		d:wait_output("on_start ran")
+		tx:sendto("held 1", "127.0.0.1", 6004)
+		tx:sendto("held 2", "127.0.0.1", 6004)
+		d:wait_output("holding 2")
+		assert.is_nil(rx:recv(0.2))
+		d:signal("TERM")
+		assert.equal(0, d:wait())
+		assert.same({ "held 1", "held 2" }, rx:recv_all(0.3))
+		assert.matches("on_stop ran with 2 held", d:output(), 1, true)
+		assert.matches("fallback=2", d:output(), 1, true)
+	end)
+
+	it("drops held packets at SIGTERM when the fallback is drop", function()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 6005 -j NFQUEUE --queue-num 1")
+		local rx, tx = H.udp("127.0.0.1", 6005), H.udp()
+		start("local held = {}\nreturn function(pkt) held[#held + 1] = pkt:retain() print('held') end",
+			"--queue 1 --fallback drop")
+		tx:sendto("never", "127.0.0.1", 6005)
+		d:wait_output("held")
+		d:signal("TERM")
+		assert.equal(0, d:wait())
+		assert.is_nil(rx:recv(0.3))
+		assert.matches("dropped=1 repeated=0 fallback=1", d:output(), 1, true)
+	end)
+
+	it("says when the queue is already bound", function()
+		local q = assert(nfq.new())
+		assert(q:bind(9, function() end))
+		local script = H.tmpfile("return function(pkt) pkt:accept() end", ".lua")
+		local rc, out = H.run_nfqlua(script .. " --queue 9")
+		q:close()
+		assert.equal(1, rc)
+		assert.matches("^nfqlua: queue 9 is already bound by another socket", one_line(out))
+	end)
+
+	it("says that root or CAP_NET_ADMIN is needed", function()
+		local script = H.tmpfile("return function(pkt) pkt:accept() end", ".lua")
+		os.execute("chmod 644 " .. script)
+		local rc, out = H.run_nfqlua(script .. " --queue 1",
+			"setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all --bounding-set=-all ")
+		assert.equal(1, rc)
+		assert.equal("nfqlua: binding queue 1 needs root or CAP_NET_ADMIN", one_line(out))
+	end)
+end)
+
+describe("nfqlua command line", function()
+	local good = H.tmpfile("return function(pkt) pkt:accept() end", ".lua")
+
+	local cases = {
+		{ "no script", "--queue 1", 2, "^nfqlua: no SCRIPT given %(see nfqlua %-%-help%)$" },
+		{ "no queue", good, 2, "^nfqlua: %-%-queue N is required" },
+		{ "unknown flag", good .. " --queue 1 --bogus", 2, "^nfqlua: unknown option '%-%-bogus'" },
+		{ "queue out of range", good .. " --queue 70000", 2,
+			"^nfqlua: %-%-queue must be a number from 0 to 65535, got '70000'" },
+		{ "queue not a number", good .. " --queue one", 2, "got 'one'" },
+		{ "negative queue", good .. " --queue -1", 2, "got '%-1'" },
+		{ "missing value", good .. " --queue", 2, "^nfqlua: option '%-%-queue' needs a value" },
+		{ "bad mode", good .. " --queue 1 --mode all", 2, "^nfqlua: %-%-mode must be 'packet' or 'meta', got 'all'" },
+		{ "bad range", good .. " --queue 1 --range 0", 2, "^nfqlua: %-%-range must be a number from 1 to 65535" },
+		{ "bad max-len", good .. " --queue 1 --max-len 1x", 2, "^nfqlua: %-%-max%-len must be a number" },
+		{ "bad sock-len", good .. " --queue 1 --sock-len 10", 2, "^nfqlua: %-%-sock%-len must be a number from 4096" },
+		{ "bad fallback", good .. " --queue 1 --fallback maybe", 2, "^nfqlua: %-%-fallback must be 'accept' or 'drop'" },
+		{ "two scripts", good .. " " .. good .. " --queue 1", 2, "^nfqlua: unexpected argument" },
+		{ "unreadable script", "/nonexistent/filter.lua --queue 1", 1,
+			"^nfqlua: cannot read script '/nonexistent/filter.lua': No such file or directory$" },
+	}
+	for _, c in ipairs(cases) do
+		it("rejects " .. c[1], function()
+			local rc, out = H.run_nfqlua(c[2])
+			assert.equal(c[3], rc)
+			assert.matches(c[4], one_line(out))
+		end)
+	end
+
+	it("reports a syntax error with its line, in --check and at start", function()
+		local bad = H.tmpfile("return function(pkt)\n\tpkt:accept(\nend\n", ".lua")
+		for _, args in ipairs { "--check", "--queue 1" } do
+			local rc, out = H.run_nfqlua(bad .. " " .. args)
+			assert.equal(1, rc)
+			assert.matches("^nfqlua: " .. bad:gsub("%p", "%%%0") .. ":3: ", one_line(out))
+		end
+	end)
+
+	it("reports an error raised while the script loads, with its line", function()
+		local bad = H.tmpfile("local x = 1\nerror('no config file')\n", ".lua")
+		local rc, out = H.run_nfqlua(bad .. " --check")
+		assert.equal(1, rc)
+		assert.matches(":2: no config file$", one_line(out))
+	end)
+
+	it("reports a script that returns the wrong thing", function()
+		for text, msg in pairs {
+			["return 42"] = "must return a function or a table with on_packet, but returned number",
+			["return {}"] = "the table the script returns has no on_packet function",
+			["return { on_packet = print, on_stop = 1 }"] = "on_stop must be a function, got number",
+		} do
+			local bad = H.tmpfile(text, ".lua")
+			local rc, out = H.run_nfqlua(bad .. " --check")
+			assert.equal(1, rc)
+			assert.matches(msg, one_line(out), 1, true)
+		end
+	end)
+
+	it("accepts a good script with --check", function()
+		local rc, out = H.run_nfqlua(good .. " --check")
+		assert.equal(0, rc)
+		assert.equal(good .. ": ok", one_line(out))
+	end)
+
+	it("checks every example script", function()
+		for name in H.sh("ls " .. H.root .. "/scripts/examples/*.lua"):gmatch("[^\n]+") do
+			local rc, out = H.run_nfqlua(name .. " --check")
+			assert.equal(0, rc, out)
+		end
+	end)
+
+	it("prints its version and help", function()
+		local rc, out = H.run_nfqlua("--version")
+		assert.equal(0, rc)
+		assert.matches("^nfqlua %d+%.%d+%.%d+", out)
+		rc, out = H.run_nfqlua("--help")
+		assert.equal(0, rc)
+		assert.matches("usage: nfqlua SCRIPT %-%-queue N", out)
+	end)
+end)
