@@ -378,4 +378,40 @@ describe("queue #kernel", function()
 		assert.is_false(seen[3])
 		assert.equal("from-peer\n", rx:recv(1))
 	end)
+
+	it("gives a zero-copy view that dies with the callback", function()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5022 -j NFQUEUE --queue-num 1")
+		local tx = H.udp()
+		local first_byte, len, pkt_kept
+		q = bound_queue(1, function(pkt)
+			local ptr
+			ptr, len = pkt:view()
+			first_byte = ptr[0]
+			assert.equal(pkt:get_payload(), ffi.string(ptr, len))
+			pkt_kept = pkt
+		end)
+		tx:sendto("viewed", "127.0.0.1", 5022)
+		pump(q, function() return len end)
+		assert.equal(34, len)
+		assert.equal(0x45, first_byte)
+		assert.has_error(function() pkt_kept:view() end)
+	end)
+
+	it("survives and counts receive overruns (ENOBUFS)", function()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5023 -j NFQUEUE --queue-num 1")
+		local rx, tx = H.udp("127.0.0.1", 5023), H.udp()
+		local big = ffi.new("int[1]", 8 * 1024 * 1024)
+		ffi.C.setsockopt(tx.fd, 1, 32, big, 4) -- SO_SNDBUFFORCE: many packets in flight
+		local seen = 0
+		q = bound_queue(1, function(pkt) seen = seen + 1 end, { sock_len = 4096 })
+		for i = 1, 400 do tx:sendto("flood " .. i, "127.0.0.1", 5023) end
+		H.wait_for(function() return H.queue_info(1).user_dropped > 0 end, 5, "the socket to overflow")
+		pump(q, function() return q:stats().enobufs > 0 and q.q.count == 0 end)
+		local before = seen
+		rx:recv_all(0.2)
+		tx:sendto("after the storm", "127.0.0.1", 5023)
+		pump(q, function() return seen > before end)
+		assert.equal("after the storm", rx:recv(1))
+		assert.is_true(q:stats().enobufs >= 1)
+	end)
 end)
