@@ -57,6 +57,7 @@ local PF_HW, PF_TIMESTAMP = C.NFQ_PF_HW, C.NFQ_PF_TIMESTAMP
 local PF_MARK_SET, PF_PAYLOAD_SET, PF_RETAINED = C.NFQ_PF_MARK_SET, C.NFQ_PF_PAYLOAD_SET, C.NFQ_PF_RETAINED
 
 local queue_ptr_t = ffi.typeof("struct nfq_queue *")
+local packet_ptr_t = ffi.typeof("struct nfq_packet *")
 local const_bytes_t = ffi.typeof("const uint8_t *")
 
 local function strerror(e)
@@ -204,9 +205,11 @@ function Packet:retain()
 	if copy == nil then
 		error("nfq: retain: out of memory", 2)
 	end
-	self.p = copy
-	self.gen = copy.gen
-	ffi_gc(self, release_retained)
+	if copy ~= p then -- a slot was copied: this object owns the copy
+		self.p = copy
+		self.gen = copy.gen
+		ffi_gc(self, release_retained)
+	end
 	return self
 end
 
@@ -321,10 +324,24 @@ function _M.new(opts)
 	return setmetatable({ q = q }, Queue)
 end
 
+local adopted_queue
+
 --- A Queue over a queue that C owns (the daemon's); it cannot unbind it.
 function _M._adopt(qptr, callback)
 	local q = ffi_cast(queue_ptr_t, qptr)
-	return setmetatable({ q = q, callback = callback, queue_num = q.queue_num, adopted = true }, Queue)
+	adopted_queue = setmetatable({ q = q, callback = callback, queue_num = q.queue_num, adopted = true }, Queue)
+	return adopted_queue
+end
+
+--- Give a packet handed over by a reload to the callback, as if it had just
+-- arrived: it gets the fallback verdict unless the callback verdicts or
+-- retains it. This object owns the packet from now on.
+function Queue:_redeliver(packet_ptr)
+	local p = ffi_cast(packet_ptr_t, packet_ptr)
+	local pkt = ffi_gc(packet_t(p, p.gen, p.id, p.mark, p.hw_protocol, p.hook), release_retained)
+	local ok, err = pcall(self.callback, pkt)
+	C.nfq_packet_finish(p)
+	if not ok then error(err, 0) end
 end
 
 local bind_opts = { max_len = true, mode = true, range = true, sock_len = true, fallback = true }
@@ -431,19 +448,35 @@ end
 
 local stat_names = {
 	"received", "accepted", "dropped", "repeated", "requeued", "fallback",
-	"verdict_errors", "enobufs", "script_errors",
+	"verdict_errors", "enobufs", "script_errors", "reloads", "reload_failures",
 }
 _M.stat_names = stat_names
 
---- The queue's counters as a table of numbers.
+local kernel_stats = ffi.new("struct nfq_kernel_stats")
+
+--- The queue's counters as a table of numbers, with the kernel's drop
+-- counters for the queue (queue_dropped, user_dropped) when it is bound.
 function Queue:stats()
-	local s = queue_of(self, 2).stats
+	local q = queue_of(self, 2)
+	local s = q.stats
 	local t = {}
 	for i = 1, #stat_names do
 		local k = stat_names[i]
 		t[k] = tonumber(s[k])
 	end
+	if C.nfq_queue_kernel_stats(q, kernel_stats) == 0 then
+		t.queue_dropped = tonumber(kernel_stats.queue_dropped)
+		t.user_dropped = tonumber(kernel_stats.user_dropped)
+	end
 	return t
+end
+
+--- In a daemon script: the daemon queue's counters, as q:stats() gives them.
+function _M.stats()
+	if not adopted_queue then
+		error("nfq.stats() is for scripts run by the nfqlua daemon; call q:stats() on your queue", 2)
+	end
+	return adopted_queue:stats()
 end
 
 registry["nfq.module"] = _M

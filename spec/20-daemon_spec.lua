@@ -110,7 +110,7 @@ return {
 		d:signal("TERM")
 		assert.equal(0, d:wait())
 		assert.is_nil(rx:recv(0.3))
-		assert.matches("dropped=1 repeated=0 fallback=1", d:output(), 1, true)
+		assert.matches("dropped=1 repeated=0 requeued=0 fallback=1", d:output(), 1, true)
 	end)
 
 	it("says when the queue is already bound", function()

@@ -24,9 +24,10 @@ enum {
 	NFQ_PF_TIMESTAMP = 2,	/* ts_sec/ts_usec are valid */
 	NFQ_PF_MARK_SET = 4,	/* new_mark goes out with the verdict */
 	NFQ_PF_PAYLOAD_SET = 8,	/* new_payload goes out with the verdict */
-	NFQ_PF_RETAINED = 16,	/* heap copy owned by a Lua object */
+	NFQ_PF_RETAINED = 16,	/* the script keeps it past its callback */
 	NFQ_PF_UID = 32,
-	NFQ_PF_GID = 64
+	NFQ_PF_GID = 64,
+	NFQ_PF_HEAP = 128	/* malloc'd, freed by nfq_packet_release() */
 };
 
 struct nfq_queue;
@@ -78,6 +79,15 @@ struct nfq_stats {
 	uint64_t verdict_errors;	/* verdicts the kernel refused */
 	uint64_t enobufs;		/* receive overruns reported by the kernel */
 	uint64_t script_errors;
+	uint64_t reloads;		/* scripts swapped in by a reload */
+	uint64_t reload_failures;	/* reloads refused, old script kept */
+};
+
+/* The kernel's own counters for a queue (/proc/net/netfilter/nfnetlink_queue). */
+struct nfq_kernel_stats {
+	int64_t waiting;		/* packets queued now */
+	int64_t queue_dropped;		/* dropped because the queue was full */
+	int64_t user_dropped;		/* dropped because our socket was full */
 };
 
 struct nfq_queue_priv;
@@ -114,6 +124,8 @@ void nfq_queue_close(struct nfq_queue *q);
 int nfq_queue_receive(struct nfq_queue *q, int timeout_ms);
 int nfq_queue_flush(struct nfq_queue *q);
 void nfq_queue_finish_current(struct nfq_queue *q);
+int nfq_queue_kernel_stats(const struct nfq_queue *q, struct nfq_kernel_stats *out);
+int nfq_queue_hand_over(struct nfq_queue *q, struct nfq_packet **out, int max);
 
 int nfq_packet_parse(struct nfq_packet *p, const void *msg, size_t len);
 void nfq_packet_finish(struct nfq_packet *p);

@@ -18,15 +18,25 @@
 
 /* Batches handled per wakeup before the loop gets a chance to run timers and signals. */
 #define BATCHES_PER_WAKEUP 16
+/* How deep a table handed from one script version to the next may nest. */
+#define STATE_MAX_DEPTH 32
+
+/* One loaded version of the script: its own Lua state. */
+struct script_state {
+	lua_State *L;
+	int engine_ref;		/* the nfq.engine module */
+	int hooks_ref;		/* what the script returned */
+	int dispatch_ref;	/* the per-batch function */
+	int redeliver_ref;	/* the per-packet function for handed-over packets */
+};
 
 struct nfq_engine {
 	struct ev_loop *loop;
 	ev_io io;
 	struct nfq_queue *q;
-	lua_State *L;
-	int engine_ref;		/* the nfq.engine module */
-	int hooks_ref;		/* what the script returned */
-	int dispatch_ref;	/* the per-batch function */
+	struct script_state cur;
+	unsigned version;	/* 1 for the script loaded at start, +1 per reload */
+	struct nfq_kernel_stats kernel;	/* last read while the queue was bound */
 	char script[4096];
 };
 
@@ -75,16 +85,19 @@ static int call_engine(lua_State *L, int engine_ref, const char *fn, int nargs,
 	return 0;
 }
 
-/* A Lua state with the nfq modules; the script's directory joins package.path. */
-static lua_State *new_state(const char *script, int *engine_ref, char *err,
-			    size_t errlen)
+/* Open a Lua state with the nfq modules and load the script into it. */
+static int state_open(struct script_state *st, const char *script, char *err,
+		      size_t errlen)
 {
+	memset(st, 0, sizeof *st);
 	lua_State *L = luaL_newstate();
 	if (!L) {
 		copy_error(err, errlen, "cannot create a Lua state: out of memory");
-		return NULL;
+		return -1;
 	}
+	st->L = L;
 	luaL_openlibs(L);
+	/* Modules next to the script can be required. */
 	const char *slash = strrchr(script, '/');
 	size_t dirlen = slash ? (size_t)(slash - script) : 1;
 	lua_getglobal(L, "package");
@@ -98,46 +111,90 @@ static lua_State *new_state(const char *script, int *engine_ref, char *err,
 	lua_pushliteral(L, "nfq.engine");
 	if (lua_pcall(L, 1, 1, 0) != 0) {
 		copy_error(err, errlen, lua_tostring(L, -1));
-		lua_close(L);
-		return NULL;
+		return -1;
 	}
-	*engine_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-	return L;
+	st->engine_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	lua_pushstring(L, script);
+	if (call_engine(L, st->engine_ref, "load", 1, 1, 0, err, errlen) < 0)
+		return -1;
+	st->hooks_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	return 0;
 }
 
-static int load_script(lua_State *L, int engine_ref, const char *script,
-		       char *err, size_t errlen)
+/* Give the state the queue: it returns its dispatch and redeliver functions. */
+static int state_attach(struct script_state *st, struct nfq_queue *q, char *err,
+			size_t errlen)
 {
-	lua_pushstring(L, script);
-	return call_engine(L, engine_ref, "load", 1, 1, 0, err, errlen);
+	lua_pushlightuserdata(st->L, q);
+	lua_rawgeti(st->L, LUA_REGISTRYINDEX, st->hooks_ref);
+	if (call_engine(st->L, st->engine_ref, "attach", 2, 2, 0, err, errlen) < 0)
+		return -1;
+	st->redeliver_ref = luaL_ref(st->L, LUA_REGISTRYINDEX);
+	st->dispatch_ref = luaL_ref(st->L, LUA_REGISTRYINDEX);
+	return 0;
+}
+
+/* Closing a state collects what it retained: see nfq_packet_release(). */
+static void state_close(struct script_state *st)
+{
+	if (st->L)
+		lua_close(st->L);
+	st->L = NULL;
+}
+
+/* Call a hook with the nargs values on the stack; log its failure. */
+static int call_hook(struct script_state *st, const char *name, int nargs,
+		     char *err, size_t errlen)
+{
+	lua_State *L = st->L;
+	lua_rawgeti(L, LUA_REGISTRYINDEX, st->hooks_ref);
+	lua_pushstring(L, name);
+	lua_insert(L, -2 - nargs);
+	lua_insert(L, -2 - nargs);
+	if (call_engine(L, st->engine_ref, "call_hook", 2 + nargs, 0, 1, err, errlen) < 0) {
+		char what[64];
+		snprintf(what, sizeof what, "%s failed", name);
+		log_lua_error(what, err);
+		return -1;
+	}
+	return 0;
 }
 
 int nfq_engine_check_script(const char *path, char *err, size_t errlen)
 {
-	int engine_ref;
-	lua_State *L = new_state(path, &engine_ref, err, errlen);
-	if (!L)
-		return -1;
-	int rc = load_script(L, engine_ref, path, err, errlen);
-	lua_close(L);
+	struct script_state st;
+	int rc = state_open(&st, path, err, errlen);
+	state_close(&st);
+	return rc;
+}
+
+/* Call a per-packet Lua function until it returns normally; errors are logged. */
+static int call_packet_function(struct nfq_engine *e, int ref, void *arg)
+{
+	lua_State *L = e->cur.L;
+	lua_pushcfunction(L, traceback);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+	int nargs = 0;
+	if (arg) {
+		lua_pushlightuserdata(L, arg);
+		nargs = 1;
+	}
+	int rc = lua_pcall(L, nargs, 0, -2 - nargs);
+	if (rc != 0) {
+		e->q->stats.script_errors++;
+		log_lua_error("script error", lua_tostring(L, -1));
+		lua_pop(L, 1);
+	}
+	lua_pop(L, 1);
 	return rc;
 }
 
 static void run_batch(struct nfq_engine *e)
 {
 	struct nfq_queue *q = e->q;
-	lua_State *L = e->L;
-	while (q->pos < q->count) {
-		lua_pushcfunction(L, traceback);
-		lua_rawgeti(L, LUA_REGISTRYINDEX, e->dispatch_ref);
-		if (lua_pcall(L, 0, 0, -2) != 0) {
-			q->stats.script_errors++;
-			log_lua_error("script error", lua_tostring(L, -1));
-			lua_pop(L, 1);
+	while (q->pos < q->count)
+		if (call_packet_function(e, e->cur.dispatch_ref, NULL) != 0)
 			nfq_queue_finish_current(q);
-		}
-		lua_pop(L, 1);
-	}
 	nfq_queue_flush(q);
 }
 
@@ -158,18 +215,117 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
 	}
 }
 
-static int call_hook(struct nfq_engine *e, const char *name)
+/*
+ * Push onto `to` a deep copy of the value at idx in `from`: nil, booleans,
+ * numbers, strings and tables of them. Anything else cannot cross states.
+ */
+static int copy_value(lua_State *from, int idx, lua_State *to, int depth,
+		      char *err, size_t errlen)
 {
-	char msg[1024];
-	lua_rawgeti(e->L, LUA_REGISTRYINDEX, e->hooks_ref);
-	lua_pushstring(e->L, name);
-	if (call_engine(e->L, e->engine_ref, "call_hook", 2, 0, 1, msg, sizeof msg) < 0) {
-		char what[64];
-		snprintf(what, sizeof what, "%s failed", name);
-		log_lua_error(what, msg);
+	if (idx < 0)
+		idx = lua_gettop(from) + idx + 1;
+	switch (lua_type(from, idx)) {
+	case LUA_TNIL:
+		lua_pushnil(to);
+		return 0;
+	case LUA_TBOOLEAN:
+		lua_pushboolean(to, lua_toboolean(from, idx));
+		return 0;
+	case LUA_TNUMBER:
+		lua_pushnumber(to, lua_tonumber(from, idx));
+		return 0;
+	case LUA_TSTRING: {
+		size_t len;
+		const char *str = lua_tolstring(from, idx, &len);
+		lua_pushlstring(to, str, len);
+		return 0;
+	}
+	case LUA_TTABLE:
+		if (depth >= STATE_MAX_DEPTH) {
+			snprintf(err, errlen, "on_reload: the state nests deeper than %d tables (a cycle?)", STATE_MAX_DEPTH);
+			return -1;
+		}
+		lua_newtable(to);
+		lua_pushnil(from);
+		while (lua_next(from, idx)) {
+			int top = lua_gettop(from);
+			if (copy_value(from, top - 1, to, depth + 1, err, errlen) < 0 ||
+			    copy_value(from, top, to, depth + 1, err, errlen) < 0)
+				return -1;
+			lua_rawset(to, -3);
+			lua_pop(from, 1);
+		}
+		return 0;
+	default:
+		snprintf(err, errlen, "on_reload: a %s cannot cross a reload (only nil, booleans, numbers, strings and tables of them)",
+			 lua_typename(from, lua_type(from, idx)));
 		return -1;
 	}
+}
+
+/* Copy the old version's on_reload() state onto the new state's stack. */
+static int hand_state(struct script_state *from, struct script_state *to,
+		      char *err, size_t errlen)
+{
+	int from_top = lua_gettop(from->L), to_top = lua_gettop(to->L);
+	lua_rawgeti(from->L, LUA_REGISTRYINDEX, from->hooks_ref);
+	if (call_engine(from->L, from->engine_ref, "save_state", 1, 1, 1, err, errlen) < 0)
+		return -1;
+	int rc = copy_value(from->L, -1, to->L, 0, err, errlen);
+	lua_settop(from->L, from_top);
+	if (rc < 0)
+		lua_settop(to->L, to_top);
+	return rc;
+}
+
+/* Give the new version the packets the old one held, in arrival order. */
+static int hand_over_packets(struct nfq_engine *e)
+{
+	int n = nfq_queue_hand_over(e->q, NULL, 0);
+	if (n == 0)
+		return 0;
+	struct nfq_packet **held = calloc((size_t)n, sizeof *held);
+	if (!held)
+		return -1;
+	n = nfq_queue_hand_over(e->q, held, n);
+	e->q->in_dispatch = 1;
+	for (int i = 0; i < n; i++)
+		call_packet_function(e, e->cur.redeliver_ref, held[i]);
+	nfq_queue_flush(e->q);
+	free(held);
+	return n;
+}
+
+int nfq_engine_reload(struct nfq_engine *e)
+{
+	struct script_state next;
+	char err[1024];
+
+	/* Everything that can fail happens before the swap: a failure keeps the old version. */
+	if (state_open(&next, e->script, err, sizeof err) < 0 ||
+	    state_attach(&next, e->q, err, sizeof err) < 0)
+		goto fail;
+	if (hand_state(&e->cur, &next, err, sizeof err) < 0)
+		goto fail;
+	if (call_hook(&next, "on_start", 1, err, sizeof err) < 0)
+		goto fail;
+
+	struct script_state old = e->cur;
+	e->cur = next;
+	int n_held = hand_over_packets(e);
+	/* Only husks are left in the old state: closing it verdicts nothing. */
+	state_close(&old);
+	e->version++;
+	e->q->stats.reloads++;
+	nfq_log(NFQ_LOG_INFO, "reloaded %s: version %u runs now, %d held packets handed to it",
+		e->script, e->version, n_held < 0 ? 0 : n_held);
 	return 0;
+fail:
+	e->q->stats.reload_failures++;
+	nfq_log(NFQ_LOG_ERROR, "reload of %s failed, version %u keeps running: %s",
+		e->script, e->version, err);
+	state_close(&next);
+	return -1;
 }
 
 struct nfq_engine *nfq_engine_new(struct ev_loop *loop,
@@ -182,16 +338,12 @@ struct nfq_engine *nfq_engine_new(struct ev_loop *loop,
 		return NULL;
 	}
 	e->loop = loop;
+	e->version = 1;
 	snprintf(e->script, sizeof e->script, "%s", opts->script);
 
 	/* The script loads before the queue binds: a broken script never takes traffic. */
-	e->L = new_state(opts->script, &e->engine_ref, err, errlen);
-	if (!e->L)
+	if (state_open(&e->cur, opts->script, err, errlen) < 0)
 		goto fail;
-	if (load_script(e->L, e->engine_ref, opts->script, err, errlen) < 0)
-		goto fail;
-	e->hooks_ref = luaL_ref(e->L, LUA_REGISTRYINDEX);
-
 	e->q = nfq_queue_open(-1);
 	if (!e->q) {
 		snprintf(err, errlen, "cannot open a netfilter netlink socket: %s", strerror(errno));
@@ -203,23 +355,18 @@ struct nfq_engine *nfq_engine_new(struct ev_loop *loop,
 		copy_error(err, errlen, e->q->errmsg);
 		goto fail;
 	}
-
-	lua_pushlightuserdata(e->L, e->q);
-	lua_rawgeti(e->L, LUA_REGISTRYINDEX, e->hooks_ref);
-	if (call_engine(e->L, e->engine_ref, "attach", 2, 1, 0, err, errlen) < 0)
+	if (state_attach(&e->cur, e->q, err, errlen) < 0)
 		goto fail;
-	e->dispatch_ref = luaL_ref(e->L, LUA_REGISTRYINDEX);
-
-	if (call_hook(e, "on_start") < 0) {
-		copy_error(err, errlen, "the script's on_start failed");
+	char hook_err[1024];
+	if (call_hook(&e->cur, "on_start", 0, hook_err, sizeof hook_err) < 0) {
+		snprintf(err, errlen, "on_start failed: %s", hook_err);
 		goto fail;
 	}
 	ev_io_init(&e->io, on_readable, e->q->fd, EV_READ);
 	e->io.data = e;
 	ev_io_start(loop, &e->io);
 	/* Packets that arrived while binding are already in the batch. */
-	if (e->q->count > e->q->pos)
-		run_batch(e);
+	run_batch(e);
 	return e;
 fail:
 	nfq_engine_free(e);
@@ -233,14 +380,16 @@ void nfq_engine_stop(struct nfq_engine *e)
 	if (e->io.data)
 		ev_io_stop(e->loop, &e->io);
 	e->io.data = NULL;
-	if (e->L && e->dispatch_ref)
-		call_hook(e, "on_stop");
+	if (e->cur.L && e->cur.dispatch_ref) {
+		char err[1024];
+		call_hook(&e->cur, "on_stop", 0, err, sizeof err);
+	}
 	/* Packets the script still holds get the fallback verdict, oldest first. */
-	if (e->q)
+	if (e->q) {
+		nfq_queue_kernel_stats(e->q, &e->kernel);
 		nfq_queue_unbind(e->q);
-	if (e->L)
-		lua_close(e->L);
-	e->L = NULL;
+	}
+	state_close(&e->cur);
 }
 
 void nfq_engine_free(struct nfq_engine *e)
@@ -255,4 +404,21 @@ void nfq_engine_free(struct nfq_engine *e)
 const struct nfq_stats *nfq_engine_stats(const struct nfq_engine *e)
 {
 	return &e->q->stats;
+}
+
+int nfq_engine_format_stats(const struct nfq_engine *e, char *buf, size_t len)
+{
+	const struct nfq_stats *s = &e->q->stats;
+	struct nfq_kernel_stats k;
+	if (nfq_queue_kernel_stats(e->q, &k) < 0)
+		k = e->kernel;
+	return snprintf(buf, len,
+		"received=%llu accepted=%llu dropped=%llu repeated=%llu requeued=%llu fallback=%llu script_errors=%llu verdict_errors=%llu enobufs=%llu reloads=%llu reload_failures=%llu version=%u kernel_queue_dropped=%lld kernel_user_dropped=%lld",
+		(unsigned long long)s->received, (unsigned long long)s->accepted,
+		(unsigned long long)s->dropped, (unsigned long long)s->repeated,
+		(unsigned long long)s->requeued, (unsigned long long)s->fallback,
+		(unsigned long long)s->script_errors, (unsigned long long)s->verdict_errors,
+		(unsigned long long)s->enobufs, (unsigned long long)s->reloads,
+		(unsigned long long)s->reload_failures, e->version,
+		(long long)k.queue_dropped, (long long)k.user_dropped);
 }

@@ -156,6 +156,14 @@ void nfq_packet_fallback(struct nfq_packet *p)
 
 void nfq_packet_finish(struct nfq_packet *p)
 {
+	if (p->flags & NFQ_PF_HEAP) {
+		/* A handed-over packet: the script may keep it like a slot's copy. */
+		if (p->flags & NFQ_PF_RETAINED)
+			return;
+		nfq_packet_fallback(p);
+		p->gen++;
+		return;
+	}
 	nfq_packet_fallback(p);
 	free(p->new_payload);
 	p->new_payload = NULL;
@@ -191,14 +199,16 @@ int nfq_packet_set_payload(struct nfq_packet *p, const void *data, size_t len)
  */
 struct nfq_packet *nfq_packet_retain(struct nfq_packet *p)
 {
-	if (p->flags & NFQ_PF_RETAINED)
+	if (p->flags & NFQ_PF_HEAP) {
+		p->flags |= NFQ_PF_RETAINED;
 		return p;
+	}
 	struct nfq_packet *c = malloc(sizeof *c);
 	if (!c)
 		return NULL;
 	*c = *p;
 	c->gen = 0;
-	c->flags |= NFQ_PF_RETAINED;
+	c->flags |= NFQ_PF_RETAINED | NFQ_PF_HEAP;
 	c->prev = c->next = NULL;
 	c->own_payload = NULL;
 	if (p->payload) {
@@ -221,7 +231,7 @@ struct nfq_packet *nfq_packet_retain(struct nfq_packet *p)
 
 void nfq_packet_release(struct nfq_packet *p)
 {
-	if (!p)
+	if (!p || !(p->flags & NFQ_PF_HEAP))
 		return;
 	nfq_packet_fallback(p);
 	if (p->queue && p->state == NFQ_PKT_PENDING)

@@ -527,6 +527,73 @@ int nfq_queue_bind(struct nfq_queue *q, uint32_t queue_num, uint32_t mode,
 	return 0;
 }
 
+/*
+ * Move every retained packet into a fresh heap packet that no Lua object
+ * owns yet, for a new Lua state to adopt. The old copies become empty
+ * husks with a verdict, so their finalizers only free them. With out NULL,
+ * only count them.
+ */
+int nfq_queue_hand_over(struct nfq_queue *q, struct nfq_packet **out, int max)
+{
+	struct nfq_queue_priv *s = q->priv;
+	int n = 0;
+	struct nfq_packet *old = s->retained;
+	if (!out) {
+		for (; old; old = old->next)
+			n++;
+		return n;
+	}
+	while (old && n < max) {
+		struct nfq_packet *next = old->next;
+		struct nfq_packet *p = malloc(sizeof *p);
+		if (!p)
+			break;
+		*p = *old;
+		p->gen = 0;
+		p->flags &= ~(uint32_t)NFQ_PF_RETAINED;
+		if (p->prev)
+			p->prev->next = p;
+		else
+			s->retained = p;
+		if (p->next)
+			p->next->prev = p;
+		else
+			s->retained_tail = p;
+		old->prev = old->next = NULL;
+		old->own_payload = old->new_payload = NULL;
+		old->payload = NULL;
+		old->flags &= ~(uint32_t)NFQ_PF_PAYLOAD_SET;
+		old->state = NFQ_PKT_VERDICTED;
+		old->queue = NULL;
+		out[n++] = p;
+		old = next;
+	}
+	return n;
+}
+
+int nfq_queue_kernel_stats(const struct nfq_queue *q, struct nfq_kernel_stats *out)
+{
+	FILE *f = fopen("/proc/net/netfilter/nfnetlink_queue", "r");
+	unsigned num;
+	long long waiting, qdrop, udrop;
+	int rc = -1;
+	memset(out, 0, sizeof *out);
+	if (!f)
+		return -1;
+	while (fscanf(f, "%u %*d %lld %*d %*d %lld %lld %*[^\n]", &num, &waiting, &qdrop, &udrop) == 4)
+		if ((int32_t)num == q->queue_num) {
+			out->waiting = waiting;
+			out->queue_dropped = qdrop;
+			out->user_dropped = udrop;
+			rc = 0;
+			break;
+		}
+	fclose(f);
+	if (rc < 0)
+		errno = ENOENT;
+	return rc;
+}
+
 static void fallback_retained(struct nfq_queue *q)
 {
 	struct nfq_queue_priv *s = q->priv;

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <ev.h>
 
@@ -33,17 +34,25 @@ static const char usage[] =
 	"                         verdict for packets the script leaves without one\n"
 	"                         (errors, forgotten packets, shutdown; default accept)\n"
 	"      --check            load and compile SCRIPT, then exit\n"
+	"      --pidfile PATH     write the pid to PATH, removed at exit\n"
+	"      --log-level LEVEL  error, warn, info (default) or debug\n"
 	"  -v, --verbose          log more (twice: debug)\n"
 	"      --version          print the version and exit\n"
 	"  -h, --help             print this help and exit\n"
 	"\n"
-	"Signals: SIGINT and SIGTERM stop after giving held packets the fallback verdict.\n";
+	"Signals: SIGHUP reloads SCRIPT (a broken version is refused, the running one\n"
+	"stays); SIGUSR1 logs the counters; SIGINT and SIGTERM stop after giving held\n"
+	"packets the fallback verdict (a second one exits at once).\n";
 
 struct cli {
 	struct nfq_engine_opts engine;
 	int check;
 	int have_queue;
+	const char *pidfile;
 };
+
+static struct nfq_engine *engine;
+static const char *pidfile;
 
 static void usage_error(const char *fmt, const char *arg)
 {
@@ -70,7 +79,8 @@ static uint32_t parse_number(const char *flag, const char *s, unsigned long lo,
 static void parse_args(int argc, char **argv, struct cli *cli)
 {
 	enum { OPT_MAX_LEN = 256, OPT_MODE, OPT_RANGE, OPT_SOCK_LEN, OPT_FALLBACK,
-	       OPT_CHECK, OPT_VERSION };
+	       OPT_CHECK, OPT_VERSION, OPT_PIDFILE, OPT_LOG_LEVEL };
+	static const char *const levels[] = { "error", "warn", "info", "debug" };
 	static const struct option options[] = {
 		{ "queue", required_argument, NULL, 'q' },
 		{ "max-len", required_argument, NULL, OPT_MAX_LEN },
@@ -79,6 +89,8 @@ static void parse_args(int argc, char **argv, struct cli *cli)
 		{ "sock-len", required_argument, NULL, OPT_SOCK_LEN },
 		{ "fallback", required_argument, NULL, OPT_FALLBACK },
 		{ "check", no_argument, NULL, OPT_CHECK },
+		{ "pidfile", required_argument, NULL, OPT_PIDFILE },
+		{ "log-level", required_argument, NULL, OPT_LOG_LEVEL },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "version", no_argument, NULL, OPT_VERSION },
 		{ "help", no_argument, NULL, 'h' },
@@ -125,6 +137,21 @@ static void parse_args(int argc, char **argv, struct cli *cli)
 		case OPT_CHECK:
 			cli->check = 1;
 			break;
+		case OPT_PIDFILE:
+			if (!*optarg)
+				usage_error("--pidfile needs a path%s", "");
+			cli->pidfile = optarg;
+			break;
+		case OPT_LOG_LEVEL: {
+			int found = -1;
+			for (int i = 0; i < 4; i++)
+				if (strcmp(optarg, levels[i]) == 0)
+					found = i;
+			if (found < 0)
+				usage_error("--log-level must be error, warn, info or debug, got '%s'", optarg);
+			nfq_log_level = found;
+			break;
+		}
 		case 'v':
 			if (nfq_log_level < NFQ_LOG_DEBUG)
 				nfq_log_level++;
@@ -151,6 +178,13 @@ static void parse_args(int argc, char **argv, struct cli *cli)
 		usage_error("--queue N is required%s", "");
 }
 
+static void log_stats(void)
+{
+	char line[1024];
+	nfq_engine_format_stats(engine, line, sizeof line);
+	nfq_log(NFQ_LOG_INFO, "%s", line);
+}
+
 static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
 {
 	(void)revents;
@@ -158,14 +192,43 @@ static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
 	ev_break(loop, EVBREAK_ALL);
 }
 
-static void log_stats(const struct nfq_stats *s)
+static void on_reload_signal(struct ev_loop *loop, ev_signal *w, int revents)
 {
-	nfq_log(NFQ_LOG_INFO,
-		"received=%llu accepted=%llu dropped=%llu repeated=%llu fallback=%llu script_errors=%llu verdict_errors=%llu enobufs=%llu",
-		(unsigned long long)s->received, (unsigned long long)s->accepted,
-		(unsigned long long)s->dropped, (unsigned long long)s->repeated,
-		(unsigned long long)s->fallback, (unsigned long long)s->script_errors,
-		(unsigned long long)s->verdict_errors, (unsigned long long)s->enobufs);
+	(void)loop;
+	(void)w;
+	(void)revents;
+	nfq_log(NFQ_LOG_INFO, "got SIGHUP, reloading");
+	nfq_engine_reload(engine);
+}
+
+static void on_stats_signal(struct ev_loop *loop, ev_signal *w, int revents)
+{
+	(void)loop;
+	(void)w;
+	(void)revents;
+	log_stats();
+}
+
+/* A second SIGINT or SIGTERM while draining: leave now. */
+static void exit_now(int sig)
+{
+	static const char msg[] = "nfqlua: error: second signal during the drain, exiting at once\n";
+	if (write(STDERR_FILENO, msg, sizeof msg - 1) < 0)
+		_exit(128 + sig);
+	if (pidfile)
+		unlink(pidfile);
+	_exit(128 + sig);
+}
+
+static int write_pidfile(const char *path)
+{
+	FILE *f = fopen(path, "w");
+	if (!f || fprintf(f, "%ld\n", (long)getpid()) < 0 || fclose(f) != 0) {
+		fprintf(stderr, "nfqlua: cannot write pidfile '%s': %s\n", path, strerror(errno));
+		return -1;
+	}
+	pidfile = path;
+	return 0;
 }
 
 int main(int argc, char **argv)
@@ -195,15 +258,23 @@ int main(int argc, char **argv)
 
 	signal(SIGPIPE, SIG_IGN);
 	struct ev_loop *loop = EV_DEFAULT;
-	ev_signal sigint, sigterm;
+	ev_signal sigint, sigterm, sighup, sigusr1;
 	ev_signal_init(&sigint, on_stop_signal, SIGINT);
 	ev_signal_init(&sigterm, on_stop_signal, SIGTERM);
+	ev_signal_init(&sighup, on_reload_signal, SIGHUP);
+	ev_signal_init(&sigusr1, on_stats_signal, SIGUSR1);
 	ev_signal_start(loop, &sigint);
 	ev_signal_start(loop, &sigterm);
+	ev_signal_start(loop, &sighup);
+	ev_signal_start(loop, &sigusr1);
 
-	struct nfq_engine *e = nfq_engine_new(loop, &cli.engine, err, sizeof err);
-	if (!e) {
+	engine = nfq_engine_new(loop, &cli.engine, err, sizeof err);
+	if (!engine) {
 		fprintf(stderr, "nfqlua: %s\n", err);
+		return 1;
+	}
+	if (cli.pidfile && write_pidfile(cli.pidfile) < 0) {
+		nfq_engine_free(engine);
 		return 1;
 	}
 	nfq_log(NFQ_LOG_INFO, "queue %u bound (mode %s, range %u, max-len %u, fallback %s), running %s",
@@ -211,9 +282,16 @@ int main(int argc, char **argv)
 		cli.engine.range, cli.engine.max_len,
 		cli.engine.fallback ? "accept" : "drop", cli.engine.script);
 	ev_run(loop, 0);
-	nfq_engine_stop(e);
-	log_stats(nfq_engine_stats(e));
-	nfq_engine_free(e);
+
+	ev_signal_stop(loop, &sigint);
+	ev_signal_stop(loop, &sigterm);
+	signal(SIGINT, exit_now);
+	signal(SIGTERM, exit_now);
+	nfq_engine_stop(engine);
+	log_stats();
+	nfq_engine_free(engine);
+	if (pidfile)
+		unlink(pidfile);
 	nfq_log(NFQ_LOG_INFO, "queue %u unbound, exiting", cli.engine.queue_num);
 	return 0;
 }

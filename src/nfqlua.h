@@ -43,8 +43,20 @@ void nfq_engine_stop(struct nfq_engine *e);
 /* Stop if needed, then free. Safe to call with NULL. */
 void nfq_engine_free(struct nfq_engine *e);
 
+/*
+ * Load the script again into a fresh Lua state and swap it in between two
+ * batches. A version that fails to load, attach or start leaves the running
+ * one untouched. The old version's on_reload() table is copied to the new
+ * on_start(state); packets it held are given to the new on_packet first.
+ * 0, or -1 (the failure is logged and counted).
+ */
+int nfq_engine_reload(struct nfq_engine *e);
+
 /* Counters; valid until nfq_engine_free(). */
 const struct nfq_stats *nfq_engine_stats(const struct nfq_engine *e);
+
+/* All counters, the script version and the kernel's drops as one key=value line. */
+int nfq_engine_format_stats(const struct nfq_engine *e, char *buf, size_t len);
 
 /* Load and compile a script without touching the kernel: 0, or -1 and err. */
 int nfq_engine_check_script(const char *path, char *err, size_t errlen);

@@ -13,7 +13,8 @@ local function is_callable(f)
 end
 
 --- Load a filter script: it returns the callback, or a table with
--- on_packet and optional on_start and on_stop. Raises one-line errors.
+-- on_packet and optional on_start, on_stop and on_reload. Raises one-line
+-- errors.
 function _M.load(path)
 	local chunk, err = loadfile(path)
 	if not chunk then
@@ -29,7 +30,7 @@ function _M.load(path)
 	if not is_callable(ret.on_packet) then
 		error(("%s: the table the script returns has no on_packet function"):format(path), 0)
 	end
-	for _, hook in ipairs { "on_start", "on_stop" } do
+	for _, hook in ipairs { "on_start", "on_stop", "on_reload" } do
 		if ret[hook] ~= nil and not is_callable(ret[hook]) then
 			error(("%s: %s must be a function, got %s"):format(path, hook, type(ret[hook])), 0)
 		end
@@ -37,16 +38,28 @@ function _M.load(path)
 	return ret
 end
 
---- The function C calls once per batch of packets received on the queue.
+--- The functions C calls: once per batch of packets received on the
+-- queue, and once per packet handed over by a reload.
 function _M.attach(qptr, hooks)
 	local queue = nfq._adopt(qptr, hooks.on_packet)
 	local dispatch = queue._dispatch
-	return function() dispatch(queue) end
+	return function() dispatch(queue) end,
+		function(packet_ptr) queue:_redeliver(packet_ptr) end
 end
 
-function _M.call_hook(hooks, name)
+function _M.call_hook(hooks, name, ...)
 	local hook = hooks[name]
-	if hook then hook() end
+	if hook then hook(...) end
+end
+
+--- What the script wants to hand to its next version: on_reload()'s table.
+function _M.save_state(hooks)
+	if not hooks.on_reload then return nil end
+	local state = hooks.on_reload()
+	if state ~= nil and type(state) ~= "table" then
+		error("on_reload must return a table or nil, got " .. type(state), 0)
+	end
+	return state
 end
 
 return _M
