@@ -22,13 +22,12 @@ LUA_LIBS = $(shell $(PKG_CONFIG) --libs $(LUA_PKG))
 EV_LIBS = $(shell $(PKG_CONFIG) --libs libev 2>/dev/null || echo -lev)
 
 BUILD = build
-CORE_SRC = src/nfq_queue.c src/nfq_packet.c
+CORE_SRC = src/nfq_queue.c src/nfq_packet.c src/nfq_headers.c
 ENGINE_SRC = src/nfq_engine.c src/nfq_log.c
 CORE_OBJ = $(CORE_SRC:src/%.c=$(BUILD)/%.o)
 ENGINE_OBJ = $(ENGINE_SRC:src/%.c=$(BUILD)/%.o)
-LUA_MODULES = lua/nfq.lua lua/nfq/cdef.lua lua/nfq/engine.lua
 # Module bytecode linked into the binary: require finds luaJIT_BC_<name>.
-LUA_BC_OBJ = $(BUILD)/bc_nfq.o $(BUILD)/bc_nfq_cdef.o $(BUILD)/bc_nfq_engine.o
+LUA_BC_OBJ = $(BUILD)/bc_nfq.o $(BUILD)/bc_nfq_cdef.o $(BUILD)/bc_nfq_engine.o $(BUILD)/bc_nfq_headers.o
 
 SPEC_ENV = NFQ_ROOT=$(CURDIR) LUA_PATH='lua/?.lua;lua/?/init.lua;spec/?.lua;;' LUA_CPATH='lua/?.so;;'
 
@@ -63,6 +62,8 @@ $(BUILD)/bc_nfq_cdef.o: lua/nfq/cdef.lua | $(BUILD)
 	$(LUAJIT) -b -n nfq.cdef $< $@
 $(BUILD)/bc_nfq_engine.o: lua/nfq/engine.lua | $(BUILD)
 	$(LUAJIT) -b -n nfq.engine $< $@
+$(BUILD)/bc_nfq_headers.o: lua/nfq/headers.lua | $(BUILD)
+	$(LUAJIT) -b -n nfq.headers $< $@
 
 $(BUILD):
 	mkdir -p $@

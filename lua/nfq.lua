@@ -13,11 +13,12 @@ if registry["nfq.module"] then
 end
 
 require "nfq.cdef"
+local headers = require "nfq.headers"
 
 local band, bor, rshift = bit.band, bit.bor, bit.rshift
 local floor = math.floor
 local type, error, pcall, tostring, tonumber = type, error, pcall, tostring, tonumber
-local setmetatable, getmetatable, pairs = setmetatable, getmetatable, pairs
+local setmetatable, getmetatable, pairs, ipairs = setmetatable, getmetatable, pairs, ipairs
 local ffi_string, ffi_errno, ffi_gc, ffi_cast = ffi.string, ffi.errno, ffi.gc, ffi.cast
 
 if not pcall(function() return ffi.C.nfq_strerror end) then
@@ -55,6 +56,11 @@ local EINTR, EALREADY, EMSGSIZE = 4, 114, 90
 local PKT_PENDING = C.NFQ_PKT_PENDING
 local PF_HW, PF_TIMESTAMP = C.NFQ_PF_HW, C.NFQ_PF_TIMESTAMP
 local PF_MARK_SET, PF_PAYLOAD_SET, PF_RETAINED = C.NFQ_PF_MARK_SET, C.NFQ_PF_PAYLOAD_SET, C.NFQ_PF_RETAINED
+local PF_UID, PF_GID, PF_CT, PF_CT_INFO = C.NFQ_PF_UID, C.NFQ_PF_GID, C.NFQ_PF_CT, C.NFQ_PF_CT_INFO
+local PF_VLAN, PF_SKBINFO, PF_PRIORITY = C.NFQ_PF_VLAN, C.NFQ_PF_SKBINFO, C.NFQ_PF_PRIORITY
+local PF_CONNMARK_SET = C.NFQ_PF_CONNMARK_SET
+local FLAG_CONNTRACK = C.NFQ_FLAG_CONNTRACK
+local NF_QUEUE, NF_STOP, NF_QUEUE_BYPASS = 3, 5, 0x8000
 
 local queue_ptr_t = ffi.typeof("struct nfq_queue *")
 local packet_ptr_t = ffi.typeof("struct nfq_packet *")
@@ -268,8 +274,132 @@ local function describe(pkt)
 	return ("%s packet, %d bytes"):format(name, len)
 end
 
+function Packet:stop() give_verdict(self, NF_STOP) end
+
+--- Send the packet to another queue; with bypass, accept it if nobody
+-- listens there.
+function Packet:queue(queue_num, bypass)
+	check_int(queue_num, 0, 65535, "queue_num", 2)
+	give_verdict(self, NF_QUEUE + queue_num * 65536 + (bypass and NF_QUEUE_BYPASS or 0))
+end
+
+--- Set the connection's mark with the verdict (the queue needs conntrack = true).
+function Packet:set_connmark(mark)
+	local p = live(self)
+	check_int(mark, 0, 0xffffffff, "connmark", 2)
+	check_pending(self, p)
+	if p.queue == nil or band(p.queue.flags, FLAG_CONNTRACK) == 0 then
+		error("nfq: set_connmark needs a queue bound with conntrack = true", 2)
+	end
+	p.new_connmark = mark
+	p.flags = bor(p.flags, PF_CONNMARK_SET)
+end
+
+function Packet:get_l2hdr()
+	local p = live(self)
+	if p.l2hdr == nil then return nil end
+	return ffi_string(p.l2hdr, p.l2hdr_len)
+end
+
+--- Set lengths and checksums of the payload given to set_payload().
+function Packet:fix_checksums()
+	local p = live(self)
+	if band(p.flags, PF_PAYLOAD_SET) == 0 then
+		error("nfq: fix_checksums works on the payload given to set_payload(); call that first", 2)
+	end
+	if C.nfq_fix_checksums(p.new_payload, p.new_payload_len) ~= 0 then
+		error("nfq: fix_checksums: the payload is not an IPv4 or IPv6 packet", 2)
+	end
+end
+
+-- Header views over the current payload (the rewritten one after
+-- set_payload): nil when the bytes are not a whole header of that kind.
+function Packet:ip() return headers.ipv4(payload_of(live(self))) end
+function Packet:ip6() return headers.ipv6(payload_of(live(self))) end
+function Packet:transport()
+	local data, len = payload_of(live(self))
+	return headers.transport(C, data, len)
+end
+function Packet:udp()
+	local data, len = payload_of(live(self))
+	return (headers.udp(C, data, len))
+end
+function Packet:tcp()
+	local data, len = payload_of(live(self))
+	return (headers.tcp(C, data, len))
+end
+function Packet:icmp()
+	local data, len = payload_of(live(self))
+	return (headers.icmp(C, data, len))
+end
+
+if not pcall(function() return ffi.C.nfq_if_indextoname end) then
+	ffi.cdef [[char *nfq_if_indextoname(unsigned ifindex, char *name) asm("if_indextoname");]]
+end
+local ifname_buf = ffi.new("char[16]")
+local ifname_cache = {}
+local IFNAME_TTL = 10
+
+--- The name of an interface index, or nil; cached for 10 seconds, so a
+-- packet path that asks for names makes no system call per packet.
+function _M.ifname(index)
+	if not index or index == 0 then return nil end
+	local hit = ifname_cache[index]
+	local now = os.time()
+	if hit and now - hit[2] < IFNAME_TTL then return hit[1] or nil end
+	local name = ffi.C.nfq_if_indextoname(index, ifname_buf)
+	name = name ~= nil and ffi_string(name) or false
+	ifname_cache[index] = { name, now }
+	return name or nil
+end
+local ifname = _M.ifname
+
+function Packet:get_indev_name() return ifname(live(self).indev) end
+function Packet:get_outdev_name() return ifname(live(self).outdev) end
+function Packet:get_physindev_name() return ifname(live(self).physindev) end
+function Packet:get_physoutdev_name() return ifname(live(self).physoutdev) end
+
+local ct_states = { [0] = "established", "related", "new", "established", "related", [7] = "untracked" }
+
+local function flagged(flag, get)
+	return function(p)
+		if band(p.flags, flag) ~= 0 then return get(p) end
+	end
+end
+
+-- Kernel metadata read as fields: pkt.indev, pkt.uid, pkt.ct_state...
+local metadata = {
+	indev = function(p) return p.indev end,
+	outdev = function(p) return p.outdev end,
+	physindev = function(p) return p.physindev end,
+	physoutdev = function(p) return p.physoutdev end,
+	uid = flagged(PF_UID, function(p) return p.uid end),
+	gid = flagged(PF_GID, function(p) return p.gid end),
+	secctx = function(p)
+		if p.secctx ~= nil then return ffi_string(p.secctx, p.secctx_len) end
+	end,
+	ct_state = flagged(PF_CT_INFO, function(p) return ct_states[p.ct_info] end),
+	ct_reply = flagged(PF_CT_INFO, function(p) return p.ct_info == 3 or p.ct_info == 4 end),
+	ct_mark = flagged(PF_CT, function(p) return tonumber(p.ct_mark) end),
+	ct_id = flagged(PF_CT, function(p) return tonumber(p.ct_id) end),
+	ct_status = flagged(PF_CT, function(p) return tonumber(p.ct_status) end),
+	vlan_id = flagged(PF_VLAN, function(p) return band(p.vlan_tci, 0xfff) end),
+	vlan_priority = flagged(PF_VLAN, function(p) return rshift(p.vlan_tci, 13) end),
+	vlan_proto = flagged(PF_VLAN, function(p) return p.vlan_proto end),
+	cap_len = function(p) return p.cap_len end,
+	truncated = function(p) return p.cap_len > p.payload_len end,
+	priority = flagged(PF_PRIORITY, function(p) return p.priority end),
+	csum_not_ready = flagged(PF_SKBINFO, function(p) return band(p.skbinfo, 1) ~= 0 end),
+	gso = flagged(PF_SKBINFO, function(p) return band(p.skbinfo, 2) ~= 0 end),
+	csum_not_verified = flagged(PF_SKBINFO, function(p) return band(p.skbinfo, 4) ~= 0 end),
+}
+
 local packet_t = ffi.metatype("struct nfq_lua_packet", {
-	__index = Packet,
+	__index = function(pkt, k)
+		local get = metadata[k]
+		if get then return get(live(pkt)) end
+		return Packet[k]
+	end,
 	__tostring = describe,
 })
 
@@ -344,7 +474,18 @@ function Queue:_redeliver(packet_ptr)
 	if not ok then error(err, 0) end
 end
 
-local bind_opts = { max_len = true, mode = true, range = true, sock_len = true, fallback = true }
+local bind_opts = {
+	max_len = true, mode = true, range = true, sock_len = true, fallback = true,
+	fail_open = true, gso = true, conntrack = true, uid_gid = true, secctx = true,
+}
+-- Boolean bind options that set queue flags, with their defaults.
+local flag_opts = {
+	{ "fail_open", C.NFQ_FLAG_FAIL_OPEN, false },
+	{ "gso", C.NFQ_FLAG_GSO, true },
+	{ "conntrack", C.NFQ_FLAG_CONNTRACK, false },
+	{ "uid_gid", C.NFQ_FLAG_UID_GID, false },
+	{ "secctx", C.NFQ_FLAG_SECCTX, false },
+}
 
 function Queue:bind(queue_num, callback, opts)
 	local q = queue_of(self, 2)
@@ -367,7 +508,17 @@ function Queue:bind(queue_num, callback, opts)
 	local range = check_int(opts.range or 65535, 1, 65535, "range", 2)
 	local sock_len = check_int(opts.sock_len or 0, 0, 0x7fffffff, "sock_len", 2)
 	q.fallback = check_fallback(opts.fallback or "accept", 2)
-	if C.nfq_queue_bind(q, queue_num, mode, range, max_len, sock_len, 0) ~= 0 then
+	local flags = 0
+	for _, f in ipairs(flag_opts) do
+		local name, bit_value, default = f[1], f[2], f[3]
+		local on = opts[name]
+		if on == nil then on = default end
+		if type(on) ~= "boolean" then
+			error(("nfq: %s must be true or false, got %s"):format(name, tostring(on)), 2)
+		end
+		if on then flags = bor(flags, bit_value) end
+	end
+	if C.nfq_queue_bind(q, queue_num, mode, range, max_len, sock_len, flags) ~= 0 then
 		return nil, ffi_string(q.errmsg)
 	end
 	self.callback = callback
@@ -470,6 +621,31 @@ function Queue:stats()
 	end
 	return t
 end
+
+local queue_fields = { "queue", "portid", "waiting", "copy_mode", "copy_range",
+	"queue_dropped", "user_dropped", "id_sequence" }
+
+--- Every queue bound in this network namespace, from
+-- /proc/net/netfilter/nfnetlink_queue: a table keyed by queue number.
+function _M.queue_stats()
+	local f, err = io.open("/proc/net/netfilter/nfnetlink_queue")
+	if not f then return nil, err end
+	local queues = {}
+	for line in f:lines() do
+		local q, i = {}, 0
+		for n in line:gmatch("%d+") do
+			i = i + 1
+			if queue_fields[i] then q[queue_fields[i]] = tonumber(n) end
+		end
+		if q.queue then queues[q.queue] = q end
+	end
+	f:close()
+	return queues
+end
+
+_M.ntop = headers.ntop
+_M.csum_replace16 = headers.csum_replace16
+_M.csum_replace32 = headers.csum_replace32
 
 --- In a daemon script: the daemon queue's counters, as q:stats() gives them.
 function _M.stats()

@@ -27,7 +27,22 @@ enum {
 	NFQ_PF_RETAINED = 16,	/* the script keeps it past its callback */
 	NFQ_PF_UID = 32,
 	NFQ_PF_GID = 64,
-	NFQ_PF_HEAP = 128	/* malloc'd, freed by nfq_packet_release() */
+	NFQ_PF_HEAP = 128,	/* malloc'd, freed by nfq_packet_release() */
+	NFQ_PF_CT = 256,	/* ct_id, ct_mark, ct_status are valid */
+	NFQ_PF_CT_INFO = 512,	/* ct_info is valid */
+	NFQ_PF_VLAN = 1024,
+	NFQ_PF_SKBINFO = 2048,
+	NFQ_PF_PRIORITY = 4096,
+	NFQ_PF_CONNMARK_SET = 8192	/* new_connmark goes out with the verdict */
+};
+
+/* Queue flags (NFQA_CFG_F_*), chosen at bind time. */
+enum {
+	NFQ_FLAG_FAIL_OPEN = 1,
+	NFQ_FLAG_CONNTRACK = 2,
+	NFQ_FLAG_GSO = 4,
+	NFQ_FLAG_UID_GID = 8,
+	NFQ_FLAG_SECCTX = 16
 };
 
 struct nfq_queue;
@@ -60,10 +75,23 @@ struct nfq_packet {
 	uint32_t gid;
 	int64_t ts_sec;
 	int64_t ts_usec;
+	uint32_t ct_id;
+	uint32_t ct_mark;
+	uint32_t ct_status;		/* IPS_* bits */
+	uint32_t ct_info;		/* enum ip_conntrack_info */
+	uint32_t skbinfo;		/* NFQA_SKB_* bits */
+	uint32_t priority;
+	uint16_t vlan_proto;
+	uint16_t vlan_tci;
+	uint16_t l2hdr_len;
+	uint16_t secctx_len;
+	const uint8_t *l2hdr;		/* link-layer header, where the kernel gives one */
+	const char *secctx;		/* security context, not NUL-terminated */
+	uint32_t new_connmark;
 	uint32_t new_mark;
 	uint32_t new_payload_len;
 	uint8_t *new_payload;		/* malloc'd by set_payload, freed with the packet */
-	uint8_t *own_payload;		/* malloc'd copy of a retained packet's payload */
+	uint8_t *own_payload;		/* malloc'd copy of a retained packet's payload, L2 header and secctx */
 	struct nfq_queue *queue;	/* NULL once the queue is gone */
 	struct nfq_packet *prev;	/* the queue's list of retained packets */
 	struct nfq_packet *next;
@@ -99,11 +127,61 @@ struct nfq_queue {
 	uint32_t fallback;		/* verdict for packets left without one */
 	int32_t fd;
 	int32_t queue_num;		/* -1 while unbound */
+	uint32_t flags;			/* NFQ_FLAG_* given to bind */
 	uint32_t in_dispatch;		/* verdicts wait for nfq_queue_flush() */
 	struct nfq_stats stats;
 	char errmsg[256];		/* why the last call failed */
 	struct nfq_queue_priv *priv;
 };
+
+/* Protocol headers as they lie in the payload; multi-byte fields are big-endian. */
+struct nfq_ipv4_hdr {
+	uint8_t version_ihl;
+	uint8_t tos;
+	uint16_t total_length_be;
+	uint16_t id_be;
+	uint16_t frag_be;
+	uint8_t ttl;
+	uint8_t protocol;
+	uint16_t checksum_be;
+	uint8_t src[4];
+	uint8_t dst[4];
+} __attribute__((packed));
+
+struct nfq_ipv6_hdr {
+	uint32_t vtc_flow_be;
+	uint16_t payload_length_be;
+	uint8_t next_header;
+	uint8_t hop_limit;
+	uint8_t src[16];
+	uint8_t dst[16];
+} __attribute__((packed));
+
+struct nfq_udp_hdr {
+	uint16_t sport_be;
+	uint16_t dport_be;
+	uint16_t length_be;
+	uint16_t checksum_be;
+} __attribute__((packed));
+
+struct nfq_tcp_hdr {
+	uint16_t sport_be;
+	uint16_t dport_be;
+	uint32_t seq_be;
+	uint32_t ack_be;
+	uint8_t data_offset;		/* header length in 32-bit words, high nibble */
+	uint8_t flags;			/* FIN 1, SYN 2, RST 4, PSH 8, ACK 16, URG 32 */
+	uint16_t window_be;
+	uint16_t checksum_be;
+	uint16_t urgent_be;
+} __attribute__((packed));
+
+struct nfq_icmp_hdr {
+	uint8_t type;
+	uint8_t code;
+	uint16_t checksum_be;
+	uint32_t rest_be;
+} __attribute__((packed));
 
 /* The Lua view of a packet: a pointer plus the generation it was made for. */
 struct nfq_lua_packet {
@@ -128,6 +206,10 @@ int nfq_queue_kernel_stats(const struct nfq_queue *q, struct nfq_kernel_stats *o
 int nfq_queue_hand_over(struct nfq_queue *q, struct nfq_packet **out, int max);
 
 int nfq_packet_parse(struct nfq_packet *p, const void *msg, size_t len);
+/* Where the transport header starts, and its protocol; -1 if none is whole. */
+int nfq_transport_offset(const uint8_t *ip, size_t len, uint8_t *protocol);
+/* Set IP lengths and every checksum of an IPv4/IPv6 packet after an edit. */
+int nfq_fix_checksums(uint8_t *ip, size_t len);
 void nfq_packet_finish(struct nfq_packet *p);
 int nfq_packet_verdict(struct nfq_packet *p, uint32_t verdict);
 int nfq_packet_set_payload(struct nfq_packet *p, const void *data, size_t len);

@@ -351,7 +351,7 @@ struct nfq_engine *nfq_engine_new(struct ev_loop *loop,
 	}
 	e->q->fallback = opts->fallback;
 	if (nfq_queue_bind(e->q, opts->queue_num, opts->mode, opts->range,
-			   opts->max_len, opts->sock_len, 0) < 0) {
+			   opts->max_len, opts->sock_len, opts->flags) < 0) {
 		copy_error(err, errlen, e->q->errmsg);
 		goto fail;
 	}

@@ -11,6 +11,7 @@
 #include <libmnl/libmnl.h>
 #include <linux/netfilter.h>
 #include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nfnetlink_conntrack.h>
 #include <linux/netfilter/nfnetlink_queue.h>
 
 #include "nfq_internal.h"
@@ -31,6 +32,32 @@ static int collect_attrs(const struct nlmsghdr *nlh, const struct nlattr **tb)
 		attr = mnl_attr_next(attr);
 	}
 	return 0;
+}
+
+/* Index the attributes nested in attr (types 1..max) into tb. */
+static int collect_nested(const struct nlattr *attr, const struct nlattr **tb, int max)
+{
+	const char *end = (const char *)mnl_attr_get_payload(attr) + mnl_attr_get_payload_len(attr);
+	const struct nlattr *a = mnl_attr_get_payload(attr);
+	while ((const char *)a < end) {
+		if (!mnl_attr_ok(a, (int)(end - (const char *)a)))
+			return -1;
+		int type = mnl_attr_get_type(a);
+		if (type <= max)
+			tb[type] = a;
+		a = mnl_attr_next(a);
+	}
+	return 0;
+}
+
+static int attr_u16(const struct nlattr *attr, uint16_t *out)
+{
+	if (!attr || mnl_attr_get_payload_len(attr) < sizeof(uint16_t))
+		return 0;
+	uint16_t v;
+	memcpy(&v, mnl_attr_get_payload(attr), sizeof v);
+	*out = ntohs(v);
+	return 1;
 }
 
 static int attr_u32(const struct nlattr *attr, uint32_t *out)
@@ -107,6 +134,47 @@ int nfq_packet_parse(struct nfq_packet *p, const void *msg, size_t len)
 		}
 	}
 
+	if (tb[NFQA_CT]) {
+		const struct nlattr *ct[CTA_MAX + 1] = { 0 };
+		if (collect_nested(tb[NFQA_CT], ct, CTA_MAX) < 0) {
+			errno = EINVAL;
+			return -1;
+		}
+		attr_u32(ct[CTA_ID], &p->ct_id);
+		attr_u32(ct[CTA_MARK], &p->ct_mark);
+		attr_u32(ct[CTA_STATUS], &p->ct_status);
+		p->flags |= NFQ_PF_CT;
+	}
+	if (attr_u32(tb[NFQA_CT_INFO], &p->ct_info))
+		p->flags |= NFQ_PF_CT_INFO;
+	if (attr_u32(tb[NFQA_SKB_INFO], &p->skbinfo))
+		p->flags |= NFQ_PF_SKBINFO;
+	if (attr_u32(tb[NFQA_PRIORITY], &p->priority))
+		p->flags |= NFQ_PF_PRIORITY;
+	if (tb[NFQA_VLAN]) {
+		const struct nlattr *vlan[NFQA_VLAN_MAX + 1] = { 0 };
+		if (collect_nested(tb[NFQA_VLAN], vlan, NFQA_VLAN_MAX) < 0) {
+			errno = EINVAL;
+			return -1;
+		}
+		if (attr_u16(vlan[NFQA_VLAN_PROTO], &p->vlan_proto) &&
+		    attr_u16(vlan[NFQA_VLAN_TCI], &p->vlan_tci))
+			p->flags |= NFQ_PF_VLAN;
+	}
+	const struct nlattr *l2 = tb[NFQA_L2HDR];
+	if (l2) {
+		p->l2hdr = mnl_attr_get_payload(l2);
+		p->l2hdr_len = (uint16_t)mnl_attr_get_payload_len(l2);
+	}
+	const struct nlattr *sec = tb[NFQA_SECCTX];
+	if (sec) {
+		p->secctx = mnl_attr_get_payload(sec);
+		p->secctx_len = (uint16_t)mnl_attr_get_payload_len(sec);
+		/* The kernel counts the terminating NUL. */
+		while (p->secctx_len > 0 && p->secctx[p->secctx_len - 1] == '\0')
+			p->secctx_len--;
+	}
+
 	const struct nlattr *pl = tb[NFQA_PAYLOAD];
 	if (pl) {
 		p->payload = mnl_attr_get_payload(pl);
@@ -133,7 +201,8 @@ int nfq_packet_verdict(struct nfq_packet *p, uint32_t verdict)
 		return -1;
 	p->state = NFQ_PKT_VERDICTED;
 	switch (verdict & NF_VERDICT_MASK) {
-	case NF_ACCEPT: q->stats.accepted++; break;
+	case NF_ACCEPT:
+	case NF_STOP: q->stats.accepted++; break;
 	case NF_DROP: q->stats.dropped++; break;
 	case NF_REPEAT: q->stats.repeated++; break;
 	default: q->stats.requeued++; break;
@@ -210,15 +279,26 @@ struct nfq_packet *nfq_packet_retain(struct nfq_packet *p)
 	c->gen = 0;
 	c->flags |= NFQ_PF_RETAINED | NFQ_PF_HEAP;
 	c->prev = c->next = NULL;
-	c->own_payload = NULL;
+	/* One buffer holds what pointed into the receive buffer. */
+	c->own_payload = malloc((size_t)p->payload_len + p->l2hdr_len + p->secctx_len + 1);
+	if (!c->own_payload) {
+		free(c);
+		return NULL;
+	}
+	uint8_t *at = c->own_payload;
 	if (p->payload) {
-		c->own_payload = malloc(p->payload_len + 1);
-		if (!c->own_payload) {
-			free(c);
-			return NULL;
-		}
-		memcpy(c->own_payload, p->payload, p->payload_len);
-		c->payload = c->own_payload;
+		memcpy(at, p->payload, p->payload_len);
+		c->payload = at;
+		at += p->payload_len;
+	}
+	if (p->l2hdr) {
+		memcpy(at, p->l2hdr, p->l2hdr_len);
+		c->l2hdr = at;
+		at += p->l2hdr_len;
+	}
+	if (p->secctx) {
+		memcpy(at, p->secctx, p->secctx_len);
+		c->secctx = (const char *)at;
 	}
 	p->new_payload = NULL;
 	p->flags &= ~(uint32_t)NFQ_PF_PAYLOAD_SET;

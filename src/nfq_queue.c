@@ -17,6 +17,7 @@
 #include <libmnl/libmnl.h>
 #include <linux/netfilter.h>
 #include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nfnetlink_conntrack.h>
 #include <linux/netfilter/nfnetlink_queue.h>
 #include <libnetfilter_queue/libnetfilter_queue.h>
 
@@ -219,6 +220,11 @@ int nfq_queue_put_verdict(struct nfq_queue *q, const struct nfq_packet *p,
 	nfq_nlmsg_verdict_put(nlh, (int)p->id, (int)verdict);
 	if (p->flags & NFQ_PF_MARK_SET)
 		nfq_nlmsg_verdict_put_mark(nlh, p->new_mark);
+	if (p->flags & NFQ_PF_CONNMARK_SET) {
+		struct nlattr *ct = mnl_attr_nest_start(nlh, NFQA_CT);
+		mnl_attr_put_u32(nlh, CTA_MARK, htonl(p->new_connmark));
+		mnl_attr_nest_end(nlh, ct);
+	}
 	if (p->flags & NFQ_PF_PAYLOAD_SET)
 		nfq_nlmsg_verdict_put_pkt(nlh, p->new_payload, plen);
 	s->tx_len += nlh->nlmsg_len;
@@ -479,7 +485,7 @@ int nfq_queue_bind(struct nfq_queue *q, uint32_t queue_num, uint32_t mode,
 		return -1;
 	}
 	if (queue_num > 65535 || (mode != NFQNL_COPY_META && mode != NFQNL_COPY_PACKET) ||
-	    range < 1 || range > 65535 || max_len < 1) {
+	    range < 1 || range > 65535 || max_len < 1 || flags >= NFQA_CFG_F_MAX) {
 		errno = EINVAL;
 		set_error(q, "invalid bind parameters");
 		return -1;
@@ -504,7 +510,11 @@ int nfq_queue_bind(struct nfq_queue *q, uint32_t queue_num, uint32_t mode,
 		mnl_attr_put_u32(nlh, NFQA_CFG_FLAGS, htonl(flags));
 		mnl_attr_put_u32(nlh, NFQA_CFG_MASK, htonl(flags));
 	}
-	if (config_request(q, nlh, 1) < 0) {
+	int rc = config_request(q, nlh, 1);
+	/* Asking for conntrack loads its netlink module; the kernel then asks us to retry. */
+	for (int retry = 0; rc < 0 && errno == EAGAIN && retry < 3; retry++)
+		rc = config_request(q, nlh, 1);
+	if (rc < 0) {
 		int err = errno;
 		if (err == EPERM && !is_net_admin()) {
 			set_error(q, "binding queue %u needs root or CAP_NET_ADMIN", queue_num);
@@ -517,6 +527,9 @@ int nfq_queue_bind(struct nfq_queue *q, uint32_t queue_num, uint32_t mode,
 				set_error(q, "queue %u is already bound by another socket; stop that program or pick another queue",
 					  queue_num);
 			err = EBUSY;
+		} else if (err == EOPNOTSUPP && flags) {
+			set_error(q, "binding queue %u: this kernel does not support the queue flags asked for (conntrack needs nf_conntrack_netlink, secctx needs SECMARK)",
+				  queue_num);
 		} else {
 			set_error(q, "cannot bind queue %u: %s", queue_num, strerror(err));
 		}
@@ -524,6 +537,7 @@ int nfq_queue_bind(struct nfq_queue *q, uint32_t queue_num, uint32_t mode,
 		return -1;
 	}
 	q->queue_num = (int32_t)queue_num;
+	q->flags = flags;
 	return 0;
 }
 
@@ -561,7 +575,8 @@ int nfq_queue_hand_over(struct nfq_queue *q, struct nfq_packet **out, int max)
 			s->retained_tail = p;
 		old->prev = old->next = NULL;
 		old->own_payload = old->new_payload = NULL;
-		old->payload = NULL;
+		old->payload = old->l2hdr = NULL;
+		old->secctx = NULL;
 		old->flags &= ~(uint32_t)NFQ_PF_PAYLOAD_SET;
 		old->state = NFQ_PKT_VERDICTED;
 		old->queue = NULL;

@@ -33,6 +33,11 @@ static const char usage[] =
 	"      --fallback accept|drop\n"
 	"                         verdict for packets the script leaves without one\n"
 	"                         (errors, forgotten packets, shutdown; default accept)\n"
+	"      --fail-open        when the queue is full, the kernel accepts instead of dropping\n"
+	"      --no-gso           have the kernel segment GSO packets before queueing them\n"
+	"      --conntrack        add connection tracking data (pkt.ct_state, set_connmark)\n"
+	"      --uid-gid          add the socket owner of local traffic (pkt.uid, pkt.gid)\n"
+	"      --secctx           add the security context (pkt.secctx)\n"
 	"      --check            load and compile SCRIPT, then exit\n"
 	"      --pidfile PATH     write the pid to PATH, removed at exit\n"
 	"      --log-level LEVEL  error, warn, info (default) or debug\n"
@@ -79,7 +84,8 @@ static uint32_t parse_number(const char *flag, const char *s, unsigned long lo,
 static void parse_args(int argc, char **argv, struct cli *cli)
 {
 	enum { OPT_MAX_LEN = 256, OPT_MODE, OPT_RANGE, OPT_SOCK_LEN, OPT_FALLBACK,
-	       OPT_CHECK, OPT_VERSION, OPT_PIDFILE, OPT_LOG_LEVEL };
+	       OPT_CHECK, OPT_VERSION, OPT_PIDFILE, OPT_LOG_LEVEL, OPT_FAIL_OPEN,
+	       OPT_NO_GSO, OPT_CONNTRACK, OPT_UID_GID, OPT_SECCTX };
 	static const char *const levels[] = { "error", "warn", "info", "debug" };
 	static const struct option options[] = {
 		{ "queue", required_argument, NULL, 'q' },
@@ -89,6 +95,11 @@ static void parse_args(int argc, char **argv, struct cli *cli)
 		{ "sock-len", required_argument, NULL, OPT_SOCK_LEN },
 		{ "fallback", required_argument, NULL, OPT_FALLBACK },
 		{ "check", no_argument, NULL, OPT_CHECK },
+		{ "fail-open", no_argument, NULL, OPT_FAIL_OPEN },
+		{ "no-gso", no_argument, NULL, OPT_NO_GSO },
+		{ "conntrack", no_argument, NULL, OPT_CONNTRACK },
+		{ "uid-gid", no_argument, NULL, OPT_UID_GID },
+		{ "secctx", no_argument, NULL, OPT_SECCTX },
 		{ "pidfile", required_argument, NULL, OPT_PIDFILE },
 		{ "log-level", required_argument, NULL, OPT_LOG_LEVEL },
 		{ "verbose", no_argument, NULL, 'v' },
@@ -101,6 +112,7 @@ static void parse_args(int argc, char **argv, struct cli *cli)
 	o->range = 65535;
 	o->max_len = 1024;
 	o->fallback = 1;
+	o->flags = NFQ_FLAG_GSO;
 	opterr = 0;
 	int c;
 	while ((c = getopt_long(argc, argv, ":q:vh", options, NULL)) != -1) {
@@ -136,6 +148,21 @@ static void parse_args(int argc, char **argv, struct cli *cli)
 			break;
 		case OPT_CHECK:
 			cli->check = 1;
+			break;
+		case OPT_FAIL_OPEN:
+			o->flags |= NFQ_FLAG_FAIL_OPEN;
+			break;
+		case OPT_NO_GSO:
+			o->flags &= ~(uint32_t)NFQ_FLAG_GSO;
+			break;
+		case OPT_CONNTRACK:
+			o->flags |= NFQ_FLAG_CONNTRACK;
+			break;
+		case OPT_UID_GID:
+			o->flags |= NFQ_FLAG_UID_GID;
+			break;
+		case OPT_SECCTX:
+			o->flags |= NFQ_FLAG_SECCTX;
 			break;
 		case OPT_PIDFILE:
 			if (!*optarg)

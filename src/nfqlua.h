@@ -24,6 +24,7 @@ struct nfq_engine_opts {
 	uint32_t max_len;	/* kernel queue length */
 	uint32_t sock_len;	/* receive buffer bytes, 0 = sized from max_len */
 	uint32_t fallback;	/* verdict for packets left without one: 0 drop, 1 accept */
+	uint32_t flags;		/* NFQ_FLAG_* queue flags */
 };
 
 /*

@@ -1,0 +1,151 @@
+/*
+ * nfq_headers.c: IP and transport headers inside a payload: finding the
+ * transport header and setting lengths and checksums after an edit. Every
+ * read is bounded by len: the payload may be cut by range, or forged.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <string.h>
+
+#include "nfq_internal.h"
+
+enum {
+	PROTO_HOPOPTS = 0, PROTO_ICMP = 1, PROTO_TCP = 6, PROTO_UDP = 17,
+	PROTO_ROUTING = 43, PROTO_FRAGMENT = 44, PROTO_AH = 51,
+	PROTO_ICMPV6 = 58, PROTO_DSTOPTS = 60,
+};
+
+/* IPv6 extension headers followed before giving up. */
+#define MAX_EXT_HEADERS 8
+
+int nfq_transport_offset(const uint8_t *ip, size_t len, uint8_t *protocol)
+{
+	if (!ip || len < 1)
+		return -1;
+	if (ip[0] >> 4 == 4) {
+		size_t ihl = (size_t)(ip[0] & 15) * 4;
+		if (len < 20 || ihl < 20 || ihl > len)
+			return -1;
+		/* Only the first fragment carries the transport header. */
+		if (((ip[6] << 8) | ip[7]) & 0x1fff)
+			return -1;
+		*protocol = ip[9];
+		return (int)ihl;
+	}
+	if (ip[0] >> 4 == 6 && len >= 40) {
+		uint8_t next = ip[6];
+		size_t off = 40;
+		for (int i = 0; i < MAX_EXT_HEADERS; i++) {
+			if (next != PROTO_HOPOPTS && next != PROTO_ROUTING &&
+			    next != PROTO_DSTOPTS && next != PROTO_FRAGMENT && next != PROTO_AH) {
+				*protocol = next;
+				return (int)off;
+			}
+			if (off + 8 > len)
+				return -1;
+			size_t ext_len;
+			if (next == PROTO_FRAGMENT) {
+				if (((ip[off + 2] << 8) | ip[off + 3]) & 0xfff8)
+					return -1;
+				ext_len = 8;
+			} else if (next == PROTO_AH) {
+				ext_len = ((size_t)ip[off + 1] + 2) * 4;
+			} else {
+				ext_len = ((size_t)ip[off + 1] + 1) * 8;
+			}
+			next = ip[off];
+			off += ext_len;
+		}
+	}
+	return -1;
+}
+
+static uint32_t sum16(const uint8_t *data, size_t len, uint32_t acc)
+{
+	for (size_t i = 0; i + 1 < len; i += 2)
+		acc += (uint32_t)(data[i] << 8 | data[i + 1]);
+	if (len & 1)
+		acc += (uint32_t)data[len - 1] << 8;
+	return acc;
+}
+
+static uint16_t fold(uint32_t acc)
+{
+	while (acc >> 16)
+		acc = (acc & 0xffff) + (acc >> 16);
+	return (uint16_t)~acc;
+}
+
+static void put16(uint8_t *at, uint16_t v)
+{
+	at[0] = (uint8_t)(v >> 8);
+	at[1] = (uint8_t)v;
+}
+
+int nfq_fix_checksums(uint8_t *ip, size_t len)
+{
+	uint8_t proto = 0;
+	int off = nfq_transport_offset(ip, len, &proto);
+	int v4 = len >= 20 && ip[0] >> 4 == 4;
+	uint32_t pseudo = 0;
+	size_t l4_len = off >= 0 ? len - (size_t)off : 0;
+
+	if (v4) {
+		size_t ihl = (size_t)(ip[0] & 15) * 4;
+		if (ihl < 20 || ihl > len || len > 65535) {
+			errno = EINVAL;
+			return -1;
+		}
+		put16(ip + 2, (uint16_t)len);
+		put16(ip + 10, 0);
+		put16(ip + 10, fold(sum16(ip, ihl, 0)));
+		pseudo = sum16(ip + 12, 8, 0) + proto + (uint32_t)l4_len;
+	} else if (len >= 40 && ip[0] >> 4 == 6) {
+		if (len - 40 > 65535) {
+			errno = EINVAL;
+			return -1;
+		}
+		put16(ip + 4, (uint16_t)(len - 40));
+		pseudo = sum16(ip + 8, 32, 0) + proto + (uint32_t)l4_len;
+	} else {
+		errno = EINVAL;
+		return -1;
+	}
+	if (off < 0)
+		return 0;	/* a later fragment, or no whole transport header */
+
+	uint8_t *l4 = ip + off;
+	size_t csum_at;
+	switch (proto) {
+	case PROTO_UDP:
+		if (l4_len < 8)
+			return 0;
+		put16(l4 + 4, (uint16_t)l4_len);
+		csum_at = 6;
+		break;
+	case PROTO_TCP:
+		if (l4_len < 20)
+			return 0;
+		csum_at = 16;
+		break;
+	case PROTO_ICMPV6:
+		if (l4_len < 4)
+			return 0;
+		csum_at = 2;
+		break;
+	case PROTO_ICMP:
+		if (l4_len < 4)
+			return 0;
+		csum_at = 2;
+		pseudo = 0;	/* ICMPv4 sums its own message only */
+		break;
+	default:
+		return 0;
+	}
+	put16(l4 + csum_at, 0);
+	uint16_t csum = fold(sum16(l4, l4_len, pseudo));
+	if (proto == PROTO_UDP && csum == 0)
+		csum = 0xffff;	/* 0 would mean "no checksum" */
+	put16(l4 + csum_at, csum);
+	return 0;
+}
