@@ -38,6 +38,8 @@ int nfq_transport_offset(const uint8_t *ip, size_t len, uint8_t *protocol)
 		for (int i = 0; i < MAX_EXT_HEADERS; i++) {
 			if (next != PROTO_HOPOPTS && next != PROTO_ROUTING &&
 			    next != PROTO_DSTOPTS && next != PROTO_FRAGMENT && next != PROTO_AH) {
+				if (off > len)
+					return -1;
 				*protocol = next;
 				return (int)off;
 			}

@@ -44,7 +44,7 @@ local address_methods = {
 	dst_text = function(h) return ntop(h.dst) end,
 }
 
-ffi.metatype("struct nfq_ipv4_hdr", { __index = getters {
+ffi.metatype("struct nfq_ipv4_hdr", { __index = getters({
 	version = function(h) return rshift(h.version_ihl, 4) end,
 	header_length = function(h) return band(h.version_ihl, 15) * 4 end,
 	total_length = function(h) return be16(h.total_length_be) end,
@@ -53,14 +53,14 @@ ffi.metatype("struct nfq_ipv4_hdr", { __index = getters {
 	more_fragments = function(h) return band(be16(h.frag_be), 0x2000) ~= 0 end,
 	dont_fragment = function(h) return band(be16(h.frag_be), 0x4000) ~= 0 end,
 	checksum = function(h) return be16(h.checksum_be) end,
-}, address_methods })
+}, address_methods) })
 
-ffi.metatype("struct nfq_ipv6_hdr", { __index = getters {
+ffi.metatype("struct nfq_ipv6_hdr", { __index = getters({
 	version = function(h) return rshift(be32(h.vtc_flow_be), 28) end,
 	traffic_class = function(h) return band(rshift(be32(h.vtc_flow_be), 20), 0xff) end,
 	flow_label = function(h) return band(be32(h.vtc_flow_be), 0xfffff) end,
 	payload_length = function(h) return be16(h.payload_length_be) end,
-}, address_methods })
+}, address_methods) })
 
 ffi.metatype("struct nfq_udp_hdr", { __index = getters {
 	sport = function(h) return be16(h.sport_be) end,
