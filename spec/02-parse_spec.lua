@@ -12,7 +12,9 @@ local function be32(n) return be16(math.floor(n / 65536)) .. be16(n % 65536) end
 local function be64(n) return be32(0) .. be32(n) end
 
 local NFQA = { PACKET_HDR = 1, MARK = 3, TIMESTAMP = 4, INDEV = 5, OUTDEV = 6, HWADDR = 9,
-	PAYLOAD = 10, CAP_LEN = 13, UID = 16, GID = 17 }
+	PAYLOAD = 10, CT = 11, CT_INFO = 12, CAP_LEN = 13, SKB_INFO = 14, UID = 16, GID = 17,
+	SECCTX = 18, VLAN = 19, L2HDR = 20, PRIORITY = 21 }
+local CTA = { STATUS = 3, MARK = 8, ID = 12 }
 
 local function attr(kind, payload)
 	local len = 4 + #payload
@@ -83,6 +85,46 @@ describe("nfq_packet_parse", function()
 		assert.equal(buf, buf) -- keeps the buffer alive while p points into it
 	end)
 
+	it("reads conntrack, VLAN, skb info, priority, L2 header and security context", function()
+		local rc, p = parse(message {
+			packet_hdr(8, 0x0800, 0),
+			attr(NFQA.CT, attr(CTA.ID, be32(4242)) .. attr(CTA.MARK, be32(0x55)) .. attr(CTA.STATUS, be32(0x0e))),
+			attr(NFQA.CT_INFO, be32(3)),
+			attr(NFQA.SKB_INFO, be32(3)),
+			attr(NFQA.PRIORITY, be32(6)),
+			attr(NFQA.VLAN, attr(1, be16(0x8100)) .. attr(2, be16(0xa00c))),
+			attr(NFQA.L2HDR, string.rep("\1", 12) .. "\8\0"),
+			attr(NFQA.SECCTX, "system_u:object_r:x_t\0"),
+			attr(NFQA.PAYLOAD, ipv4_udp),
+		})
+		assert.equal(0, rc)
+		local pkt = lua_packet(p)
+		assert.equal(4242, pkt.ct_id)
+		assert.equal(0x55, pkt.ct_mark)
+		assert.equal(0x0e, pkt.ct_status)
+		assert.equal("established", pkt.ct_state)
+		assert.is_true(pkt.ct_reply)
+		assert.is_true(pkt.csum_not_ready)
+		assert.is_true(pkt.gso)
+		assert.is_false(pkt.csum_not_verified)
+		assert.equal(6, pkt.priority)
+		assert.equal(0x8100, pkt.vlan_proto)
+		assert.equal(12, pkt.vlan_id)
+		assert.equal(5, pkt.vlan_priority)
+		assert.equal(14, #pkt:get_l2hdr())
+		assert.equal("system_u:object_r:x_t", pkt.secctx)
+		-- a retained copy keeps what pointed into the receive buffer
+		local copy = C.nfq_packet_retain(p)
+		assert.equal("system_u:object_r:x_t", ffi.string(copy.secctx, copy.secctx_len))
+		assert.equal(14, copy.l2hdr_len)
+		assert.are_not.equal(p.l2hdr, copy.l2hdr)
+		C.nfq_packet_release(copy)
+	end)
+
+	it("refuses a malformed nested conntrack attribute", function()
+		assert.equal(-1, (parse(message { packet_hdr(8, 0x0800, 0), attr(NFQA.CT, le16(99) .. le16(CTA.ID)) })))
+	end)
+
 	it("leaves absent attributes empty", function()
 		local rc, p = parse(message { packet_hdr(1, 0x86dd, 1) })
 		assert.equal(0, rc)
@@ -91,6 +133,14 @@ describe("nfq_packet_parse", function()
 		local pkt = lua_packet(p)
 		assert.is_nil(pkt:get_hw())
 		assert.equal(0.0, pkt:get_timestamp())
+		for _, field in ipairs { "uid", "gid", "secctx", "ct_state", "ct_mark", "vlan_id", "priority", "gso" } do
+			assert.is_nil(pkt[field], field)
+		end
+		assert.equal(0, pkt.indev)
+		assert.is_false(pkt.truncated)
+		assert.is_nil(pkt:get_l2hdr())
+		assert.is_nil(pkt:ip())
+		assert.is_nil(pkt:udp())
 		assert.equal("packet 1, no payload", tostring(pkt))
 	end)
 

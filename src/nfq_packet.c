@@ -304,7 +304,8 @@ struct nfq_packet *nfq_packet_retain(struct nfq_packet *p)
 	p->flags &= ~(uint32_t)NFQ_PF_PAYLOAD_SET;
 	if (p->state == NFQ_PKT_PENDING) {
 		p->state = NFQ_PKT_MOVED;
-		nfq_queue_link_retained(c->queue, c);
+		if (c->queue)
+			nfq_queue_link_retained(c->queue, c);
 	}
 	return c;
 }

@@ -527,8 +527,11 @@ int nfq_queue_bind(struct nfq_queue *q, uint32_t queue_num, uint32_t mode,
 				set_error(q, "queue %u is already bound by another socket; stop that program or pick another queue",
 					  queue_num);
 			err = EBUSY;
+		} else if (err == EOPNOTSUPP && (flags & NFQ_FLAG_CONNTRACK)) {
+			set_error(q, "binding queue %u: this kernel cannot give conntrack data to queues (it needs CONFIG_NETFILTER_NETLINK_GLUE_CT); bind without conntrack",
+				  queue_num);
 		} else if (err == EOPNOTSUPP && flags) {
-			set_error(q, "binding queue %u: this kernel does not support the queue flags asked for (conntrack needs nf_conntrack_netlink, secctx needs SECMARK)",
+			set_error(q, "binding queue %u: this kernel does not support the queue flags asked for (secctx needs CONFIG_NETWORK_SECMARK)",
 				  queue_num);
 		} else {
 			set_error(q, "cannot bind queue %u: %s", queue_num, strerror(err));

@@ -193,6 +193,13 @@ function Socket:recv_all(timeout)
 	end
 end
 
+--- Send the following sendto() calls as UDP GSO: the kernel builds one large
+-- packet and segments it into datagrams of `size` bytes.
+function Socket:set_gso(size)
+	local v = ffi.new("int[1]", size)
+	if C.setsockopt(self.fd, 17, 103, v, 4) ~= 0 then syserr("setsockopt(UDP_SEGMENT)") end
+end
+
 function Socket:close()
 	if self.fd >= 0 then C.close(self.fd) end
 	self.fd = -1
@@ -253,11 +260,12 @@ local Daemon = {}
 Daemon.__index = Daemon
 
 --- Start `nfqlua ARGS` in the background; its output goes to a log file.
-function H.daemon(args)
+-- env is an optional "NAME=value ..." prefix for its environment.
+function H.daemon(args, env)
 	local dir = H.sh("mktemp -d"):gsub("%s+$", "")
 	local d = setmetatable({ dir = dir, log = dir .. "/log", rc_file = dir .. "/rc" }, Daemon)
-	os.execute(("( sh -c 'echo $$ > %s/pid; exec %s %s' > %s 2>&1; echo $? > %s ) &"):format(
-		dir, H.nfqlua, args, d.log, d.rc_file))
+	os.execute(("( sh -c 'echo $$ > %s/pid; exec env %s %s %s' > %s 2>&1; echo $? > %s ) &"):format(
+		dir, env or "", H.nfqlua, args, d.log, d.rc_file))
 	d.pid = H.wait_for(function()
 		local s = H.read_file(dir .. "/pid")
 		return s and tonumber(s:match("%d+"))
