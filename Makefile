@@ -31,7 +31,12 @@ LUA_BC_OBJ = $(BUILD)/bc_nfq.o $(BUILD)/bc_nfq_cdef.o $(BUILD)/bc_nfq_engine.o $
 
 SPEC_ENV = NFQ_ROOT=$(CURDIR) LUA_PATH='lua/?.lua;lua/?/init.lua;spec/?.lua;;' LUA_CPATH='lua/?.so;;'
 
-.PHONY: all deps test unit demo clean
+FUZZ_CC ?= clang
+FUZZ_SECONDS ?= 600
+FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+FUZZ_TARGETS = packet headers
+
+.PHONY: all deps test unit demo clean fuzz fuzz-replay fuzz-replay-build
 
 all: nfqlua lua/nfq/core.so
 
@@ -76,15 +81,37 @@ nfqlua: $(CORE_OBJ) $(ENGINE_OBJ) $(BUILD)/nfqlua.o $(LUA_BC_OBJ)
 	$(CC) -o $@ $^ -Wl,-E $(CORE_LIBS) $(LUA_LIBS) $(EV_LIBS) -lpthread -ldl -lm
 
 test: deps
-	$(MAKE) all
+	$(MAKE) all fuzz-replay-build
 	$(SPEC_ENV) $(BUSTED) --lua=$(LUAJIT) -o spec/helpers/summary.lua spec
 
-unit: all
+unit: all fuzz-replay-build
 	$(SPEC_ENV) $(BUSTED) --lua=$(LUAJIT) --exclude-tags=kernel spec
 
 demo: deps
 	$(MAKE) all
 	./scripts/demo.sh
+
+# Fuzzing (clang's libFuzzer with ASan and UBSan); the corpus grows in place.
+$(BUILD)/fuzz_packet: spec/fuzz/fuzz_packet.c $(CORE_SRC) src/nfq_core.h | $(BUILD)
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(CORE_CFLAGS) -o $@ $< $(CORE_SRC) $(CORE_LIBS)
+$(BUILD)/fuzz_headers: spec/fuzz/fuzz_headers.c $(CORE_SRC) lua/nfq/cdef.lua | $(BUILD)
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(CORE_CFLAGS) $(LUA_CFLAGS) -Wl,-E -o $@ $< $(CORE_SRC) $(CORE_LIBS) $(LUA_LIBS)
+
+fuzz: deps $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%)
+	for t in $(FUZZ_TARGETS); do \
+		ASAN_OPTIONS=detect_leaks=0 $(BUILD)/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+			spec/fuzz/corpus/$$t > $(BUILD)/fuzz_$$t.log 2>&1 & \
+	done; wait; tail -n 12 $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%.log)
+
+# The corpus replayed with the ordinary compiler: part of make test.
+$(BUILD)/replay_%: spec/fuzz/fuzz_%.c spec/fuzz/replay.c $(CORE_SRC) lua/nfq/cdef.lua | $(BUILD)
+	$(CC) $(CFLAGS) -O1 $(CORE_CFLAGS) $(LUA_CFLAGS) -Wl,-E -o $@ $< spec/fuzz/replay.c $(CORE_SRC) \
+		$(CORE_LIBS) $(LUA_LIBS) -lpthread
+
+fuzz-replay-build: $(FUZZ_TARGETS:%=$(BUILD)/replay_%)
+
+fuzz-replay: fuzz-replay-build
+	for t in $(FUZZ_TARGETS); do $(BUILD)/replay_$$t spec/fuzz/corpus/$$t/* || exit 1; done
 
 clean:
 	rm -rf $(BUILD) nfqlua lua/nfq/core.so lua/nfq/cdef.lua
