@@ -423,7 +423,7 @@ end
 local function dispatch(self)
 	local q = self.q
 	local cb = self.callback
-	local pkts = q.pkts
+	local pkts = self.pkts
 	while q.pos < q.count do
 		local i = q.pos
 		q.pos = i + 1
@@ -459,7 +459,8 @@ local adopted_queue
 --- A Queue over a queue that C owns (the daemon's); it cannot unbind it.
 function _M._adopt(qptr, callback)
 	local q = ffi_cast(queue_ptr_t, qptr)
-	adopted_queue = setmetatable({ q = q, callback = callback, queue_num = q.queue_num, adopted = true }, Queue)
+	adopted_queue = setmetatable({ q = q, pkts = q.pkts, callback = callback, queue_num = q.queue_num,
+		adopted = true }, Queue)
 	return adopted_queue
 end
 
@@ -523,6 +524,9 @@ function Queue:bind(queue_num, callback, opts)
 	end
 	self.callback = callback
 	self.queue_num = queue_num
+	-- The slot array lives as long as the queue: caching the pointer saves
+	-- a cdata box per batch.
+	self.pkts = q.pkts
 	return true
 end
 

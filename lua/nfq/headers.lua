@@ -111,20 +111,26 @@ end
 local proto_box = ffi.new("uint8_t[1]")
 
 --- Transport protocol number and header offset, past IPv6 extension
--- headers; nil for later fragments and cut or malformed packets.
-function _M.transport(C, data, len)
-	if data == nil then return nil end
+-- headers; nil for later fragments and cut or malformed packets. IPv4 is
+-- done here, so that the common case stays inside the JIT trace.
+local function transport(C, data, len)
+	if data == nil or len < 1 then return nil end
+	if rshift(data[0], 4) == 4 then
+		local ihl = band(data[0], 15) * 4
+		if len < 20 or ihl < 20 or ihl > len or band(data[6], 0x1f) + data[7] ~= 0 then
+			return nil
+		end
+		return data[9], ihl
+	end
 	local off = C.nfq_transport_offset(data, len, proto_box)
 	if off < 0 then return nil end
 	return proto_box[0], off
 end
+_M.transport = transport
 
 local function transport_view(C, data, len, want1, want2, min_len, view_t)
-	if data == nil then return nil end
-	local off = C.nfq_transport_offset(data, len, proto_box)
-	if off < 0 then return nil end
-	local proto = proto_box[0]
-	if (proto ~= want1 and proto ~= want2) or off + min_len > len then return nil end
+	local proto, off = transport(C, data, len)
+	if not proto or (proto ~= want1 and proto ~= want2) or off + min_len > len then return nil end
 	return ffi_cast(view_t, data + off), off
 end
 
