@@ -23,6 +23,7 @@
 
 /* One loaded version of the script: its own Lua state. */
 struct script_state {
+	const char *tag;	/* "queue N", for log lines */
 	lua_State *L;
 	int engine_ref;		/* the nfq.engine module */
 	int hooks_ref;		/* what the script returned */
@@ -37,6 +38,7 @@ struct nfq_engine {
 	struct script_state cur;
 	unsigned version;	/* 1 for the script loaded at start, +1 per reload */
 	struct nfq_kernel_stats kernel;	/* last read while the queue was bound */
+	char tag[16];		/* "queue N", for log lines */
 	char script[4096];
 };
 
@@ -50,11 +52,11 @@ static int traceback(lua_State *L)
 }
 
 /* Log a Lua error: its first line as an error, the traceback for debugging. */
-static void log_lua_error(const char *what, const char *msg)
+static void log_lua_error(const char *tag, const char *what, const char *msg)
 {
 	const char *nl = strchr(msg, '\n');
 	int first = nl ? (int)(nl - msg) : (int)strlen(msg);
-	nfq_log(NFQ_LOG_ERROR, "%s: %.*s", what, first, msg);
+	nfq_log(NFQ_LOG_ERROR, "%s: %s: %.*s", tag, what, first, msg);
 	if (nl)
 		nfq_log(NFQ_LOG_DEBUG, "%s", nl + 1);
 }
@@ -86,10 +88,11 @@ static int call_engine(lua_State *L, int engine_ref, const char *fn, int nargs,
 }
 
 /* Open a Lua state with the nfq modules and load the script into it. */
-static int state_open(struct script_state *st, const char *script, char *err,
-		      size_t errlen)
+static int state_open(struct script_state *st, const char *tag,
+		      const char *script, char *err, size_t errlen)
 {
 	memset(st, 0, sizeof *st);
+	st->tag = tag;
 	lua_State *L = luaL_newstate();
 	if (!L) {
 		copy_error(err, errlen, "cannot create a Lua state: out of memory");
@@ -154,7 +157,7 @@ static int call_hook(struct script_state *st, const char *name, int nargs,
 	if (call_engine(L, st->engine_ref, "call_hook", 2 + nargs, 0, 1, err, errlen) < 0) {
 		char what[64];
 		snprintf(what, sizeof what, "%s failed", name);
-		log_lua_error(what, err);
+		log_lua_error(st->tag, what, err);
 		return -1;
 	}
 	return 0;
@@ -163,7 +166,7 @@ static int call_hook(struct script_state *st, const char *name, int nargs,
 int nfq_engine_check_script(const char *path, char *err, size_t errlen)
 {
 	struct script_state st;
-	int rc = state_open(&st, path, err, errlen);
+	int rc = state_open(&st, "check", path, err, errlen);
 	state_close(&st);
 	return rc;
 }
@@ -182,7 +185,7 @@ static int call_packet_function(struct nfq_engine *e, int ref, void *arg)
 	int rc = lua_pcall(L, nargs, 0, -2 - nargs);
 	if (rc != 0) {
 		e->q->stats.script_errors++;
-		log_lua_error("script error", lua_tostring(L, -1));
+		log_lua_error(e->tag, "script error", lua_tostring(L, -1));
 		lua_pop(L, 1);
 	}
 	lua_pop(L, 1);
@@ -206,7 +209,7 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
 	for (int i = 0; i < BATCHES_PER_WAKEUP; i++) {
 		int n = nfq_queue_receive(e->q, 0);
 		if (n < 0) {
-			nfq_log(NFQ_LOG_WARN, "%s", e->q->errmsg);
+			nfq_log(NFQ_LOG_WARN, "%s: %s", e->tag, e->q->errmsg);
 			break;
 		}
 		if (n == 0)
@@ -302,7 +305,7 @@ int nfq_engine_reload(struct nfq_engine *e)
 	char err[1024];
 
 	/* Everything that can fail happens before the swap: a failure keeps the old version. */
-	if (state_open(&next, e->script, err, sizeof err) < 0 ||
+	if (state_open(&next, e->tag, e->script, err, sizeof err) < 0 ||
 	    state_attach(&next, e->q, err, sizeof err) < 0)
 		goto fail;
 	if (hand_state(&e->cur, &next, err, sizeof err) < 0)
@@ -317,13 +320,13 @@ int nfq_engine_reload(struct nfq_engine *e)
 	state_close(&old);
 	e->version++;
 	e->q->stats.reloads++;
-	nfq_log(NFQ_LOG_INFO, "reloaded %s: version %u runs now, %d held packets handed to it",
-		e->script, e->version, n_held < 0 ? 0 : n_held);
+	nfq_log(NFQ_LOG_INFO, "%s: reloaded %s: version %u runs now, %d held packets handed to it",
+		e->tag, e->script, e->version, n_held < 0 ? 0 : n_held);
 	return 0;
 fail:
 	e->q->stats.reload_failures++;
-	nfq_log(NFQ_LOG_ERROR, "reload of %s failed, version %u keeps running: %s",
-		e->script, e->version, err);
+	nfq_log(NFQ_LOG_ERROR, "%s: reload of %s failed, version %u keeps running: %s",
+		e->tag, e->script, e->version, err);
 	state_close(&next);
 	return -1;
 }
@@ -340,9 +343,10 @@ struct nfq_engine *nfq_engine_new(struct ev_loop *loop,
 	e->loop = loop;
 	e->version = 1;
 	snprintf(e->script, sizeof e->script, "%s", opts->script);
+	snprintf(e->tag, sizeof e->tag, "queue %u", opts->queue_num);
 
 	/* The script loads before the queue binds: a broken script never takes traffic. */
-	if (state_open(&e->cur, opts->script, err, errlen) < 0)
+	if (state_open(&e->cur, e->tag, opts->script, err, errlen) < 0)
 		goto fail;
 	e->q = nfq_queue_open(-1);
 	if (!e->q) {

@@ -4,6 +4,8 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <getopt.h>
+#include <pthread.h>
+#include <stddef.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,7 +27,8 @@ static const char usage[] =
 	"Filter the packets that an iptables -j NFQUEUE rule sends to queue N\n"
 	"with the Lua function that SCRIPT returns.\n"
 	"\n"
-	"  -q, --queue N          queue number, 0..65535 (required)\n"
+	"  -q, --queue N|A-B      queue number, 0..65535, or a range of up to 64 queues,\n"
+	"                         one worker thread each (required)\n"
 	"      --max-len N        kernel queue length in packets (default 1024)\n"
 	"      --mode packet|meta copy whole packets or metadata only (default packet)\n"
 	"      --range N          bytes copied per packet, 1..65535 (default 65535)\n"
@@ -49,15 +52,36 @@ static const char usage[] =
 	"stays); SIGUSR1 logs the counters; SIGINT and SIGTERM stop after giving held\n"
 	"packets the fallback verdict (a second one exits at once).\n";
 
+/* Queues a daemon serves at most: one worker thread each. */
+#define MAX_WORKERS 64
+
 struct cli {
 	struct nfq_engine_opts engine;
 	int check;
 	int have_queue;
+	uint32_t last_queue;	/* --queue A-B: queue_num is A, last_queue is B */
 	const char *pidfile;
 };
 
-static struct nfq_engine *engine;
+/*
+ * One worker per queue: its own thread, libev loop, engine and Lua state.
+ * The main thread only takes signals and passes them on with ev_async.
+ */
+struct worker {
+	pthread_t thread;
+	struct ev_loop *loop;
+	struct nfq_engine_opts opts;
+	struct nfq_engine *engine;
+	ev_async reload, stats, stop;
+	int started;		/* 1 running, -1 failed: set under start_lock */
+	char err[1024];
+};
+
+static struct worker workers[MAX_WORKERS];
+static unsigned n_workers;
 static const char *pidfile;
+static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t start_cond = PTHREAD_COND_INITIALIZER;
 
 static void usage_error(const char *fmt, const char *arg)
 {
@@ -117,10 +141,22 @@ static void parse_args(int argc, char **argv, struct cli *cli)
 	int c;
 	while ((c = getopt_long(argc, argv, ":q:vh", options, NULL)) != -1) {
 		switch (c) {
-		case 'q':
-			o->queue_num = parse_number("--queue", optarg, 0, 65535);
+		case 'q': {
+			char first[16];
+			const char *dash = strchr(optarg, '-');
+			if (dash && dash != optarg && (size_t)(dash - optarg) < sizeof first) {
+				snprintf(first, sizeof first, "%.*s", (int)(dash - optarg), optarg);
+				o->queue_num = parse_number("--queue", first, 0, 65535);
+				cli->last_queue = parse_number("--queue", dash + 1, 0, 65535);
+				if (cli->last_queue < o->queue_num || cli->last_queue - o->queue_num >= MAX_WORKERS)
+					usage_error("--queue A-B needs A <= B and at most 64 queues, got '%s'", optarg);
+			} else {
+				o->queue_num = parse_number("--queue", optarg, 0, 65535);
+				cli->last_queue = o->queue_num;
+			}
 			cli->have_queue = 1;
 			break;
+		}
 		case OPT_MAX_LEN:
 			o->max_len = parse_number("--max-len", optarg, 1, UINT32_MAX);
 			break;
@@ -205,11 +241,70 @@ static void parse_args(int argc, char **argv, struct cli *cli)
 		usage_error("--queue N is required%s", "");
 }
 
-static void log_stats(void)
+static void on_reload_async(struct ev_loop *loop, ev_async *w, int revents)
+{
+	(void)loop;
+	(void)revents;
+	struct worker *wk = w->data;
+	nfq_engine_reload(wk->engine);
+}
+
+static void log_stats(const struct worker *wk)
 {
 	char line[1024];
-	nfq_engine_format_stats(engine, line, sizeof line);
-	nfq_log(NFQ_LOG_INFO, "%s", line);
+	nfq_engine_format_stats(wk->engine, line, sizeof line);
+	nfq_log(NFQ_LOG_INFO, "queue %u: %s", wk->opts.queue_num, line);
+}
+
+static void on_stats_async(struct ev_loop *loop, ev_async *w, int revents)
+{
+	(void)loop;
+	(void)revents;
+	log_stats(w->data);
+}
+
+static void on_stop_async(struct ev_loop *loop, ev_async *w, int revents)
+{
+	(void)w;
+	(void)revents;
+	ev_break(loop, EVBREAK_ALL);
+}
+
+static void report_start(struct worker *wk, int started)
+{
+	pthread_mutex_lock(&start_lock);
+	wk->started = started;
+	pthread_cond_broadcast(&start_cond);
+	pthread_mutex_unlock(&start_lock);
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *wk = arg;
+	wk->engine = nfq_engine_new(wk->loop, &wk->opts, wk->err, sizeof wk->err);
+	if (!wk->engine) {
+		report_start(wk, -1);
+		return NULL;
+	}
+	ev_async *asyncs[] = { &wk->reload, &wk->stats, &wk->stop };
+	for (unsigned i = 0; i < 3; i++) {
+		asyncs[i]->data = wk;
+		ev_async_start(wk->loop, asyncs[i]);
+	}
+	report_start(wk, 1);
+	ev_run(wk->loop, 0);
+	nfq_engine_stop(wk->engine);
+	log_stats(wk);
+	nfq_engine_free(wk->engine);
+	wk->engine = NULL;
+	return NULL;
+}
+
+static void send_to_workers(size_t offset)
+{
+	for (unsigned i = 0; i < n_workers; i++)
+		if (workers[i].started == 1)
+			ev_async_send(workers[i].loop, (ev_async *)((char *)&workers[i] + offset));
 }
 
 static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
@@ -225,7 +320,7 @@ static void on_reload_signal(struct ev_loop *loop, ev_signal *w, int revents)
 	(void)w;
 	(void)revents;
 	nfq_log(NFQ_LOG_INFO, "got SIGHUP, reloading");
-	nfq_engine_reload(engine);
+	send_to_workers(offsetof(struct worker, reload));
 }
 
 static void on_stats_signal(struct ev_loop *loop, ev_signal *w, int revents)
@@ -233,7 +328,7 @@ static void on_stats_signal(struct ev_loop *loop, ev_signal *w, int revents)
 	(void)loop;
 	(void)w;
 	(void)revents;
-	log_stats();
+	send_to_workers(offsetof(struct worker, stats));
 }
 
 /* A second SIGINT or SIGTERM while draining: leave now. */
@@ -256,6 +351,55 @@ static int write_pidfile(const char *path)
 	}
 	pidfile = path;
 	return 0;
+}
+
+/* Start a worker per queue; 0 once all run, or -1 with the first failure printed. */
+static int start_workers(const struct cli *cli)
+{
+	/* Workers block the signals: they reach the main thread's loop. */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	n_workers = cli->last_queue - cli->engine.queue_num + 1;
+	int rc = 0;
+	for (unsigned i = 0; i < n_workers; i++) {
+		struct worker *wk = &workers[i];
+		wk->opts = cli->engine;
+		wk->opts.queue_num = cli->engine.queue_num + i;
+		wk->loop = ev_loop_new(EVFLAG_AUTO);
+		ev_async_init(&wk->reload, on_reload_async);
+		ev_async_init(&wk->stats, on_stats_async);
+		ev_async_init(&wk->stop, on_stop_async);
+		if (!wk->loop || pthread_create(&wk->thread, NULL, worker_main, wk) != 0) {
+			snprintf(wk->err, sizeof wk->err, "cannot start a worker for queue %u", wk->opts.queue_num);
+			wk->started = -1;
+			n_workers = i + 1;
+			break;
+		}
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	pthread_mutex_lock(&start_lock);
+	for (unsigned i = 0; i < n_workers; i++) {
+		while (workers[i].started == 0)
+			pthread_cond_wait(&start_cond, &start_lock);
+		if (workers[i].started < 0 && rc == 0) {
+			fprintf(stderr, "nfqlua: %s\n", workers[i].err);
+			rc = -1;
+		}
+	}
+	pthread_mutex_unlock(&start_lock);
+	return rc;
+}
+
+static void stop_workers(void)
+{
+	send_to_workers(offsetof(struct worker, stop));
+	for (unsigned i = 0; i < n_workers; i++) {
+		if (workers[i].thread)
+			pthread_join(workers[i].thread, NULL);
+		if (workers[i].loop)
+			ev_loop_destroy(workers[i].loop);
+	}
 }
 
 int main(int argc, char **argv)
@@ -295,30 +439,24 @@ int main(int argc, char **argv)
 	ev_signal_start(loop, &sighup);
 	ev_signal_start(loop, &sigusr1);
 
-	engine = nfq_engine_new(loop, &cli.engine, err, sizeof err);
-	if (!engine) {
-		fprintf(stderr, "nfqlua: %s\n", err);
+	if (start_workers(&cli) < 0 || (cli.pidfile && write_pidfile(cli.pidfile) < 0)) {
+		stop_workers();
 		return 1;
 	}
-	if (cli.pidfile && write_pidfile(cli.pidfile) < 0) {
-		nfq_engine_free(engine);
-		return 1;
-	}
-	nfq_log(NFQ_LOG_INFO, "queue %u bound (mode %s, range %u, max-len %u, fallback %s), running %s",
-		cli.engine.queue_num, cli.engine.mode == 1 ? "meta" : "packet",
-		cli.engine.range, cli.engine.max_len,
-		cli.engine.fallback ? "accept" : "drop", cli.engine.script);
+	for (unsigned i = 0; i < n_workers; i++)
+		nfq_log(NFQ_LOG_INFO, "queue %u bound (mode %s, range %u, max-len %u, fallback %s), running %s",
+			workers[i].opts.queue_num, cli.engine.mode == 1 ? "meta" : "packet",
+			cli.engine.range, cli.engine.max_len,
+			cli.engine.fallback ? "accept" : "drop", cli.engine.script);
 	ev_run(loop, 0);
 
 	ev_signal_stop(loop, &sigint);
 	ev_signal_stop(loop, &sigterm);
 	signal(SIGINT, exit_now);
 	signal(SIGTERM, exit_now);
-	nfq_engine_stop(engine);
-	log_stats();
-	nfq_engine_free(engine);
+	stop_workers();
 	if (pidfile)
 		unlink(pidfile);
-	nfq_log(NFQ_LOG_INFO, "queue %u unbound, exiting", cli.engine.queue_num);
+	nfq_log(NFQ_LOG_INFO, "all queues unbound, exiting");
 	return 0;
 }
