@@ -46,6 +46,12 @@ struct nfq_queue_priv {
 	struct iovec iov[BATCH_SLOTS];
 	uint8_t *tx;
 	size_t tx_len, tx_cap;
+	/*
+	 * Plain accepts of batch slots wait here, in id order, and go out as
+	 * one NFQNL_MSG_VERDICT_BATCH when nothing older is still pending.
+	 */
+	uint32_t deferred[BATCH_SLOTS];
+	unsigned n_deferred;
 	struct nfq_packet *retained;	/* retained packets still pending, oldest first */
 	struct nfq_packet *retained_tail;
 };
@@ -175,10 +181,10 @@ static int send_all(struct nfq_queue *q, const void *buf, size_t len)
 	}
 }
 
-int nfq_queue_flush(struct nfq_queue *q)
+/* Send what the buffer holds. */
+static int send_tx(struct nfq_queue *q)
 {
 	struct nfq_queue_priv *s = q->priv;
-	q->in_dispatch = 0;
 	if (s->tx_len == 0)
 		return 0;
 	int rc = send_all(q, s->tx, s->tx_len);
@@ -190,11 +196,20 @@ int nfq_queue_flush(struct nfq_queue *q)
 	return rc;
 }
 
+static int emit_deferred(struct nfq_queue *q);
+
+int nfq_queue_flush(struct nfq_queue *q)
+{
+	emit_deferred(q);
+	q->in_dispatch = 0;
+	return send_tx(q);
+}
+
 static int tx_reserve(struct nfq_queue *q, size_t need)
 {
 	struct nfq_queue_priv *s = q->priv;
 	if (s->tx_len > 0 && s->tx_len + need > TX_FLUSH_AT)
-		nfq_queue_flush(q);
+		send_tx(q);
 	if (s->tx_len + need <= s->tx_cap)
 		return 0;
 	size_t cap = s->tx_cap ? s->tx_cap : 16384;
@@ -208,16 +223,61 @@ static int tx_reserve(struct nfq_queue *q, size_t need)
 	return 0;
 }
 
+static struct nlmsghdr *put_verdict_msg(struct nfq_queue *q, int type,
+					 uint32_t id, uint32_t verdict)
+{
+	struct nfq_queue_priv *s = q->priv;
+	struct nlmsghdr *nlh = nfq_nlmsg_put((char *)s->tx + s->tx_len, type,
+					     (uint32_t)q->queue_num);
+	nfq_nlmsg_verdict_put(nlh, (int)id, (int)verdict);
+	return nlh;
+}
+
+/* Send the waiting plain accepts: one batch verdict when that is exact. */
+static int emit_deferred(struct nfq_queue *q)
+{
+	struct nfq_queue_priv *s = q->priv;
+	unsigned n = s->n_deferred;
+	if (n == 0)
+		return 0;
+	/* A batch verdict covers every queued id up to the last: only safe when
+	 * no retained packet is waiting with an older one. */
+	int one_batch = s->retained == NULL;
+	if (tx_reserve(q, one_batch ? 64 : 64 * (size_t)n) < 0)
+		return -1;
+	s->n_deferred = 0;
+	if (one_batch) {
+		struct nlmsghdr *nlh = put_verdict_msg(q, NFQNL_MSG_VERDICT_BATCH,
+						       s->deferred[n - 1], NF_ACCEPT);
+		s->tx_len += nlh->nlmsg_len;
+		return 0;
+	}
+	for (unsigned i = 0; i < n; i++) {
+		struct nlmsghdr *nlh = put_verdict_msg(q, NFQNL_MSG_VERDICT,
+						       s->deferred[i], NF_ACCEPT);
+		s->tx_len += nlh->nlmsg_len;
+	}
+	return 0;
+}
+
 int nfq_queue_put_verdict(struct nfq_queue *q, const struct nfq_packet *p,
 			  uint32_t verdict)
 {
 	struct nfq_queue_priv *s = q->priv;
+	uint32_t changes = NFQ_PF_MARK_SET | NFQ_PF_PAYLOAD_SET | NFQ_PF_CONNMARK_SET | NFQ_PF_HEAP;
+	if (verdict == NF_ACCEPT && !(p->flags & changes) && q->in_dispatch &&
+	    s->n_deferred < BATCH_SLOTS &&
+	    (s->n_deferred == 0 || p->id > s->deferred[s->n_deferred - 1])) {
+		s->deferred[s->n_deferred++] = p->id;
+		return 0;
+	}
+	/* Verdicts leave in the order they were given. */
+	if (emit_deferred(q) < 0)
+		return -1;
 	uint32_t plen = (p->flags & NFQ_PF_PAYLOAD_SET) ? p->new_payload_len : 0;
 	if (tx_reserve(q, 128 + MNL_ALIGN(plen)) < 0)
 		return -1;
-	struct nlmsghdr *nlh = nfq_nlmsg_put((char *)s->tx + s->tx_len,
-					     NFQNL_MSG_VERDICT, (uint32_t)q->queue_num);
-	nfq_nlmsg_verdict_put(nlh, (int)p->id, (int)verdict);
+	struct nlmsghdr *nlh = put_verdict_msg(q, NFQNL_MSG_VERDICT, p->id, verdict);
 	if (p->flags & NFQ_PF_MARK_SET)
 		nfq_nlmsg_verdict_put_mark(nlh, p->new_mark);
 	if (p->flags & NFQ_PF_CONNMARK_SET) {
