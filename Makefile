@@ -36,7 +36,7 @@ FUZZ_SECONDS ?= 600
 FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZ_TARGETS = packet headers
 
-.PHONY: all deps test unit demo clean fuzz fuzz-replay fuzz-replay-build
+.PHONY: all deps test unit demo clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
 
 all: nfqlua lua/nfq/core.so
 
@@ -91,7 +91,8 @@ demo: deps
 	$(MAKE) all
 	./scripts/demo.sh
 
-# Fuzzing (clang's libFuzzer with ASan and UBSan); the corpus grows in place.
+# Fuzzing (clang's libFuzzer with ASan and UBSan). New inputs go to
+# build/corpus_<target>; fuzz-merge folds the useful ones into spec/fuzz/corpus.
 $(BUILD)/fuzz_packet: spec/fuzz/fuzz_packet.c $(CORE_SRC) src/nfq_core.h | $(BUILD)
 	$(FUZZ_CC) $(FUZZ_FLAGS) $(CORE_CFLAGS) -o $@ $< $(CORE_SRC) $(CORE_LIBS)
 $(BUILD)/fuzz_headers: spec/fuzz/fuzz_headers.c $(CORE_SRC) lua/nfq/cdef.lua | $(BUILD)
@@ -99,9 +100,15 @@ $(BUILD)/fuzz_headers: spec/fuzz/fuzz_headers.c $(CORE_SRC) lua/nfq/cdef.lua | $
 
 fuzz: deps $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%)
 	for t in $(FUZZ_TARGETS); do \
+		mkdir -p $(BUILD)/corpus_$$t; \
 		ASAN_OPTIONS=detect_leaks=0 $(BUILD)/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
-			spec/fuzz/corpus/$$t > $(BUILD)/fuzz_$$t.log 2>&1 & \
+			-artifact_prefix=$(BUILD)/ $(BUILD)/corpus_$$t spec/fuzz/corpus/$$t > $(BUILD)/fuzz_$$t.log 2>&1 & \
 	done; wait; tail -n 12 $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%.log)
+
+fuzz-merge: $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%)
+	for t in $(FUZZ_TARGETS); do \
+		ASAN_OPTIONS=detect_leaks=0 $(BUILD)/fuzz_$$t -merge=1 spec/fuzz/corpus/$$t $(BUILD)/corpus_$$t; \
+	done
 
 # The corpus replayed with the ordinary compiler: part of make test.
 $(BUILD)/replay_%: spec/fuzz/fuzz_%.c spec/fuzz/replay.c $(CORE_SRC) lua/nfq/cdef.lua | $(BUILD)
