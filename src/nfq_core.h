@@ -193,7 +193,26 @@ struct nfq_lua_packet {
 	const uint8_t hook;
 };
 
+/* A verdict given on an offline queue (replay, tests) instead of being sent. */
+struct nfq_verdict_record {
+	uint32_t id;
+	uint32_t verdict;
+	uint32_t flags;			/* the packet's NFQ_PF_* when it got the verdict */
+	uint32_t mark;			/* with NFQ_PF_MARK_SET */
+	uint32_t connmark;		/* with NFQ_PF_CONNMARK_SET */
+	uint32_t payload_len;
+	uint8_t *payload;		/* with NFQ_PF_PAYLOAD_SET; owned by the queue */
+};
+
 struct nfq_queue *nfq_queue_open(int sockfd);
+/* A queue with no kernel behind it: packets are pushed, verdicts recorded. */
+struct nfq_queue *nfq_queue_open_offline(uint32_t mode, uint32_t range);
+int nfq_queue_offline_push(struct nfq_queue *q, const struct nfq_packet *meta,
+			   const uint8_t *payload, uint32_t len);
+const struct nfq_verdict_record *nfq_queue_records(const struct nfq_queue *q, uint32_t *count);
+void nfq_queue_clear_records(struct nfq_queue *q);
+/* "UDP packet, 31 bytes": what tostring(pkt) says of an IP packet. */
+int nfq_describe(const uint8_t *data, uint32_t len, char *buf, uint32_t buflen);
 int nfq_queue_bind(struct nfq_queue *q, uint32_t queue_num, uint32_t mode,
 		   uint32_t range, uint32_t max_len, uint32_t sock_len,
 		   uint32_t flags);

@@ -5,6 +5,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "nfq_internal.h"
@@ -60,6 +61,34 @@ int nfq_transport_offset(const uint8_t *ip, size_t len, uint8_t *protocol)
 		}
 	}
 	return -1;
+}
+
+int nfq_describe(const uint8_t *data, uint32_t len, char *buf, uint32_t buflen)
+{
+	static const char *const names[256] = {
+		[PROTO_ICMP] = "ICMP", [2] = "IGMP", [PROTO_TCP] = "TCP", [PROTO_UDP] = "UDP",
+		[47] = "GRE", [50] = "ESP", [PROTO_AH] = "AH", [PROTO_ICMPV6] = "ICMPv6", [132] = "SCTP",
+	};
+	int proto = -1;
+	if (len >= 20 && data[0] >> 4 == 4) {
+		proto = data[9];
+	} else if (len >= 40 && data[0] >> 4 == 6) {
+		/* Name the transport even of a fragment: step over the usual extensions. */
+		uint32_t next = data[6], off = 40;
+		while ((next == PROTO_HOPOPTS || next == PROTO_ROUTING || next == PROTO_DSTOPTS) &&
+		       off + 8 <= len) {
+			next = data[off];
+			off += 8 * ((uint32_t)data[off + 1] + 1);
+		}
+		if (next == PROTO_FRAGMENT && off + 8 <= len)
+			next = data[off];
+		proto = (int)next;
+	}
+	if (proto < 0)
+		return snprintf(buf, buflen, "unknown protocol packet, %u bytes", len);
+	if (names[proto])
+		return snprintf(buf, buflen, "%s packet, %u bytes", names[proto], len);
+	return snprintf(buf, buflen, "protocol %d packet, %u bytes", proto, len);
 }
 
 static uint32_t sum16(const uint8_t *data, size_t len, uint32_t acc)

@@ -35,6 +35,10 @@
 
 struct nfq_queue_priv {
 	int own_fd;
+	int offline;		/* no kernel: verdicts go to records */
+	uint32_t mode, range;	/* offline copy mode and range */
+	struct nfq_verdict_record *records;
+	uint32_t n_records, records_cap;
 	uint32_t seq;
 	uint32_t ack_seq;	/* the request we wait for, 0 if none */
 	int ack_err;
@@ -52,6 +56,8 @@ struct nfq_queue_priv {
 	 */
 	uint32_t deferred[BATCH_SLOTS];
 	unsigned n_deferred;
+	int deferred_mark_set;	/* the run's packets all get deferred_mark */
+	uint32_t deferred_mark;
 	struct nfq_packet *retained;	/* retained packets still pending, oldest first */
 	struct nfq_packet *retained_tail;
 };
@@ -205,6 +211,50 @@ int nfq_queue_flush(struct nfq_queue *q)
 	return send_tx(q);
 }
 
+static int record_verdict(struct nfq_queue *q, const struct nfq_packet *p,
+			  uint32_t verdict)
+{
+	struct nfq_queue_priv *s = q->priv;
+	if (s->n_records == s->records_cap) {
+		uint32_t cap = s->records_cap ? s->records_cap * 2 : 64;
+		struct nfq_verdict_record *r = realloc(s->records, cap * sizeof *r);
+		if (!r)
+			return -1;
+		s->records = r;
+		s->records_cap = cap;
+	}
+	struct nfq_verdict_record *r = &s->records[s->n_records];
+	memset(r, 0, sizeof *r);
+	r->id = p->id;
+	r->verdict = verdict;
+	r->flags = p->flags;
+	r->mark = p->new_mark;
+	r->connmark = p->new_connmark;
+	if (p->flags & NFQ_PF_PAYLOAD_SET) {
+		r->payload = malloc(p->new_payload_len + 1);
+		if (!r->payload)
+			return -1;
+		memcpy(r->payload, p->new_payload, p->new_payload_len);
+		r->payload_len = p->new_payload_len;
+	}
+	s->n_records++;
+	return 0;
+}
+
+const struct nfq_verdict_record *nfq_queue_records(const struct nfq_queue *q, uint32_t *count)
+{
+	*count = q->priv->n_records;
+	return q->priv->records;
+}
+
+void nfq_queue_clear_records(struct nfq_queue *q)
+{
+	struct nfq_queue_priv *s = q->priv;
+	for (uint32_t i = 0; i < s->n_records; i++)
+		free(s->records[i].payload);
+	s->n_records = 0;
+}
+
 static int tx_reserve(struct nfq_queue *q, size_t need)
 {
 	struct nfq_queue_priv *s = q->priv;
@@ -246,15 +296,11 @@ static int emit_deferred(struct nfq_queue *q)
 	if (tx_reserve(q, one_batch ? 64 : 64 * (size_t)n) < 0)
 		return -1;
 	s->n_deferred = 0;
-	if (one_batch) {
-		struct nlmsghdr *nlh = put_verdict_msg(q, NFQNL_MSG_VERDICT_BATCH,
-						       s->deferred[n - 1], NF_ACCEPT);
-		s->tx_len += nlh->nlmsg_len;
-		return 0;
-	}
-	for (unsigned i = 0; i < n; i++) {
-		struct nlmsghdr *nlh = put_verdict_msg(q, NFQNL_MSG_VERDICT,
+	for (unsigned i = one_batch ? n - 1 : 0; i < n; i++) {
+		struct nlmsghdr *nlh = put_verdict_msg(q, one_batch ? NFQNL_MSG_VERDICT_BATCH : NFQNL_MSG_VERDICT,
 						       s->deferred[i], NF_ACCEPT);
+		if (s->deferred_mark_set)
+			nfq_nlmsg_verdict_put_mark(nlh, s->deferred_mark);
 		s->tx_len += nlh->nlmsg_len;
 	}
 	return 0;
@@ -264,10 +310,21 @@ int nfq_queue_put_verdict(struct nfq_queue *q, const struct nfq_packet *p,
 			  uint32_t verdict)
 {
 	struct nfq_queue_priv *s = q->priv;
-	uint32_t changes = NFQ_PF_MARK_SET | NFQ_PF_PAYLOAD_SET | NFQ_PF_CONNMARK_SET | NFQ_PF_HEAP;
-	if (verdict == NF_ACCEPT && !(p->flags & changes) && q->in_dispatch &&
-	    s->n_deferred < BATCH_SLOTS &&
-	    (s->n_deferred == 0 || p->id > s->deferred[s->n_deferred - 1])) {
+	if (s->offline)
+		return record_verdict(q, p, verdict);
+	/* A batch verdict carries one mark for all its packets: runs share it. */
+	uint32_t changes = NFQ_PF_PAYLOAD_SET | NFQ_PF_CONNMARK_SET | NFQ_PF_HEAP;
+	if (verdict == NF_ACCEPT && !(p->flags & changes) && q->in_dispatch) {
+		int mark_set = (p->flags & NFQ_PF_MARK_SET) != 0;
+		if (s->n_deferred > 0 &&
+		    (s->n_deferred == BATCH_SLOTS || p->id <= s->deferred[s->n_deferred - 1] ||
+		     mark_set != s->deferred_mark_set || (mark_set && p->new_mark != s->deferred_mark)) &&
+		    emit_deferred(q) < 0)
+			return -1;
+		if (s->n_deferred == 0) {
+			s->deferred_mark_set = mark_set;
+			s->deferred_mark = p->new_mark;
+		}
 		s->deferred[s->n_deferred++] = p->id;
 		return 0;
 	}
@@ -504,6 +561,81 @@ static int alloc_batch(struct nfq_queue *q, uint32_t range)
 	return 0;
 }
 
+struct nfq_queue *nfq_queue_open_offline(uint32_t mode, uint32_t range)
+{
+	if ((mode != NFQNL_COPY_META && mode != NFQNL_COPY_PACKET) || range < 1 || range > 65535) {
+		errno = EINVAL;
+		return NULL;
+	}
+	struct nfq_queue *q = calloc(1, sizeof *q);
+	struct nfq_queue_priv *s = calloc(1, sizeof *s);
+	if (!q || !s) {
+		free(q);
+		free(s);
+		return NULL;
+	}
+	q->priv = s;
+	q->fd = -1;
+	q->fallback = NF_ACCEPT;
+	s->offline = 1;
+	s->mode = mode;
+	s->range = range;
+	if (alloc_batch(q, range) < 0) {
+		free(s);
+		free(q);
+		errno = ENOMEM;
+		return NULL;
+	}
+	q->queue_num = 0;
+	return q;
+}
+
+/* Add a packet to an offline queue's batch, copying what the copy mode and range let through. */
+int nfq_queue_offline_push(struct nfq_queue *q, const struct nfq_packet *meta,
+			   const uint8_t *payload, uint32_t len)
+{
+	struct nfq_queue_priv *s = q->priv;
+	if (!s->offline) {
+		errno = EINVAL;
+		return -1;
+	}
+	if (q->pos >= q->count) {
+		q->pos = q->count = 0;
+		s->rx_used = 0;
+	}
+	if (q->count >= BATCH_SLOTS) {
+		errno = ENOBUFS;
+		return -1;
+	}
+	struct nfq_packet *p = &q->pkts[q->count];
+	uint32_t gen = p->gen;
+	*p = *meta;
+	p->gen = gen;
+	p->state = NFQ_PKT_PENDING;
+	p->queue = q;
+	p->prev = p->next = NULL;
+	p->new_payload = p->own_payload = NULL;
+	p->l2hdr = NULL;
+	p->secctx = NULL;
+	p->l2hdr_len = p->secctx_len = 0;
+	p->flags &= ~(uint32_t)(NFQ_PF_MARK_SET | NFQ_PF_PAYLOAD_SET | NFQ_PF_CONNMARK_SET |
+				NFQ_PF_RETAINED | NFQ_PF_HEAP);
+	p->cap_len = len;
+	p->payload = NULL;
+	p->payload_len = 0;
+	if (s->mode == NFQNL_COPY_PACKET && payload) {
+		uint32_t n = len < s->range ? len : s->range;
+		uint8_t *slot = s->rx + (size_t)q->count * s->slot_size;
+		memcpy(slot, payload, n);
+		p->payload = slot;
+		p->payload_len = n;
+	}
+	q->count++;
+	q->in_dispatch = 1;
+	q->stats.received++;
+	return 0;
+}
+
 static int is_net_admin(void)
 {
 	FILE *f = fopen("/proc/self/status", "r");
@@ -692,6 +824,11 @@ int nfq_queue_unbind(struct nfq_queue *q)
 	/* Nothing may stay queued: the kernel drops what is left at unbind. */
 	finish_batch(q);
 	fallback_retained(q);
+	if (q->priv->offline) {
+		q->in_dispatch = 0;
+		q->queue_num = -1;
+		return 0;
+	}
 	for (int round = 0; round < DRAIN_ROUNDS; round++) {
 		if (receive_some(q, 0) <= 0)
 			break;
@@ -723,6 +860,8 @@ void nfq_queue_close(struct nfq_queue *q)
 		close(q->fd);
 	if (q->pkts)
 		put_slots(q->pkts);
+	nfq_queue_clear_records(q);
+	free(s->records);
 	free(s->rx);
 	free(s->tx);
 	free(s);
