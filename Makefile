@@ -36,7 +36,7 @@ FUZZ_SECONDS ?= 600
 FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZ_TARGETS = packet headers
 
-.PHONY: all deps test unit demo clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
+.PHONY: all deps test unit demo bench clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
 
 all: nfqlua lua/nfq/core.so
 
@@ -90,6 +90,11 @@ unit: all fuzz-replay-build
 demo: deps
 	$(MAKE) all
 	./scripts/demo.sh
+
+# Figures, not assertions: writes bench/RESULTS.md (about 3 minutes, as root).
+bench: deps
+	$(MAKE) all
+	bench/run.sh
 
 # Fuzzing (clang's libFuzzer with ASan and UBSan). New inputs go to
 # build/corpus_<target>; fuzz-merge folds the useful ones into spec/fuzz/corpus.

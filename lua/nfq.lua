@@ -239,26 +239,7 @@ Packet["repeat"] = function(self) give_verdict(self, NF_REPEAT) end
 --- `repeat` is a Lua keyword: pkt:rerun() is the same verdict.
 Packet.rerun = Packet["repeat"]
 
-local proto_names = {
-	[1] = "ICMP", [2] = "IGMP", [6] = "TCP", [17] = "UDP", [47] = "GRE",
-	[50] = "ESP", [51] = "AH", [58] = "ICMPv6", [132] = "SCTP",
-}
--- IPv6 extension headers that tostring() steps over to name the transport.
-local ipv6_ext = { [0] = true, [43] = true, [60] = true }
-
-local function transport_protocol(data, len)
-	local version = rshift(data[0], 4)
-	if version == 4 and len >= 20 then
-		return data[9]
-	elseif version == 6 and len >= 40 then
-		local nh, off = data[6], 40
-		while ipv6_ext[nh] and off + 8 <= len do
-			nh, off = data[off], off + 8 * (data[off + 1] + 1)
-		end
-		if nh == 44 and off + 8 <= len then nh = data[off] end
-		return nh
-	end
-end
+local describe_buf = ffi.new("char[64]")
 
 local function describe(pkt)
 	local p = pkt.p
@@ -269,9 +250,8 @@ local function describe(pkt)
 	if data == nil or len == 0 then
 		return ("packet %d, no payload"):format(pkt.id)
 	end
-	local proto = transport_protocol(data, len)
-	local name = proto and (proto_names[proto] or ("protocol " .. proto)) or "unknown protocol"
-	return ("%s packet, %d bytes"):format(name, len)
+	C.nfq_describe(data, len, describe_buf, 64)
+	return ffi_string(describe_buf)
 end
 
 function Packet:stop() give_verdict(self, NF_STOP) end

@@ -1,0 +1,328 @@
+#!/usr/bin/env bash
+# NFQUEUE benchmark: how many packets per second each consumer verdicts, next
+# to the hand-written C reference measured in the same run.
+#
+#   sudo bench/run.sh                  # everything, about 2.5 minutes
+#   sudo BENCH_ONLY='ref|accept' bench/run.sh
+#
+# It re-executes itself in a private network namespace (unshare -n), so the
+# iptables rule, the queue and all traffic (127.0.0.1 only) vanish with it.
+# Results: bench/RESULTS.md (also printed).
+#
+# Knobs (environment): RUNS (5), WARM (0.3 s before each window), WINDOW (1.7 s),
+# SIZES ("64 1400"), GSO (1: the GSO table), MAXLEN (1024, queue length for
+# every consumer), GEN_BATCH (64), GEN_SNDBUF (64 MiB), GEN_CPU (0), CONS_CPU (1),
+# SINK_CPU (CONS_CPU), GSO_SINK_CPU (GEN_CPU), PORT (9999), BENCH_ONLY (regex
+# on consumer ids), OUT.
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$BENCH_DIR")
+cd "$ROOT"
+
+RUNS=${RUNS:-5}
+WARM=${WARM:-0.3}
+WINDOW=${WINDOW:-1.7}
+SIZES=${SIZES:-64 1400}
+GSO=${GSO:-1}
+MAXLEN=${MAXLEN:-1024}
+GEN_BATCH=${GEN_BATCH:-64}
+GEN_SNDBUF=${GEN_SNDBUF:-67108864}
+GEN_CPU=${GEN_CPU:-0}
+CONS_CPU=${CONS_CPU:-1}
+SINK_CPU=${SINK_CPU:-$CONS_CPU}
+GSO_SINK_CPU=${GSO_SINK_CPU:-$GEN_CPU}
+PORT=${PORT:-9999}
+BENCH_ONLY=${BENCH_ONLY:-}
+OUT=${OUT:-$BENCH_DIR/RESULTS.md}
+QUEUE=0
+PROC_Q=/proc/net/netfilter/nfnetlink_queue
+
+# The consumers, "id|label|command", run from the repo root and pinned to
+# CONS_CPU. The first one is the reference every ratio is taken against.
+# Add a line to measure another consumer of queue 0.
+LUA_ENV="env LUA_PATH='lua/?.lua;;' LUA_CPATH='lua/?.so;;'"
+CONSUMERS=(
+	"ref|C reference (libmnl, recvmmsg, batch verdict)|bench/ref_consumer -q $QUEUE -m $MAXLEN"
+	"accept|nfqlua scripts/examples/accept_all.lua|./nfqlua scripts/examples/accept_all.lua --queue $QUEUE --max-len $MAXLEN"
+	"ref-mark|C reference that marks every packet (the filter's kernel work)|bench/ref_consumer -q $QUEUE -m $MAXLEN -k 0x42"
+	"filter|nfqlua bench/filter.lua (parse IPv4+UDP, mark)|./nfqlua bench/filter.lua --queue $QUEUE --max-len $MAXLEN"
+	"lib|library mode: luajit bench/lib_filter.lua|$LUA_ENV BENCH_MAXLEN=$MAXLEN luajit bench/lib_filter.lua $QUEUE"
+)
+# The GSO table, "id|consumer|generator flags|command": the reference with
+# NFQA_CFG_F_GSO, and without it (-G, as python-netfilterqueue runs), fed by a
+# plain and by a GSO sender. The first line is the baseline.
+GSO_CONSUMERS=(
+	"gso-plain|C reference, NFQA_CFG_F_GSO set||bench/ref_consumer -q $QUEUE -m $MAXLEN"
+	"gso-gso|C reference, NFQA_CFG_F_GSO set|-g|bench/ref_consumer -q $QUEUE -m $MAXLEN"
+	"gso-nogso|C reference, NFQA_CFG_F_GSO not set|-g|bench/ref_consumer -q $QUEUE -m $MAXLEN -G"
+)
+
+die() { echo "run.sh: $*" >&2; exit 1; }
+
+# --- Outside: build, then move into a private network namespace. ---------
+if [[ -z ${NFQ_BENCH_NS:-} ]]; then
+	[[ $EUID -eq 0 ]] || die "needs root (iptables, NFQUEUE, unshare)"
+	make -s -C "$BENCH_DIR" >/dev/null
+	[[ -x ./nfqlua && -e lua/nfq/core.so ]] || make -s all >/dev/null
+	exec unshare -n env NFQ_BENCH_NS=1 "$0" "$@"
+fi
+
+# --- Inside the namespace. -----------------------------------------------
+ip link set lo up
+iptables -w -A OUTPUT -o lo -p udp --dport "$PORT" -j NFQUEUE --queue-num "$QUEUE"
+
+TMP=$(mktemp -d /tmp/nfq-bench.XXXXXX)
+SINK_PID=
+CONS_PID=
+cleanup() {
+	local pid
+	for pid in $CONS_PID $SINK_PID; do
+		kill -KILL "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+	done
+	rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+CLK_TCK=$(getconf CLK_TCK)
+T0=$EPOCHREALTIME
+
+# Our queue's line in /proc: queue portid queued copy_mode copy_range
+# queue_full_drops netlink_full_drops id_sequence 1. Empty when unbound.
+qline() {
+	local q rest
+	while read -r q rest; do
+		[[ $q == "$QUEUE" ]] && { echo "$q $rest"; return; }
+	done <"$PROC_Q"
+	true
+}
+
+# utime+stime of a process in clock ticks (every thread).
+cpu_ticks() {
+	local s
+	s=$(<"/proc/$1/stat") || return 1
+	s=${s##*) }
+	local -a f=($s)
+	echo $((f[11] + f[12]))
+}
+
+# Busy and total jiffies of one CPU, from /proc/stat.
+core_jiffies() {
+	local name user nice sys idle iow irq sirq steal rest
+	while read -r name user nice sys idle iow irq sirq steal rest; do
+		if [[ $name == "cpu$1" ]]; then
+			echo $((user + nice + sys + irq + sirq + steal)) $((user + nice + sys + idle + iow + irq + sirq + steal))
+			return
+		fi
+	done </proc/stat
+}
+
+# The sink's count: ask with SIGUSR1, wait for its next "count=N bytes=B t=T"
+# line and print "N T" (or "- -" if it does not answer within 2 s).
+sink_sample() {
+	local before i line
+	before=$(wc -l <"$TMP/sink.out")
+	kill -USR1 "$SINK_PID"
+	for ((i = 0; i < 400; i++)); do
+		(($(wc -l <"$TMP/sink.out") > before)) && break
+		sleep 0.005
+	done
+	line=$(tail -n 1 "$TMP/sink.out")
+	if [[ $line =~ ^count=([0-9]+)\ bytes=[0-9]+\ t=([0-9.]+)$ ]]; then
+		echo "${BASH_REMATCH[1]} ${BASH_REMATCH[2]}"
+	else
+		echo "- -"
+	fi
+}
+
+wait_for() { # wait_for SECONDS COMMAND...: poll until the command succeeds
+	local deadline=$((${EPOCHREALTIME/./} + ${1%.*} * 1000000))
+	shift
+	until "$@"; do
+		((${EPOCHREALTIME/./} < deadline)) || return 1
+		sleep 0.01
+	done
+}
+bound_with_copy_mode() { local -a f=($(qline)); [[ ${#f[@]} -ge 5 && ${f[3]} != 0 ]]; }
+unbound() { [[ -z $(qline) ]]; }
+drained() { local -a f=($(qline)); [[ ${#f[@]} -ge 3 && ${f[2]} == 0 ]]; }
+
+stop_consumer() {
+	kill -TERM "$CONS_PID" 2>/dev/null || true
+	wait_for 3 eval '! kill -0 '"$CONS_PID"' 2>/dev/null' || kill -KILL "$CONS_PID" 2>/dev/null || true
+	wait "$CONS_PID" 2>/dev/null || true
+	CONS_PID=
+	wait_for 3 unbound || die "queue $QUEUE still bound after the consumer stopped"
+}
+
+median() { sort -g | awk 'NF {v[++n] = $1} END {if (!n) print "-"; else if (n % 2) print v[(n + 1) / 2]; else printf "%.0f\n", (v[n / 2] + v[n / 2 + 1]) / 2}'; }
+minmax() { sort -g | awk 'NF {if (!n++) lo = $1; hi = $1} END {print (n ? lo : "-"), (n ? hi : "-")}'; }
+
+# measure KEY CMD SIZE GENFLAGS: start the consumer, run RUNS windows of
+# traffic, and leave the figures in R_<field>[KEY].
+declare -A R_PPS R_MIN R_MAX R_DPS R_CPU R_BUSY R_QDROP R_UDROP R_SENT R_RSS R_NOTE
+measure() {
+	local key=$1 cmd=$2 size=$3 genflags=$4
+	local log="$TMP/${key//\//-}.log"
+	wait_for 3 unbound || die "queue $QUEUE is busy"
+	(eval "exec taskset -c $CONS_CPU $cmd") >"$log" 2>&1 &
+	CONS_PID=$!
+	if ! wait_for 10 bound_with_copy_mode; then
+		R_NOTE[$key]="did not bind: $(tail -n 1 "$log")"
+		kill -KILL "$CONS_PID" 2>/dev/null || true
+		wait "$CONS_PID" 2>/dev/null || true
+		CONS_PID=
+		return
+	fi
+	local pps=() dps=() cpu_sum=0 pkt_sum=0 busy=() sent=0 run
+	local dur
+	dur=$(awk -v w="$WARM" -v n="$WINDOW" 'BEGIN {print w + n + 0.15}')
+	for ((run = 1; run <= RUNS; run++)); do
+		bench/gen -p "$PORT" -s "$size" -t "$dur" -b "$GEN_BATCH" -S "$GEN_SNDBUF" -c "$GEN_CPU" $genflags >"$TMP/gen.out" &
+		local gen_pid=$!
+		sleep "$WARM"
+		local -a qa qb sa sb ca cb
+		local ta tb pa pb
+		qa=($(qline)); ta=$EPOCHREALTIME; pa=$(cpu_ticks "$CONS_PID"); ca=($(core_jiffies "$CONS_CPU"))
+		sa=($(sink_sample))
+		sleep "$WINDOW"
+		qb=($(qline)); tb=$EPOCHREALTIME; pb=$(cpu_ticks "$CONS_PID"); cb=($(core_jiffies "$CONS_CPU"))
+		sb=($(sink_sample))
+		wait "$gen_pid" || die "generator failed: $(cat "$TMP/gen.out")"
+		local g=$(<"$TMP/gen.out"); g=${g#sent=}; sent=$((sent + ${g%% *}))
+		# Verdicted = ids handed out - those lost on a full socket - still queued.
+		local va=$((qa[7] - qa[6] - qa[2])) vb=$((qb[7] - qb[6] - qb[2]))
+		pps+=("$(awk -v v=$((vb - va)) -v a="$ta" -v b="$tb" 'BEGIN {printf "%.0f", v / (b - a)}')")
+		[[ ${sa[0]} != - && ${sb[0]} != - ]] &&
+			dps+=("$(awk -v c=$((sb[0] - sa[0])) -v a="${sa[1]}" -v b="${sb[1]}" 'BEGIN {printf "%.0f", c / (b - a)}')")
+		busy+=("$(awk -v b=$((cb[0] - ca[0])) -v t=$((cb[1] - ca[1])) 'BEGIN {printf "%.0f", t ? 100 * b / t : 0}')")
+		cpu_sum=$((cpu_sum + pb - pa)); pkt_sum=$((pkt_sum + vb - va))
+		wait_for 3 drained || true
+	done
+	R_RSS[$key]=$(awk '/^VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$CONS_PID/status")
+	local -a qf=($(qline))
+	stop_consumer
+	R_PPS[$key]=$(printf '%s\n' "${pps[@]}" | median)
+	read -r R_MIN[$key] R_MAX[$key] < <(printf '%s\n' "${pps[@]}" | minmax)
+	R_DPS[$key]=$(printf '%s\n' "${dps[@]}" | median)
+	R_BUSY[$key]=$(printf '%s\n' "${busy[@]}" | median)
+	R_CPU[$key]=$(awk -v c=$cpu_sum -v h="$CLK_TCK" -v p=$pkt_sum 'BEGIN {printf "%.2f", p ? c / h * 1e6 / p : 0}')
+	R_QDROP[$key]=${qf[5]}
+	R_UDROP[$key]=${qf[6]}
+	R_SENT[$key]=$sent
+	printf '  %-10s %6s B: %8s/s (%s-%s) delivered %8s/s  cpu %s us/pkt  core %s%%  drops %s/%s of %s  rss %s MB\n' \
+		"${key%/*}" "$size" "${R_PPS[$key]}" "${R_MIN[$key]}" "${R_MAX[$key]}" "${R_DPS[$key]}" \
+		"${R_CPU[$key]}" "${R_BUSY[$key]}" "${R_QDROP[$key]}" "${R_UDROP[$key]}" "$sent" "${R_RSS[$key]}" >&2
+}
+
+# Anything else running on these CPUs makes every figure meaningless: say so.
+read -r g0 gt0 < <(core_jiffies "$GEN_CPU"); read -r c0 ct0 < <(core_jiffies "$CONS_CPU")
+sleep 0.5
+read -r g1 gt1 < <(core_jiffies "$GEN_CPU"); read -r c1 ct1 < <(core_jiffies "$CONS_CPU")
+read -r IDLE_OK BUSY_BEFORE < <(awk -v g=$((g1 - g0)) -v gt=$((gt1 - gt0)) -v c=$((c1 - c0)) -v ct=$((ct1 - ct0)) \
+	-v gc="$GEN_CPU" -v cc="$CONS_CPU" 'BEGIN {
+		gp = gt ? 100 * g / gt : 0; cp = ct ? 100 * c / ct : 0
+		printf "%d CPU %s %.0f%%, CPU %s %.0f%%\n", gp <= 10 && cp <= 10, gc, gp, cc, cp }')
+((IDLE_OK)) || echo "run.sh: warning: the machine is busy before the run ($BUSY_BEFORE); figures will be low" >&2
+
+bench/sink -p "$PORT" -c "$SINK_CPU" >"$TMP/sink.out" 2>&1 &
+SINK_PID=$!
+wait_for 3 grep -qs ready "$TMP/sink.out" || die "the sink did not start: $(cat "$TMP/sink.out")"
+
+selected() { [[ -z $BENCH_ONLY || $1 =~ $BENCH_ONLY ]]; }
+fmt() { [[ $1 == - ]] && { echo -; return; }; awk -v n="$1" 'BEGIN {s = sprintf("%.0f", n); o = ""; while (length(s) > 3) {o = "," substr(s, length(s) - 2) o; s = substr(s, 1, length(s) - 3)} print s o}'; }
+fmtk() { [[ $1 == - ]] && { echo -; return; }; awk -v n="$1" 'BEGIN {printf "%.0fk", n / 1000}'; }
+
+for size in $SIZES; do
+	for entry in "${CONSUMERS[@]}"; do
+		IFS='|' read -r id label cmd <<<"$entry"
+		selected "$id" || continue
+		measure "$id/$size" "$cmd" "$size" ""
+	done
+done
+# With GSO the sink receives 32 datagrams per queued packet: on the consumer's
+# CPU it would cap the gain, and the GSO sender leaves its own CPU mostly idle.
+if ((GSO)); then
+	taskset -pc "$GSO_SINK_CPU" "$SINK_PID" >/dev/null
+	for size in $SIZES; do
+		for entry in "${GSO_CONSUMERS[@]}"; do
+			IFS='|' read -r id label gflags cmd <<<"$entry"
+			selected "$id" || continue
+			measure "$id/$size" "$cmd" "$size" "$gflags"
+		done
+	done
+fi
+
+# --- The report. ---------------------------------------------------------
+ELAPSED=$(awk -v a="$T0" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.0f", b - a}')
+CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+ref_id=$(cut -d'|' -f1 <<<"${CONSUMERS[0]}")
+{
+	echo "# nfqlua benchmark"
+	echo
+	echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs ($CPU_MODEL); kernel $(uname -r); $(luajit -v 2>/dev/null | cut -d' ' -f1-2)."
+	echo "Generated by \`bench/run.sh\` in ${ELAPSED} s: UDP over loopback in a private namespace, generator (sendmmsg, batch $GEN_BATCH) on CPU $GEN_CPU,"
+	echo "consumer on CPU $CONS_CPU, queue length $MAXLEN for every consumer. Each figure: $RUNS windows of ${WINDOW} s after ${WARM} s of warm-up."
+	((IDLE_OK)) || echo "**Warning:** the machine was not idle when the run started ($BUSY_BEFORE busy with other work); these figures are not representative."
+	echo
+	echo "| payload | consumer | verdicts/s (median) | min–max | vs C ref | vs marking C ref | CPU µs/pkt | consumer CPU busy | kernel drops (queue full / socket full) | peak RSS |"
+	echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+	for size in $SIZES; do
+		for entry in "${CONSUMERS[@]}"; do
+			IFS='|' read -r id label cmd <<<"$entry"
+			k="$id/$size"
+			selected "$id" || continue
+			if [[ -n ${R_NOTE[$k]:-} ]]; then
+				echo "| $size B | $label | — | — | — | — | — | — | ${R_NOTE[$k]} | — |"
+				continue
+			fi
+			ratio="—"
+			rk="$ref_id/$size"
+			[[ -n ${R_PPS[$rk]:-} && ${R_PPS[$rk]} != 0 ]] &&
+				ratio=$(awk -v a="${R_PPS[$k]}" -v b="${R_PPS[$rk]}" 'BEGIN {printf "%.2f", a / b}')
+			# The marking filters against the C reference that marks too: the
+			# kernel re-routes a packet whose mark changed, for either consumer.
+			ratio_mark="—"
+			mk="ref-mark/$size"
+			[[ $id == filter || $id == lib ]] && [[ -n ${R_PPS[$mk]:-} && ${R_PPS[$mk]} != 0 ]] &&
+				ratio_mark=$(awk -v a="${R_PPS[$k]}" -v b="${R_PPS[$mk]}" 'BEGIN {printf "%.2f", a / b}')
+			drops_pct=$(awk -v d=$((R_QDROP[$k] + R_UDROP[$k])) -v s="${R_SENT[$k]}" 'BEGIN {printf "%.0f", s ? 100 * d / s : 0}')
+			echo "| $size B | $label | $(fmt "${R_PPS[$k]}") | $(fmtk "${R_MIN[$k]}")–$(fmtk "${R_MAX[$k]}") | $ratio | $ratio_mark | ${R_CPU[$k]} | ${R_BUSY[$k]}% | ${R_QDROP[$k]} / ${R_UDROP[$k]} (${drops_pct}% of sent) | ${R_RSS[$k]} MB |"
+		done
+	done
+	gso_base=$(cut -d'|' -f1 <<<"${GSO_CONSUMERS[0]}")
+	if ((GSO)) && [[ -n ${!R_DPS[*]} ]]; then
+		echo
+		echo "UDP GSO: the GSO sender sends 32 segments of the payload size per send (UDP_SEGMENT). The sink counts the datagrams"
+		echo "delivered; for this table it runs on CPU $GSO_SINK_CPU, with the generator."
+		echo
+		echo "| payload | consumer | sender | datagrams/s delivered (median) | queue packets/s | vs plain sender |"
+		echo "|---|---|---|---:|---:|---:|"
+		for size in $SIZES; do
+			base=${R_DPS[$gso_base/$size]:-}
+			for entry in "${GSO_CONSUMERS[@]}"; do
+				IFS='|' read -r id label gflags cmd <<<"$entry"
+				k="$id/$size"
+				[[ -n ${R_DPS[$k]:-} ]] || continue
+				ratio="—"
+				[[ -n $base && $base != - && ${R_DPS[$k]} != - ]] &&
+					ratio=$(awk -v a="${R_DPS[$k]}" -v b="$base" 'BEGIN {printf "%.2f", a / b}')
+				sender=plain; [[ $gflags == *-g* ]] && sender="GSO ×32"
+				echo "| $size B | $label | $sender | $(fmt "${R_DPS[$k]}") | $(fmt "${R_PPS[$k]}") | $ratio |"
+			done
+		done
+	fi
+	echo
+	echo "How it is measured: verdicts/s is the growth of the queue's id sequence in \`$PROC_Q\`, less netlink-full drops and"
+	echo "packets still queued, over each window. CPU µs/pkt is the consumer's utime+stime (/proc/PID/stat, all threads) over the"
+	echo "windows divided by the packets verdicted in them; loopback delivery after an accept runs as softirq on the consumer's CPU"
+	echo "and is not all charged to the process, so \"consumer CPU busy\" (that CPU in /proc/stat) shows whether the consumer's CPU was the"
+	echo "bottleneck. Peak RSS is VmHWM just before the consumer is stopped."
+	echo
+	echo "The sender is open-loop with a $((GEN_SNDBUF >> 20)) MiB send buffer (queued packets are charged to it until their verdict),"
+	echo "so a consumer slower than the sender shows queue-full drops; socket-full drops would mean a too small receive buffer."
+	echo "The sink that drains the port shares the consumer's CPU (CPU $SINK_CPU): on 2 CPUs the generator needs its own to outrun the"
+	echo "consumers. That work is the same for every consumer, so the ratios understate the differences in the consumers' own cost;"
+	echo "CPU µs/pkt shows those."
+} >"$OUT"
+cat "$OUT"
