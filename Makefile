@@ -7,7 +7,8 @@ BUSTED ?= busted
 PKG_CONFIG ?= pkg-config
 
 DEB_PACKAGES = build-essential pkg-config libnetfilter-queue-dev libnfnetlink-dev \
-	libmnl-dev libluajit2-5.1-dev luajit2 libev-dev lua-busted iptables iproute2
+	libmnl-dev libluajit2-5.1-dev luajit2 libev-dev lua-busted iptables iproute2 \
+	libpcap-dev tcpdump
 CORE_PKGS = libnetfilter_queue libmnl
 LUA_PKG = luajit
 
@@ -18,6 +19,7 @@ CORE_CFLAGS = $(shell $(PKG_CONFIG) --cflags $(CORE_PKGS))
 CORE_LIBS = $(shell $(PKG_CONFIG) --libs $(CORE_PKGS))
 LUA_CFLAGS = $(shell $(PKG_CONFIG) --cflags $(LUA_PKG))
 LUA_LIBS = $(shell $(PKG_CONFIG) --libs $(LUA_PKG))
+PCAP_LIBS = $(shell $(PKG_CONFIG) --libs libpcap)
 # Debian's libev ships no pkg-config file.
 EV_LIBS = $(shell $(PKG_CONFIG) --libs libev 2>/dev/null || echo -lev)
 
@@ -77,8 +79,8 @@ lua/nfq/core.so: $(CORE_OBJ)
 	$(CC) -shared -o $@ $^ $(CORE_LIBS) -lpthread
 
 # -Wl,-E exports the core's functions, so the module's FFI finds them in ffi.C.
-nfqlua: $(CORE_OBJ) $(ENGINE_OBJ) $(BUILD)/nfqlua.o $(LUA_BC_OBJ)
-	$(CC) -o $@ $^ -Wl,-E $(CORE_LIBS) $(LUA_LIBS) $(EV_LIBS) -lpthread -ldl -lm
+nfqlua: $(CORE_OBJ) $(ENGINE_OBJ) $(BUILD)/nfqlua.o $(BUILD)/nfq_replay.o $(LUA_BC_OBJ)
+	$(CC) -o $@ $^ -Wl,-E $(CORE_LIBS) $(LUA_LIBS) $(EV_LIBS) $(PCAP_LIBS) -lpthread -ldl -lm
 
 test: deps
 	$(MAKE) all fuzz-replay-build

@@ -9,6 +9,10 @@
 # iptables rule, the queue and all traffic (127.0.0.1 only) vanish with it.
 # Results: bench/RESULTS.md (also printed).
 #
+# For the comparison consumers (bench/consumers/: ruby-nfqueue, nfqueue-go) it
+# installs their Debian packages with apt-get when missing, and builds
+# bench/go_accept (make -C bench go_accept).
+#
 # Knobs (environment): RUNS (5), WARM (0.3 s before each window), WINDOW (1.7 s),
 # SIZES ("64 1400"), GSO (1: the GSO table), MAXLEN (1024, queue length for
 # every consumer), GEN_BATCH (64), GEN_SNDBUF (64 MiB), GEN_CPU (0), CONS_CPU (1),
@@ -48,6 +52,14 @@ CONSUMERS=(
 	"ref-mark|C reference that marks every packet (the filter's kernel work)|bench/ref_consumer -q $QUEUE -m $MAXLEN -k 0x42"
 	"filter|nfqlua bench/filter.lua (parse IPv4+UDP, mark)|./nfqlua bench/filter.lua --queue $QUEUE --max-len $MAXLEN"
 	"lib|library mode: luajit bench/lib_filter.lua|$LUA_ENV BENCH_MAXLEN=$MAXLEN luajit bench/lib_filter.lua $QUEUE"
+	"ruby|Ruby: ruby-nfqueue, bench/consumers/accept.rb|ruby bench/consumers/accept.rb $QUEUE $MAXLEN"
+	"go|Go: nfqueue-go (chifflier), bench/consumers/accept.go|bench/go_accept $QUEUE $MAXLEN"
+)
+# Debian packages the comparison consumers need ("id|packages"), installed by
+# run.sh when missing and when the consumer is selected.
+CONSUMER_PKGS=(
+	"ruby|ruby ruby-nfqueue"
+	"go|golang-go golang-github-chifflier-nfqueue-go-dev pkg-config"
 )
 # The GSO table, "id|consumer|generator flags|command": the reference with
 # NFQA_CFG_F_GSO, and without it (-G, as python-netfilterqueue runs), fed by a
@@ -59,12 +71,36 @@ GSO_CONSUMERS=(
 )
 
 die() { echo "run.sh: $*" >&2; exit 1; }
+selected() { [[ -z $BENCH_ONLY || $1 =~ $BENCH_ONLY ]]; }
+
+# Install (apt-get, as root) the Debian packages of the selected comparison
+# consumers that are missing, then build the Go one. A failure only warns: that
+# consumer's line then says it did not bind.
+install_consumer_pkgs() {
+	local entry id pkgs p missing=()
+	for entry in "${CONSUMER_PKGS[@]}"; do
+		IFS='|' read -r id pkgs <<<"$entry"
+		selected "$id" || continue
+		for p in $pkgs; do
+			dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+		done
+	done
+	((${#missing[@]})) || return 0
+	echo "run.sh: installing ${missing[*]}" >&2
+	local apt=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}")
+	"${apt[@]}" >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && "${apt[@]}" >/dev/null; } ||
+		echo "run.sh: warning: could not install ${missing[*]}" >&2
+}
 
 # --- Outside: build, then move into a private network namespace. ---------
 if [[ -z ${NFQ_BENCH_NS:-} ]]; then
 	[[ $EUID -eq 0 ]] || die "needs root (iptables, NFQUEUE, unshare)"
 	make -s -C "$BENCH_DIR" >/dev/null
 	[[ -x ./nfqlua && -e lua/nfq/core.so ]] || make -s all >/dev/null
+	install_consumer_pkgs
+	if selected go; then
+		make -s -C "$BENCH_DIR" go_accept >/dev/null || echo "run.sh: warning: could not build bench/go_accept" >&2
+	fi
 	exec unshare -n env NFQ_BENCH_NS=1 "$0" "$@"
 fi
 
@@ -229,7 +265,7 @@ bench/sink -p "$PORT" -c "$SINK_CPU" >"$TMP/sink.out" 2>&1 &
 SINK_PID=$!
 wait_for 3 grep -qs ready "$TMP/sink.out" || die "the sink did not start: $(cat "$TMP/sink.out")"
 
-selected() { [[ -z $BENCH_ONLY || $1 =~ $BENCH_ONLY ]]; }
+pkg_version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo '?'; }
 fmt() { [[ $1 == - ]] && { echo -; return; }; awk -v n="$1" 'BEGIN {s = sprintf("%.0f", n); o = ""; while (length(s) > 3) {o = "," substr(s, length(s) - 2) o; s = substr(s, 1, length(s) - 3)} print s o}'; }
 fmtk() { [[ $1 == - ]] && { echo -; return; }; awk -v n="$1" 'BEGIN {printf "%.0fk", n / 1000}'; }
 
@@ -324,5 +360,28 @@ ref_id=$(cut -d'|' -f1 <<<"${CONSUMERS[0]}")
 	echo "The sink that drains the port shares the consumer's CPU (CPU $SINK_CPU): on 2 CPUs the generator needs its own to outrun the"
 	echo "consumers. That work is the same for every consumer, so the ratios understate the differences in the consumers' own cost;"
 	echo "CPU µs/pkt shows those."
+	if selected ruby || selected go; then
+		echo
+		echo "The consumers people would pick instead: an accept-all of a few lines on each Debian package (\`bench/consumers/\`),"
+		echo "queue length $MAXLEN set through the binding. Both give one verdict per packet, in one sendmsg each, with no batch; neither"
+		echo "can set the netlink socket's receive buffer or NFQA_CFG_F_GSO, so when the sender outruns them the kernel drops at the"
+		echo "full socket rather than at the full queue."
+		if selected ruby; then
+			echo "- **Ruby: ruby-nfqueue $(pkg_version ruby-nfqueue)** on ruby $(ruby -e 'print RUBY_VERSION' 2>/dev/null || echo '?') (\`accept.rb\`). \`Netfilter::Queue#process\` reads one packet per"
+			echo "  \`read(2)\` into a fixed 4096-byte buffer and calls the block through an FFI callback; the binding then copies the payload"
+			echo "  into a Ruby string and sends it back with the verdict (\`nfq_set_verdict\` with the data), so the kernel rewrites every"
+			echo "  packet with its own bytes. A packet whose message exceeds 4096 bytes (payload above about 4 KB) is cut short, never gets"
+			echo "  a verdict and stalls the queue. The binding does not set NETLINK_NO_ENOBUFS, and the first socket overflow ends"
+			echo "  \`process\` with Errno::ENOBUFS: the script sets it on the descriptor itself."
+		fi
+		if selected go; then
+			echo "- **Go: nfqueue-go (chifflier) $(pkg_version golang-github-chifflier-nfqueue-go-dev)** built with Debian's $(go version 2>/dev/null | cut -d' ' -f3) in GOPATH mode, offline (\`accept.go\`)."
+			echo "  \`Queue.Loop\` is a C loop of \`select\` (500 ms timeout) and one \`recv\` per packet into a 65535-byte buffer, with a cgo call"
+			echo "  into Go per packet that copies the payload (\`C.GoBytes\`) into a new \`Payload\`, then \`SetVerdict\`: one \`nfq_set_verdict\`"
+			echo "  per packet. It sets NETLINK_NO_ENOBUFS. The binding logs every verdict through package \`log\`: the consumer discards"
+			echo "  that (\`log.SetOutput(io.Discard)\`). It hands the Queue to C as a bare Go pointer, so the program must keep it reachable"
+			echo "  while \`Loop\` runs, or the garbage collector frees it and the next packet crashes the process."
+		fi
+	fi
 } >"$OUT"
 cat "$OUT"

@@ -33,7 +33,8 @@ enum {
 	NFQ_PF_VLAN = 1024,
 	NFQ_PF_SKBINFO = 2048,
 	NFQ_PF_PRIORITY = 4096,
-	NFQ_PF_CONNMARK_SET = 8192	/* new_connmark goes out with the verdict */
+	NFQ_PF_CONNMARK_SET = 8192,	/* new_connmark goes out with the verdict */
+	NFQ_PF_FALLBACK = 16384		/* its verdict was the fallback one */
 };
 
 /* Queue flags (NFQA_CFG_F_*), chosen at bind time. */
@@ -211,6 +212,13 @@ int nfq_queue_offline_push(struct nfq_queue *q, const struct nfq_packet *meta,
 			   const uint8_t *payload, uint32_t len);
 const struct nfq_verdict_record *nfq_queue_records(const struct nfq_queue *q, uint32_t *count);
 void nfq_queue_clear_records(struct nfq_queue *q);
+/*
+ * The IP packet in a captured frame of pcap link type linktype (Ethernet,
+ * Linux cooked v1/v2, raw IP), with its EtherType; the source hardware
+ * address goes to meta. NULL if the frame holds no IPv4/IPv6 packet.
+ */
+const uint8_t *nfq_link_payload(int linktype, const uint8_t *frame, uint32_t caplen,
+				uint32_t *iplen, uint16_t *proto, struct nfq_packet *meta);
 /* "UDP packet, 31 bytes": what tostring(pkt) says of an IP packet. */
 int nfq_describe(const uint8_t *data, uint32_t len, char *buf, uint32_t buflen);
 int nfq_queue_bind(struct nfq_queue *q, uint32_t queue_num, uint32_t mode,

@@ -348,17 +348,26 @@ struct nfq_engine *nfq_engine_new(struct ev_loop *loop,
 	/* The script loads before the queue binds: a broken script never takes traffic. */
 	if (state_open(&e->cur, e->tag, opts->script, err, errlen) < 0)
 		goto fail;
-	e->q = nfq_queue_open(-1);
-	if (!e->q) {
-		snprintf(err, errlen, "cannot open a netfilter netlink socket: %s", strerror(errno));
-		goto fail;
+	if (opts->offline) {
+		e->q = nfq_queue_open_offline(opts->mode, opts->range);
+		if (!e->q) {
+			snprintf(err, errlen, "cannot open an offline queue: %s", strerror(errno));
+			goto fail;
+		}
+		e->q->flags = opts->flags;
+	} else {
+		e->q = nfq_queue_open(-1);
+		if (!e->q) {
+			snprintf(err, errlen, "cannot open a netfilter netlink socket: %s", strerror(errno));
+			goto fail;
+		}
+		if (nfq_queue_bind(e->q, opts->queue_num, opts->mode, opts->range,
+				   opts->max_len, opts->sock_len, opts->flags) < 0) {
+			copy_error(err, errlen, e->q->errmsg);
+			goto fail;
+		}
 	}
 	e->q->fallback = opts->fallback;
-	if (nfq_queue_bind(e->q, opts->queue_num, opts->mode, opts->range,
-			   opts->max_len, opts->sock_len, opts->flags) < 0) {
-		copy_error(err, errlen, e->q->errmsg);
-		goto fail;
-	}
 	if (state_attach(&e->cur, e->q, err, errlen) < 0)
 		goto fail;
 	char hook_err[1024];
@@ -366,9 +375,11 @@ struct nfq_engine *nfq_engine_new(struct ev_loop *loop,
 		snprintf(err, errlen, "on_start failed: %s", hook_err);
 		goto fail;
 	}
-	ev_io_init(&e->io, on_readable, e->q->fd, EV_READ);
-	e->io.data = e;
-	ev_io_start(loop, &e->io);
+	if (!opts->offline) {
+		ev_io_init(&e->io, on_readable, e->q->fd, EV_READ);
+		e->io.data = e;
+		ev_io_start(loop, &e->io);
+	}
 	/* Packets that arrived while binding are already in the batch. */
 	run_batch(e);
 	return e;
@@ -403,6 +414,16 @@ void nfq_engine_free(struct nfq_engine *e)
 	nfq_engine_stop(e);
 	nfq_queue_close(e->q);
 	free(e);
+}
+
+struct nfq_queue *nfq_engine_queue(const struct nfq_engine *e)
+{
+	return e->q;
+}
+
+void nfq_engine_dispatch(struct nfq_engine *e)
+{
+	run_batch(e);
 }
 
 const struct nfq_stats *nfq_engine_stats(const struct nfq_engine *e)

@@ -180,3 +180,75 @@ int nfq_fix_checksums(uint8_t *ip, size_t len)
 	put16(l4 + csum_at, csum);
 	return 0;
 }
+
+/* pcap link types (DLT_*) whose frames carry IP packets we can find. */
+enum {
+	LINK_ETHERNET = 1, LINK_RAW = 12, LINK_RAW_OPENBSD = 14, LINK_RAW_LINKTYPE = 101,
+	LINK_LINUX_SLL = 113, LINK_IPV4 = 228, LINK_IPV6 = 229, LINK_LINUX_SLL2 = 276,
+};
+
+const uint8_t *nfq_link_payload(int linktype, const uint8_t *frame, uint32_t caplen,
+			    uint32_t *iplen, uint16_t *proto, struct nfq_packet *meta)
+{
+	uint32_t off;
+	uint16_t type;
+	switch (linktype) {
+	case LINK_ETHERNET:
+		if (caplen < 14)
+			return NULL;
+		type = (uint16_t)(frame[12] << 8 | frame[13]);
+		off = 14;
+		if ((type == 0x8100 || type == 0x88a8) && caplen >= 18) {
+			type = (uint16_t)(frame[16] << 8 | frame[17]);
+			off = 18;
+		}
+		memcpy(meta->hw_addr, frame + 6, 6);
+		meta->hw_addrlen = 6;
+		meta->flags |= NFQ_PF_HW;
+		break;
+	case LINK_LINUX_SLL: {
+		if (caplen < 16)
+			return NULL;
+		uint16_t halen = (uint16_t)(frame[4] << 8 | frame[5]);
+		type = (uint16_t)(frame[14] << 8 | frame[15]);
+		off = 16;
+		if (halen > 0 && halen <= 8) {
+			memcpy(meta->hw_addr, frame + 6, halen);
+			meta->hw_addrlen = halen;
+			meta->flags |= NFQ_PF_HW;
+		}
+		break;
+	}
+	case LINK_LINUX_SLL2: {
+		if (caplen < 20)
+			return NULL;
+		type = (uint16_t)(frame[0] << 8 | frame[1]);
+		uint8_t halen = frame[11];
+		off = 20;
+		if (halen > 0 && halen <= 8) {
+			memcpy(meta->hw_addr, frame + 12, halen);
+			meta->hw_addrlen = halen;
+			meta->flags |= NFQ_PF_HW;
+		}
+		break;
+	}
+	case LINK_RAW:
+	case LINK_RAW_OPENBSD:
+	case LINK_RAW_LINKTYPE:
+	case LINK_IPV4:
+	case LINK_IPV6:
+		if (caplen < 1)
+			return NULL;
+		type = frame[0] >> 4 == 6 ? 0x86dd : 0x0800;
+		off = 0;
+		break;
+	default:
+		return NULL;
+	}
+	if ((type != 0x0800 && type != 0x86dd) || off >= caplen)
+		return NULL;
+	*iplen = caplen - off;
+	*proto = type;
+	return frame + off;
+}
+

@@ -219,6 +219,7 @@ void nfq_packet_fallback(struct nfq_packet *p)
 	if (p->state != NFQ_PKT_PENDING || !p->queue)
 		return;
 	struct nfq_queue *q = p->queue;
+	p->flags |= NFQ_PF_FALLBACK;
 	if (nfq_packet_verdict(p, q->fallback) == 0)
 		q->stats.fallback++;
 }

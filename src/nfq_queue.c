@@ -783,11 +783,15 @@ int nfq_queue_hand_over(struct nfq_queue *q, struct nfq_packet **out, int max)
 
 int nfq_queue_kernel_stats(const struct nfq_queue *q, struct nfq_kernel_stats *out)
 {
+	memset(out, 0, sizeof *out);
+	if (q->priv->offline || q->queue_num < 0) {
+		errno = ENOENT;
+		return -1;
+	}
 	FILE *f = fopen("/proc/net/netfilter/nfnetlink_queue", "r");
 	unsigned num;
 	long long waiting, qdrop, udrop;
 	int rc = -1;
-	memset(out, 0, sizeof *out);
 	if (!f)
 		return -1;
 	while (fscanf(f, "%u %*d %lld %*d %*d %lld %lld %*[^\n]", &num, &waiting, &qdrop, &udrop) == 4)

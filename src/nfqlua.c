@@ -15,6 +15,7 @@
 #include <ev.h>
 
 #include "nfq_log.h"
+#include "nfq_replay.h"
 #include "nfqlua.h"
 
 #define NFQLUA_VERSION "0.1.0"
@@ -23,6 +24,7 @@ enum { EXIT_USAGE = 2 };
 
 static const char usage[] =
 	"usage: nfqlua SCRIPT --queue N [options]\n"
+	"       nfqlua --replay CAPTURE SCRIPT [--out KEPT] [--hook HOOK] [--mark M] [options]\n"
 	"\n"
 	"Filter the packets that an iptables -j NFQUEUE rule sends to queue N\n"
 	"with the Lua function that SCRIPT returns.\n"
@@ -42,6 +44,12 @@ static const char usage[] =
 	"      --uid-gid          add the socket owner of local traffic (pkt.uid, pkt.gid)\n"
 	"      --secctx           add the security context (pkt.secctx)\n"
 	"      --check            load and compile SCRIPT, then exit\n"
+	"      --replay CAPTURE   run SCRIPT over a pcap/pcapng file instead of a queue:\n"
+	"                         one line per verdict and a summary; needs no root\n"
+	"      --out KEPT         with --replay: write the accepted packets to KEPT (pcap)\n"
+	"      --hook HOOK        with --replay: prerouting, input (default), forward,\n"
+	"                         output or postrouting\n"
+	"      --mark M           with --replay: the mark packets arrive with\n"
 	"      --pidfile PATH     write the pid to PATH, removed at exit\n"
 	"      --log-level LEVEL  error, warn, info (default) or debug\n"
 	"  -v, --verbose          log more (twice: debug)\n"
@@ -61,6 +69,7 @@ struct cli {
 	int have_queue;
 	uint32_t last_queue;	/* --queue A-B: queue_num is A, last_queue is B */
 	const char *pidfile;
+	struct nfq_replay_opts replay;	/* with --replay */
 };
 
 /*
@@ -109,7 +118,9 @@ static void parse_args(int argc, char **argv, struct cli *cli)
 {
 	enum { OPT_MAX_LEN = 256, OPT_MODE, OPT_RANGE, OPT_SOCK_LEN, OPT_FALLBACK,
 	       OPT_CHECK, OPT_VERSION, OPT_PIDFILE, OPT_LOG_LEVEL, OPT_FAIL_OPEN,
-	       OPT_NO_GSO, OPT_CONNTRACK, OPT_UID_GID, OPT_SECCTX };
+	       OPT_NO_GSO, OPT_CONNTRACK, OPT_UID_GID, OPT_SECCTX, OPT_REPLAY, OPT_OUT,
+	       OPT_HOOK, OPT_MARK };
+	static const char *const hooks[] = { "prerouting", "input", "forward", "output", "postrouting" };
 	static const char *const levels[] = { "error", "warn", "info", "debug" };
 	static const struct option options[] = {
 		{ "queue", required_argument, NULL, 'q' },
@@ -124,6 +135,10 @@ static void parse_args(int argc, char **argv, struct cli *cli)
 		{ "conntrack", no_argument, NULL, OPT_CONNTRACK },
 		{ "uid-gid", no_argument, NULL, OPT_UID_GID },
 		{ "secctx", no_argument, NULL, OPT_SECCTX },
+		{ "replay", required_argument, NULL, OPT_REPLAY },
+		{ "out", required_argument, NULL, OPT_OUT },
+		{ "hook", required_argument, NULL, OPT_HOOK },
+		{ "mark", required_argument, NULL, OPT_MARK },
 		{ "pidfile", required_argument, NULL, OPT_PIDFILE },
 		{ "log-level", required_argument, NULL, OPT_LOG_LEVEL },
 		{ "verbose", no_argument, NULL, 'v' },
@@ -137,6 +152,7 @@ static void parse_args(int argc, char **argv, struct cli *cli)
 	o->max_len = 1024;
 	o->fallback = 1;
 	o->flags = NFQ_FLAG_GSO;
+	cli->replay.hook = 1;	/* INPUT */
 	opterr = 0;
 	int c;
 	while ((c = getopt_long(argc, argv, ":q:vh", options, NULL)) != -1) {
@@ -200,6 +216,25 @@ static void parse_args(int argc, char **argv, struct cli *cli)
 		case OPT_SECCTX:
 			o->flags |= NFQ_FLAG_SECCTX;
 			break;
+		case OPT_REPLAY:
+			cli->replay.capture = optarg;
+			break;
+		case OPT_OUT:
+			cli->replay.out = optarg;
+			break;
+		case OPT_HOOK: {
+			int found = -1;
+			for (int i = 0; i < 5; i++)
+				if (strcmp(optarg, hooks[i]) == 0)
+					found = i;
+			if (found < 0)
+				usage_error("--hook must be prerouting, input, forward, output or postrouting, got '%s'", optarg);
+			cli->replay.hook = (uint32_t)found;
+			break;
+		}
+		case OPT_MARK:
+			cli->replay.mark = parse_number("--mark", optarg, 0, UINT32_MAX);
+			break;
 		case OPT_PIDFILE:
 			if (!*optarg)
 				usage_error("--pidfile needs a path%s", "");
@@ -237,7 +272,9 @@ static void parse_args(int argc, char **argv, struct cli *cli)
 	if (optind + 1 < argc)
 		usage_error("unexpected argument '%s': give one SCRIPT", argv[optind + 1]);
 	o->script = argv[optind];
-	if (!cli->check && !cli->have_queue)
+	if ((cli->replay.out || cli->replay.hook != 1 || cli->replay.mark) && !cli->replay.capture)
+		usage_error("--out, --hook and --mark go with --replay%s", "");
+	if (!cli->check && !cli->have_queue && !cli->replay.capture)
 		usage_error("--queue N is required%s", "");
 }
 
@@ -425,6 +462,11 @@ int main(int argc, char **argv)
 		}
 		printf("%s: ok\n", cli.engine.script);
 		return 0;
+	}
+
+	if (cli.replay.capture) {
+		cli.replay.engine = cli.engine;
+		return nfq_replay_run(&cli.replay);
 	}
 
 	signal(SIGPIPE, SIG_IGN);

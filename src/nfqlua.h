@@ -25,6 +25,7 @@ struct nfq_engine_opts {
 	uint32_t sock_len;	/* receive buffer bytes, 0 = sized from max_len */
 	uint32_t fallback;	/* verdict for packets left without one: 0 drop, 1 accept */
 	uint32_t flags;		/* NFQ_FLAG_* queue flags */
+	int offline;		/* no kernel: packets come from nfq_engine_queue() pushes */
 };
 
 /*
@@ -52,6 +53,12 @@ void nfq_engine_free(struct nfq_engine *e);
  * 0, or -1 (the failure is logged and counted).
  */
 int nfq_engine_reload(struct nfq_engine *e);
+
+/* The engine's queue; offline, the caller pushes packets into it. */
+struct nfq_queue *nfq_engine_queue(const struct nfq_engine *e);
+
+/* Give the script the packets waiting in the queue's batch, then flush. */
+void nfq_engine_dispatch(struct nfq_engine *e);
 
 /* Counters; valid until nfq_engine_free(). */
 const struct nfq_stats *nfq_engine_stats(const struct nfq_engine *e);

@@ -47,5 +47,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	free(msg);
 	check_ip(data, size);
+
+	/* The replay's link layers: the first byte picks one. */
+	static const int links[] = { 1, 12, 14, 101, 113, 228, 229, 276 };
+	if (size > 0) {
+		uint32_t iplen;
+		uint16_t proto;
+		struct nfq_packet meta;
+		memset(&meta, 0, sizeof meta);
+		uint8_t *frame = malloc(size - 1 ? size - 1 : 1);
+		if (frame) {
+			memcpy(frame, data + 1, size - 1);
+			const uint8_t *ip = nfq_link_payload(links[data[0] % 8], frame, (uint32_t)(size - 1),
+							     &iplen, &proto, &meta);
+			if (ip && (ip < frame || ip + iplen > frame + size - 1))
+				abort();
+			if (ip)
+				check_ip(ip, iplen);
+			free(frame);
+		}
+	}
 	return 0;
 }

@@ -1,0 +1,112 @@
+-- nfq.testing: every example script, unit-tested without a kernel.
+local testing = require "nfq.testing"
+local H = require "helpers.net"
+
+local function example(name) return H.root .. "/scripts/examples/" .. name end
+
+-- Examples read settings from the environment: fake it for one run.
+local function with_env(env, fn)
+	local getenv = os.getenv
+	os.getenv = function(k) if env[k] ~= nil then return env[k] end return getenv(k) end
+	local ok, err = pcall(fn)
+	os.getenv = getenv
+	assert(ok, err)
+end
+
+describe("nfq.testing", function()
+	it("builds packets with correct checksums", function()
+		local p = testing.packet { proto = "udp", src = "10.1.2.3", dst = "10.9.8.7", sport = 1000, dport = 53, payload = "abc" }
+		assert.equal(31, #p)
+		local nfq = require "nfq"
+		local ffi = require "ffi"
+		local copy = ffi.new("uint8_t[?]", #p)
+		ffi.copy(copy, p, #p)
+		nfq._C.nfq_fix_checksums(copy, #p)
+		assert.equal(p, ffi.string(copy, #p), "already correct")
+		assert.equal(60, #testing.packet { proto = "tcp", src = "fd00::1", dst = "fd00::2" })
+		assert.has_error(function() testing.packet { proto = "sctpx" } end)
+	end)
+
+	it("reports verdicts, marks, rewrites, repeats and fallbacks", function()
+		local p = testing.packet { payload = "x" }
+		local r = testing.run(function(pkt)
+			local data = pkt:get_payload()
+			if pkt.id == 1 then pkt:set_mark(5) pkt:accept()
+			elseif pkt.id == 2 then pkt:drop()
+			elseif pkt.id == 3 then pkt:set_payload(data .. "y") pkt:fix_checksums() pkt:accept()
+			elseif pkt.id == 4 and pkt.mark == 0 then pkt:set_mark(9) pkt["repeat"](pkt)
+			elseif pkt.id == 5 then pkt:queue(3)
+			end
+		end, { p, p, p, p, p, p })
+		local by = r.by_id
+		assert.same({ "accept", 5 }, { by[1].verdict, by[1].mark })
+		assert.equal("drop", by[2].verdict)
+		assert.equal(#p + 1, #by[3].payload)
+		assert.same({ "accept", 1, true }, { by[4].verdict, by[4].repeats, by[4].fallback })
+		assert.same({ "queue", 3 }, { by[5].verdict, by[5].queue_num })
+		assert.is_true(by[6].fallback)
+	end)
+
+	it("drop_word.lua drops by content", function()
+		local r = testing.run(example("drop_word.lua"), {
+			testing.packet { payload = "fine" }, testing.packet { payload = "please DROP" } })
+		assert.same({ "accept", "drop" }, { r.by_id[1].verdict, r.by_id[2].verdict })
+	end)
+
+	it("port_firewall.lua blocks its ports for TCP and UDP", function()
+		with_env({ NFQ_BLOCKED_PORTS = "23,5555" }, function()
+			local r = testing.run(example("port_firewall.lua"), {
+				testing.packet { proto = "tcp", dport = 23 }, testing.packet { proto = "udp", dport = 5555 },
+				testing.packet { proto = "udp", dport = 53 }, testing.packet { proto = "icmp" } })
+			assert.same({ "drop", "drop", "accept", "accept" },
+				{ r.by_id[1].verdict, r.by_id[2].verdict, r.by_id[3].verdict, r.by_id[4].verdict })
+		end)
+	end)
+
+	it("dns_filter.lua drops queries for blocked names", function()
+		with_env({ NFQ_BLOCKED_DOMAINS = "ads.example" }, function()
+			local function query(name)
+				local q = "\0\1\1\0\0\1\0\0\0\0\0\0"
+				for label in name:gmatch("[^.]+") do q = q .. string.char(#label) .. label end
+				return testing.packet { dport = 53, payload = q .. "\0\0\1\0\1" }
+			end
+			local r = testing.run(example("dns_filter.lua"), { query("x.ads.example"), query("good.example"),
+				testing.packet { dport = 53, payload = "\0\1" } })
+			assert.same({ "drop", "accept", "accept" }, { r.by_id[1].verdict, r.by_id[2].verdict, r.by_id[3].verdict })
+		end)
+	end)
+
+	it("rewrite_payload.lua rewrites and fixes checksums", function()
+		local r = testing.run(example("rewrite_payload.lua"), { testing.packet { payload = "hello there" } })
+		assert.equal(testing.packet { payload = "goodbye there" }, r[1].payload)
+	end)
+
+	it("mark_by_uid.lua marks by socket owner only when the kernel says who", function()
+		local r = testing.run(example("mark_by_uid.lua"), { testing.packet {} })
+		assert.same({ "accept", nil }, { r[1].verdict, r[1].mark })
+	end)
+
+	it("connmark_classifier.lua classifies by port", function()
+		-- set_connmark needs a conntrack queue; offline queues take the flag as given.
+		local nfq = require "nfq"
+		local r = testing.run(function(pkt)
+			pkt.p.queue.flags = nfq._C.NFQ_FLAG_CONNTRACK
+			return dofile(example("connmark_classifier.lua"))(pkt)
+		end, { testing.packet { dport = 53 }, testing.packet { dport = 6666 }, testing.packet { dport = 8080 } })
+		assert.same({ 1, 2, 3 }, { r.by_id[1].connmark, r.by_id[2].connmark, r.by_id[3].connmark })
+		assert.equal("drop", r.by_id[2].verdict)
+	end)
+
+	it("reorder.lua swaps pairs, and a lone last packet gets the fallback", function()
+		local p = testing.packet {}
+		local r = testing.run(example("reorder.lua"), { p, p, p })
+		assert.same({ 2, 1, 3 }, { r[1].id, r[2].id, r[3].id })
+		assert.is_true(r[3].fallback)
+	end)
+
+	it("accept_all.lua and print_and_accept.lua accept", function()
+		for _, name in ipairs { "accept_all.lua", "print_and_accept.lua" } do
+			assert.equal("accept", testing.run(example(name), { testing.packet {} })[1].verdict)
+		end
+	end)
+end)
