@@ -38,9 +38,19 @@ FUZZ_SECONDS ?= 600
 FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZ_TARGETS = packet headers
 
-.PHONY: all deps test unit demo bench clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
+.PHONY: all lib deps test unit demo bench clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
 
-all: nfqlua lua/nfq/core.so
+all: nfqlua lua/nfq/core.so lib
+
+# libnfqlua: the engine for C hosts (nfqlua.h). A host linked statically must
+# export the library's symbols (-Wl,-E) so that the Lua module finds them.
+lib: $(BUILD)/libnfqlua.a $(BUILD)/libnfqlua.so
+
+$(BUILD)/libnfqlua.a: $(CORE_OBJ) $(ENGINE_OBJ) $(LUA_BC_OBJ)
+	$(AR) rcs $@ $^
+
+$(BUILD)/libnfqlua.so: $(CORE_OBJ) $(ENGINE_OBJ) $(LUA_BC_OBJ)
+	$(CC) -shared -o $@ $^ $(CORE_LIBS) $(LUA_LIBS) $(EV_LIBS) -lpthread
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
