@@ -23,6 +23,18 @@ PCAP_LIBS = $(shell $(PKG_CONFIG) --libs libpcap)
 # Debian's libev ships no pkg-config file.
 EV_LIBS = $(shell $(PKG_CONFIG) --libs libev 2>/dev/null || echo -lev)
 
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+MANDIR ?= $(PREFIX)/share/man
+DOCDIR ?= $(PREFIX)/share/doc/nfqlua
+LUA_MODULE_DIR ?= $(PREFIX)/share/lua/5.1
+LUA_CMODULE_DIR ?= $(PREFIX)/lib/lua/5.1
+SYSTEMD_DIR ?= $(PREFIX)/lib/systemd/system
+LUA_FILES = nfq.lua nfq/cdef.lua nfq/engine.lua nfq/headers.lua nfq/testing.lua
+EXAMPLES = $(wildcard scripts/examples/*.lua) scripts/examples/embed.c
+
 BUILD = build
 CORE_SRC = src/nfq_queue.c src/nfq_packet.c src/nfq_headers.c
 ENGINE_SRC = src/nfq_engine.c src/nfq_log.c
@@ -38,7 +50,7 @@ FUZZ_SECONDS ?= 600
 FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZ_TARGETS = packet headers
 
-.PHONY: all lib deps test unit demo bench clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
+.PHONY: all lib deps test unit demo bench install uninstall clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
 
 all: nfqlua lua/nfq/core.so lib
 
@@ -136,6 +148,32 @@ fuzz-replay-build: $(FUZZ_TARGETS:%=$(BUILD)/replay_%)
 
 fuzz-replay: fuzz-replay-build
 	for t in $(FUZZ_TARGETS); do $(BUILD)/replay_$$t spec/fuzz/corpus/$$t/* || exit 1; done
+
+# Every file install adds, so that uninstall removes exactly those.
+INSTALLED = $(BINDIR)/nfqlua $(MANDIR)/man1/nfqlua.1 \
+	$(LUA_FILES:%=$(LUA_MODULE_DIR)/%) $(LUA_CMODULE_DIR)/nfq/core.so \
+	$(LIBDIR)/libnfqlua.a $(LIBDIR)/libnfqlua.so \
+	$(INCLUDEDIR)/nfqlua.h $(INCLUDEDIR)/nfq_core.h \
+	$(EXAMPLES:scripts/examples/%=$(DOCDIR)/examples/%) $(SYSTEMD_DIR)/nfqlua@.service
+
+install: all
+	install -D -m 755 nfqlua $(DESTDIR)$(BINDIR)/nfqlua
+	install -D -m 644 nfqlua.1 $(DESTDIR)$(MANDIR)/man1/nfqlua.1
+	for f in $(LUA_FILES); do install -D -m 644 lua/$$f $(DESTDIR)$(LUA_MODULE_DIR)/$$f; done
+	install -D -m 755 lua/nfq/core.so $(DESTDIR)$(LUA_CMODULE_DIR)/nfq/core.so
+	install -D -m 644 $(BUILD)/libnfqlua.a $(DESTDIR)$(LIBDIR)/libnfqlua.a
+	install -D -m 755 $(BUILD)/libnfqlua.so $(DESTDIR)$(LIBDIR)/libnfqlua.so
+	install -D -m 644 src/nfqlua.h $(DESTDIR)$(INCLUDEDIR)/nfqlua.h
+	install -D -m 644 src/nfq_core.h $(DESTDIR)$(INCLUDEDIR)/nfq_core.h
+	for f in $(EXAMPLES); do install -D -m 644 $$f $(DESTDIR)$(DOCDIR)/examples/$${f#scripts/examples/}; done
+	sed 's#/usr/local/bin/#$(BINDIR)/#g' scripts/systemd/nfqlua@.service > nfqlua@.service.tmp
+	install -D -m 644 nfqlua@.service.tmp $(DESTDIR)$(SYSTEMD_DIR)/nfqlua@.service
+	rm -f nfqlua@.service.tmp
+
+uninstall:
+	rm -f $(INSTALLED:%=$(DESTDIR)%)
+	-rmdir $(DESTDIR)$(LUA_MODULE_DIR)/nfq $(DESTDIR)$(LUA_CMODULE_DIR)/nfq \
+		$(DESTDIR)$(DOCDIR)/examples $(DESTDIR)$(DOCDIR) 2>/dev/null
 
 clean:
 	rm -rf $(BUILD) nfqlua lua/nfq/core.so lua/nfq/cdef.lua
