@@ -2,7 +2,7 @@
 # NFQUEUE benchmark: how many packets per second each consumer verdicts, next
 # to the hand-written C reference measured in the same run.
 #
-#   sudo bench/run.sh                  # everything, about 2.5 minutes
+#   sudo bench/run.sh                  # everything, about 2.8 minutes
 #   sudo BENCH_ONLY='ref|accept' bench/run.sh
 #
 # It re-executes itself in a private network namespace (unshare -n), so the
@@ -13,7 +13,7 @@
 # installs their Debian packages with apt-get when missing, and builds
 # bench/go_accept (make -C bench go_accept).
 #
-# Knobs (environment): RUNS (5), WARM (0.3 s before each window), WINDOW (1.7 s),
+# Knobs (environment): RUNS (5), WARM (0.2 s before each window), WINDOW (1.2 s),
 # SIZES ("64 1400"), GSO (1: the GSO table), MAXLEN (1024, queue length for
 # every consumer), GEN_BATCH (64), GEN_SNDBUF (64 MiB), GEN_CPU (0), CONS_CPU (1),
 # SINK_CPU (CONS_CPU), GSO_SINK_CPU (GEN_CPU), PORT (9999), BENCH_ONLY (regex
@@ -25,8 +25,8 @@ ROOT=$(dirname "$BENCH_DIR")
 cd "$ROOT"
 
 RUNS=${RUNS:-5}
-WARM=${WARM:-0.3}
-WINDOW=${WINDOW:-1.7}
+WARM=${WARM:-0.2}
+WINDOW=${WINDOW:-1.2}
 SIZES=${SIZES:-64 1400}
 GSO=${GSO:-1}
 MAXLEN=${MAXLEN:-1024}
