@@ -50,7 +50,7 @@ FUZZ_SECONDS ?= 600
 FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZ_TARGETS = packet headers
 
-.PHONY: all lib deps test unit demo bench install uninstall clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
+.PHONY: all lib asan deps test unit demo bench install uninstall clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
 
 all: nfqlua lua/nfq/core.so lib
 
@@ -104,9 +104,12 @@ lua/nfq/core.so: $(CORE_OBJ)
 nfqlua: $(CORE_OBJ) $(ENGINE_OBJ) $(BUILD)/nfqlua.o $(BUILD)/nfq_replay.o $(LUA_BC_OBJ)
 	$(CC) -o $@ $^ -Wl,-E $(CORE_LIBS) $(LUA_LIBS) $(EV_LIBS) $(PCAP_LIBS) -lpthread -ldl -lm
 
+# The daemon and replay specs run the sanitizer build; any report fails them.
 test: deps
-	$(MAKE) all fuzz-replay-build
-	$(SPEC_ENV) $(BUSTED) --lua=$(LUAJIT) -o spec/helpers/summary.lua spec
+	$(MAKE) all asan fuzz-replay-build
+	$(SPEC_ENV) NFQLUA=$(CURDIR)/$(BUILD)/asan/nfqlua \
+		ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=99 UBSAN_OPTIONS=print_stacktrace=1 \
+		$(BUSTED) --lua=$(LUAJIT) -o spec/helpers/summary.lua spec
 
 unit: all fuzz-replay-build
 	$(SPEC_ENV) $(BUSTED) --lua=$(LUAJIT) --exclude-tags=kernel spec
@@ -119,6 +122,20 @@ demo: deps
 bench: deps
 	$(MAKE) all
 	bench/run.sh
+
+# The daemon with AddressSanitizer and UBSan: make test runs the daemon specs on it.
+ASAN_FLAGS = -g -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+ASAN_OBJ = $(CORE_SRC:src/%.c=$(BUILD)/asan/%.o) $(ENGINE_SRC:src/%.c=$(BUILD)/asan/%.o) \
+	$(BUILD)/asan/nfqlua.o $(BUILD)/asan/nfq_replay.o
+
+$(BUILD)/asan/%.o: src/%.c src/nfq_core.h src/nfq_internal.h
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(ASAN_FLAGS) $(CORE_CFLAGS) $(LUA_CFLAGS) -c -o $@ $<
+
+$(BUILD)/asan/nfqlua: $(ASAN_OBJ) $(LUA_BC_OBJ)
+	$(CC) $(ASAN_FLAGS) -o $@ $^ -Wl,-E $(CORE_LIBS) $(LUA_LIBS) $(EV_LIBS) $(PCAP_LIBS) -lpthread -ldl -lm
+
+asan: $(BUILD)/asan/nfqlua
 
 # Fuzzing (clang's libFuzzer with ASan and UBSan). New inputs go to
 # build/corpus_<target>; fuzz-merge folds the useful ones into spec/fuzz/corpus.

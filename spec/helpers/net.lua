@@ -42,7 +42,16 @@ local POLLIN = 1
 local CLONE_NEWNET = 0x40000000
 
 H.root = os.getenv("NFQ_ROOT") or "."
-H.nfqlua = H.root .. "/nfqlua"
+-- make test points NFQLUA at the sanitizer build.
+H.nfqlua = os.getenv("NFQLUA") or (H.root .. "/nfqlua")
+
+-- A sanitizer report in a daemon's output fails the spec that ran it.
+local function check_sanitizers(out)
+	if out:find("Sanitizer", 1, true) or out:find("runtime error:", 1, true) then
+		error("sanitizer report from nfqlua:\n" .. out, 3)
+	end
+	return out
+end
 
 local function syserr(what)
 	error(what .. ": " .. ffi.string(C.strerror(ffi.errno())), 3)
@@ -274,7 +283,7 @@ function H.daemon(args, env)
 end
 
 function Daemon:output()
-	return H.read_file(self.log) or ""
+	return check_sanitizers(H.read_file(self.log) or "")
 end
 
 function Daemon:signal(sig)
@@ -296,13 +305,16 @@ function Daemon:wait_output(text, timeout)
 	end, timeout, "nfqlua to print " .. text .. "; output so far:\n" .. self:output())
 end
 
---- Stop the daemon (SIGTERM, then SIGKILL) and remove its files.
+--- Stop the daemon (SIGTERM, then SIGKILL) and remove its files; a sanitizer
+-- report in its output, leaks at exit included, fails the spec.
 function Daemon:stop()
 	if not H.read_file(self.rc_file) then
 		self:signal("TERM")
 		if not pcall(self.wait, self, 5) then self:signal("KILL") end
 	end
+	local out = H.read_file(self.log) or ""
 	os.execute("rm -rf " .. self.dir)
+	check_sanitizers(out)
 end
 
 --- Run nfqlua to completion; its exit status and output.
@@ -311,7 +323,7 @@ function H.run_nfqlua(args, prefix)
 	local out = f:read("*a")
 	f:close()
 	local body, rc = out:match("^(.-)::rc=(%d+)%s*$")
-	return tonumber(rc), body
+	return tonumber(rc), check_sanitizers(body)
 end
 
 -- Checksums for building and rewriting packets in tests.
