@@ -694,6 +694,7 @@ int nfq_queue_bind(struct nfq_queue *q, uint32_t queue_num, uint32_t mode,
 	 * still in COPY_NONE (which drops).
 	 */
 	char buf[MNL_SOCKET_BUFFER_SIZE];
+	memset(buf, 0, sizeof buf);	/* attribute padding goes to the kernel too */
 	struct nlmsghdr *nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, queue_num);
 	nfq_nlmsg_cfg_put_cmd(nlh, AF_UNSPEC, NFQNL_CFG_CMD_BIND);
 	nfq_nlmsg_cfg_put_params(nlh, (uint8_t)mode, (int)range);
@@ -841,6 +842,7 @@ int nfq_queue_unbind(struct nfq_queue *q)
 	nfq_queue_flush(q);
 
 	char buf[MNL_SOCKET_BUFFER_SIZE];
+	memset(buf, 0, sizeof buf);	/* attribute padding goes to the kernel too */
 	struct nlmsghdr *nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, (uint32_t)q->queue_num);
 	nfq_nlmsg_cfg_put_cmd(nlh, AF_UNSPEC, NFQNL_CFG_CMD_UNBIND);
 	int rc = config_request(q, nlh, 0);
