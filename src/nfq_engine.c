@@ -437,13 +437,14 @@ int nfq_engine_format_stats(const struct nfq_engine *e, char *buf, size_t len)
 	struct nfq_kernel_stats k;
 	if (nfq_queue_kernel_stats(e->q, &k) < 0)
 		k = e->kernel;
+	int lua_kb = e->cur.L ? lua_gc(e->cur.L, LUA_GCCOUNT, 0) : 0;
 	return snprintf(buf, len,
-		"received=%llu accepted=%llu dropped=%llu repeated=%llu requeued=%llu fallback=%llu script_errors=%llu verdict_errors=%llu enobufs=%llu reloads=%llu reload_failures=%llu version=%u kernel_queue_dropped=%lld kernel_user_dropped=%lld",
+		"received=%llu accepted=%llu dropped=%llu repeated=%llu requeued=%llu fallback=%llu script_errors=%llu verdict_errors=%llu enobufs=%llu reloads=%llu reload_failures=%llu version=%u kernel_queue_dropped=%lld kernel_user_dropped=%lld lua_kb=%d",
 		(unsigned long long)s->received, (unsigned long long)s->accepted,
 		(unsigned long long)s->dropped, (unsigned long long)s->repeated,
 		(unsigned long long)s->requeued, (unsigned long long)s->fallback,
 		(unsigned long long)s->script_errors, (unsigned long long)s->verdict_errors,
 		(unsigned long long)s->enobufs, (unsigned long long)s->reloads,
 		(unsigned long long)s->reload_failures, e->version,
-		(long long)k.queue_dropped, (long long)k.user_dropped);
+		(long long)k.queue_dropped, (long long)k.user_dropped, lua_kb);
 }

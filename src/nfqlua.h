@@ -63,7 +63,7 @@ void nfq_engine_dispatch(struct nfq_engine *e);
 /* Counters; valid until nfq_engine_free(). */
 const struct nfq_stats *nfq_engine_stats(const struct nfq_engine *e);
 
-/* All counters, the script version and the kernel's drops as one key=value line. */
+/* All counters, the script version, the kernel's drops and the Lua heap (lua_kb) as one key=value line. */
 int nfq_engine_format_stats(const struct nfq_engine *e, char *buf, size_t len);
 
 /* Load and compile a script without touching the kernel: 0, or -1 and err. */
