@@ -21,9 +21,16 @@
 /* How deep a table handed from one script version to the next may nest. */
 #define STATE_MAX_DEPTH 32
 
+/* What a Lua state may allocate, counted by its allocator. */
+struct lua_budget {
+	size_t used;
+	size_t limit;		/* 0: no limit */
+};
+
 /* One loaded version of the script: its own Lua state. */
 struct script_state {
 	const char *tag;	/* "queue N", for log lines */
+	struct lua_budget *budget;	/* freed with the state */
 	lua_State *L;
 	int engine_ref;		/* the nfq.engine module */
 	int hooks_ref;		/* what the script returned */
@@ -39,6 +46,7 @@ struct nfq_engine {
 	unsigned version;	/* 1 for the script loaded at start, +1 per reload */
 	struct nfq_kernel_stats kernel;	/* last read while the queue was bound */
 	char tag[16];		/* "queue N", for log lines */
+	size_t mem_limit;	/* per Lua state, 0: none */
 	char script[4096];
 };
 
@@ -87,17 +95,38 @@ static int call_engine(lua_State *L, int engine_ref, const char *fn, int nargs,
 	return 0;
 }
 
+/* The allocator of every script state: refuses growth past the budget, so
+ * a script that allocates without bound gets a Lua memory error instead of
+ * taking the host down. */
+static void *budget_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+	struct lua_budget *b = ud;
+	if (nsize == 0) {
+		free(ptr);
+		b->used -= osize;
+		return NULL;
+	}
+	if (b->limit && nsize > osize && b->used + (nsize - osize) > b->limit)
+		return NULL;
+	void *p = realloc(ptr, nsize);
+	if (p)
+		b->used = b->used - osize + nsize;
+	return p;
+}
+
 /* Open a Lua state with the nfq modules and load the script into it. */
-static int state_open(struct script_state *st, const char *tag,
+static int state_open(struct script_state *st, const char *tag, size_t mem_limit,
 		      const char *script, char *err, size_t errlen)
 {
 	memset(st, 0, sizeof *st);
 	st->tag = tag;
-	lua_State *L = luaL_newstate();
+	st->budget = calloc(1, sizeof *st->budget);
+	lua_State *L = st->budget ? lua_newstate(budget_alloc, st->budget) : NULL;
 	if (!L) {
 		copy_error(err, errlen, "cannot create a Lua state: out of memory");
 		return -1;
 	}
+	st->budget->limit = mem_limit;
 	st->L = L;
 	luaL_openlibs(L);
 	/* Modules next to the script can be required. */
@@ -143,6 +172,8 @@ static void state_close(struct script_state *st)
 	if (st->L)
 		lua_close(st->L);
 	st->L = NULL;
+	free(st->budget);
+	st->budget = NULL;
 }
 
 /* Call a hook with the nargs values on the stack; log its failure. */
@@ -166,7 +197,7 @@ static int call_hook(struct script_state *st, const char *name, int nargs,
 int nfq_engine_check_script(const char *path, char *err, size_t errlen)
 {
 	struct script_state st;
-	int rc = state_open(&st, "check", path, err, errlen);
+	int rc = state_open(&st, "check", 0, path, err, errlen);
 	state_close(&st);
 	return rc;
 }
@@ -305,7 +336,7 @@ int nfq_engine_reload(struct nfq_engine *e)
 	char err[1024];
 
 	/* Everything that can fail happens before the swap: a failure keeps the old version. */
-	if (state_open(&next, e->tag, e->script, err, sizeof err) < 0 ||
+	if (state_open(&next, e->tag, e->mem_limit, e->script, err, sizeof err) < 0 ||
 	    state_attach(&next, e->q, err, sizeof err) < 0)
 		goto fail;
 	if (hand_state(&e->cur, &next, err, sizeof err) < 0)
@@ -346,7 +377,8 @@ struct nfq_engine *nfq_engine_new(struct ev_loop *loop,
 	snprintf(e->tag, sizeof e->tag, "queue %u", opts->queue_num);
 
 	/* The script loads before the queue binds: a broken script never takes traffic. */
-	if (state_open(&e->cur, e->tag, opts->script, err, errlen) < 0)
+	e->mem_limit = opts->lua_mem_limit;
+	if (state_open(&e->cur, e->tag, e->mem_limit, opts->script, err, errlen) < 0)
 		goto fail;
 	if (opts->offline) {
 		e->q = nfq_queue_open_offline(opts->mode, opts->range);

@@ -26,6 +26,7 @@ struct nfq_engine_opts {
 	uint32_t fallback;	/* verdict for packets left without one: 0 drop, 1 accept */
 	uint32_t flags;		/* NFQ_FLAG_* queue flags */
 	int offline;		/* no kernel: packets come from nfq_engine_queue() pushes */
+	size_t lua_mem_limit;	/* bytes each script's Lua state may use, 0 = no limit */
 };
 
 /*

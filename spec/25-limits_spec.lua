@@ -1,0 +1,40 @@
+-- --lua-mem-limit: a script that allocates without bound gets a Lua memory
+-- error; its packets get the fallback verdict and the daemon lives on.
+local H = require "helpers.net"
+
+describe("Lua memory limit #kernel", function()
+	local d
+	before_each(function() H.fresh_netns() end)
+	after_each(function()
+		if d then d:stop() end
+		d = nil
+	end)
+
+	it("turns runaway allocation into a counted script error", function()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 9800 -j NFQUEUE --queue-num 1")
+		local rx, tx = H.udp("127.0.0.1", 9800), H.udp()
+		local script = H.tmpfile([[
+local hoard = {}
+return function(pkt)
+	if pkt:get_payload():find("grow", 1, true) then
+		while true do hoard[#hoard + 1] = string.rep("x", 4096) .. #hoard end
+	end
+	hoard = {}
+	pkt:accept()
+end]], ".lua")
+		d = H.daemon(script .. " --queue 1 --lua-mem-limit 16777216")
+		H.wait_queue_ready(1)
+		tx:sendto("grow", "127.0.0.1", 9800)
+		tx:sendto("normal", "127.0.0.1", 9800)
+		assert.same({ "grow", "normal" }, rx:recv_all(0.5))
+		d:wait_output("not enough memory")
+		d:signal("USR1")
+		d:wait_output("fallback=1 script_errors=1")
+	end)
+
+	it("rejects a limit too small to be useful", function()
+		local rc, out = H.run_nfqlua(H.root .. "/scripts/examples/accept_all.lua --queue 1 --lua-mem-limit 1000")
+		assert.equal(2, rc)
+		assert.matches("%-%-lua%-mem%-limit must be a number from 1048576", out)
+	end)
+end)
