@@ -583,7 +583,7 @@ end
 
 local stat_names = {
 	"received", "accepted", "dropped", "repeated", "requeued", "fallback",
-	"verdict_errors", "enobufs", "script_errors", "reloads", "reload_failures",
+	"verdict_errors", "enobufs", "script_errors", "script_timeouts", "reloads", "reload_failures",
 }
 _M.stat_names = stat_names
 

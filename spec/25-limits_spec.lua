@@ -37,4 +37,28 @@ end]], ".lua")
 		assert.equal(2, rc)
 		assert.matches("%-%-lua%-mem%-limit must be a number from 1048576", out)
 	end)
+
+	it("interrupts a callback that runs past --script-timeout, and exits when it cannot", function()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 9801 -j NFQUEUE --queue-num 1")
+		local rx, tx = H.udp("127.0.0.1", 9801), H.udp()
+		local script = H.tmpfile([[
+return function(pkt)
+	local data = pkt:get_payload()
+	if data:find("slow", 1, true) then while true do os.time() end end
+	if data:find("compiled", 1, true) then local n = 0 while true do n = n + 1 end end
+	pkt:accept()
+end]], ".lua")
+		d = H.daemon(script .. " --queue 1 --script-timeout 100 --fallback drop")
+		H.wait_queue_ready(1)
+		tx:sendto("slow", "127.0.0.1", 9801)
+		tx:sendto("fine", "127.0.0.1", 9801)
+		assert.same({ "fine" }, rx:recv_all(0.6))
+		d:wait_output(script .. ":3: script timeout: the call ran longer than 100 ms")
+		d:signal("USR1")
+		d:wait_output("fallback=1 script_errors=1 script_timeouts=1")
+		-- A JIT-compiled endless loop checks no hook: the daemon leaves instead.
+		tx:sendto("compiled", "127.0.0.1", 9801)
+		assert.equal(70, d:wait(5))
+		assert.matches("cannot be interrupted", d:output(), 1, true)
+	end)
 end)

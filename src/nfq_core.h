@@ -108,6 +108,7 @@ struct nfq_stats {
 	uint64_t verdict_errors;	/* verdicts the kernel refused */
 	uint64_t enobufs;		/* receive overruns reported by the kernel */
 	uint64_t script_errors;
+	uint64_t script_timeouts;	/* calls cut short by the watchdog */
 	uint64_t reloads;		/* scripts swapped in by a reload */
 	uint64_t reload_failures;	/* reloads refused, old script kept */
 };

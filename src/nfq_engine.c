@@ -4,9 +4,13 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <ev.h>
 #include <lauxlib.h>
@@ -30,6 +34,7 @@ struct lua_budget {
 /* One loaded version of the script: its own Lua state. */
 struct script_state {
 	const char *tag;	/* "queue N", for log lines */
+	void *engine_ptr;	/* the engine, for the timeout hook */
 	struct lua_budget *budget;	/* freed with the state */
 	lua_State *L;
 	int engine_ref;		/* the nfq.engine module */
@@ -47,8 +52,66 @@ struct nfq_engine {
 	struct nfq_kernel_stats kernel;	/* last read while the queue was bound */
 	char tag[16];		/* "queue N", for log lines */
 	size_t mem_limit;	/* per Lua state, 0: none */
+	/* The watchdog thread and what it watches: see nfq_engine_opts. */
+	unsigned timeout_ms;
+	pthread_t watchdog;
+	int watchdog_running;
+	atomic_int watchdog_stop;
+	atomic_llong busy_since_ms;	/* when the current call into Lua began, 0 if none */
+	atomic_llong hook_armed_for;	/* busy_since_ms of the call the hook is for */
 	char script[4096];
 };
+
+static long long now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The engine whose state runs a hook: kept in the state's registry. */
+static const char engine_key = 'e';
+
+static void timeout_hook(lua_State *L, lua_Debug *ar)
+{
+	(void)ar;
+	lua_sethook(L, NULL, 0, 0);
+	lua_pushlightuserdata(L, (void *)&engine_key);
+	lua_rawget(L, LUA_REGISTRYINDEX);
+	struct nfq_engine *e = lua_touserdata(L, -1);
+	lua_pop(L, 1);
+	long long since = e ? atomic_load(&e->busy_since_ms) : 0;
+	/* Armed for an earlier call that has ended meanwhile: nothing to stop. */
+	if (!e || since == 0 || since != atomic_load(&e->hook_armed_for))
+		return;
+	e->q->stats.script_timeouts++;
+	luaL_error(L, "script timeout: the call ran longer than %d ms", (int)e->timeout_ms);
+}
+
+static void *watchdog_main(void *arg)
+{
+	struct nfq_engine *e = arg;
+	unsigned tick = e->timeout_ms / 4 ? e->timeout_ms / 4 : 1;
+	while (!atomic_load(&e->watchdog_stop)) {
+		usleep(tick * 1000);
+		long long since = atomic_load(&e->busy_since_ms);
+		if (since == 0)
+			continue;
+		long long busy = now_ms() - since;
+		if (busy > 3 * (long long)e->timeout_ms) {
+			/* LuaJIT checks no hook inside a compiled loop: only leaving helps. */
+			nfq_log(NFQ_LOG_ERROR, "%s: script stuck for %lld ms where it cannot be interrupted (a JIT-compiled loop); exiting so that a supervisor restarts nfqlua",
+				e->tag, busy);
+			_exit(70);
+		}
+		if (busy > (long long)e->timeout_ms && atomic_load(&e->hook_armed_for) != since) {
+			atomic_store(&e->hook_armed_for, since);
+			/* Safe from another thread, as from a signal handler. */
+			lua_sethook(e->cur.L, timeout_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+		}
+	}
+	return NULL;
+}
 
 static int traceback(lua_State *L)
 {
@@ -157,6 +220,9 @@ static int state_open(struct script_state *st, const char *tag, size_t mem_limit
 static int state_attach(struct script_state *st, struct nfq_queue *q, char *err,
 			size_t errlen)
 {
+	lua_pushlightuserdata(st->L, (void *)&engine_key);
+	lua_pushlightuserdata(st->L, st->engine_ptr);
+	lua_rawset(st->L, LUA_REGISTRYINDEX);
 	lua_pushlightuserdata(st->L, q);
 	lua_rawgeti(st->L, LUA_REGISTRYINDEX, st->hooks_ref);
 	if (call_engine(st->L, st->engine_ref, "attach", 2, 2, 0, err, errlen) < 0)
@@ -213,7 +279,15 @@ static int call_packet_function(struct nfq_engine *e, int ref, void *arg)
 		lua_pushlightuserdata(L, arg);
 		nargs = 1;
 	}
+	if (e->timeout_ms)
+		atomic_store(&e->busy_since_ms, now_ms());
 	int rc = lua_pcall(L, nargs, 0, -2 - nargs);
+	if (e->timeout_ms) {
+		atomic_store(&e->busy_since_ms, 0);
+		if (atomic_load(&e->hook_armed_for))
+			lua_sethook(L, NULL, 0, 0);
+		atomic_store(&e->hook_armed_for, 0);
+	}
 	if (rc != 0) {
 		e->q->stats.script_errors++;
 		log_lua_error(e->tag, "script error", lua_tostring(L, -1));
@@ -336,8 +410,10 @@ int nfq_engine_reload(struct nfq_engine *e)
 	char err[1024];
 
 	/* Everything that can fail happens before the swap: a failure keeps the old version. */
-	if (state_open(&next, e->tag, e->mem_limit, e->script, err, sizeof err) < 0 ||
-	    state_attach(&next, e->q, err, sizeof err) < 0)
+	if (state_open(&next, e->tag, e->mem_limit, e->script, err, sizeof err) < 0)
+		goto fail;
+	next.engine_ptr = e;
+	if (state_attach(&next, e->q, err, sizeof err) < 0)
 		goto fail;
 	if (hand_state(&e->cur, &next, err, sizeof err) < 0)
 		goto fail;
@@ -400,8 +476,17 @@ struct nfq_engine *nfq_engine_new(struct ev_loop *loop,
 		}
 	}
 	e->q->fallback = opts->fallback;
+	e->cur.engine_ptr = e;
 	if (state_attach(&e->cur, e->q, err, errlen) < 0)
 		goto fail;
+	e->timeout_ms = opts->script_timeout_ms;
+	if (e->timeout_ms) {
+		if (pthread_create(&e->watchdog, NULL, watchdog_main, e) != 0) {
+			copy_error(err, errlen, "cannot start the script watchdog");
+			goto fail;
+		}
+		e->watchdog_running = 1;
+	}
 	char hook_err[1024];
 	if (call_hook(&e->cur, "on_start", 0, hook_err, sizeof hook_err) < 0) {
 		snprintf(err, errlen, "on_start failed: %s", hook_err);
@@ -424,6 +509,11 @@ void nfq_engine_stop(struct nfq_engine *e)
 {
 	if (!e)
 		return;
+	if (e->watchdog_running) {
+		atomic_store(&e->watchdog_stop, 1);
+		pthread_join(e->watchdog, NULL);
+		e->watchdog_running = 0;
+	}
 	if (e->io.data)
 		ev_io_stop(e->loop, &e->io);
 	e->io.data = NULL;
@@ -471,11 +561,12 @@ int nfq_engine_format_stats(const struct nfq_engine *e, char *buf, size_t len)
 		k = e->kernel;
 	int lua_kb = e->cur.L ? lua_gc(e->cur.L, LUA_GCCOUNT, 0) : 0;
 	return snprintf(buf, len,
-		"received=%llu accepted=%llu dropped=%llu repeated=%llu requeued=%llu fallback=%llu script_errors=%llu verdict_errors=%llu enobufs=%llu reloads=%llu reload_failures=%llu version=%u kernel_queue_dropped=%lld kernel_user_dropped=%lld lua_kb=%d",
+		"received=%llu accepted=%llu dropped=%llu repeated=%llu requeued=%llu fallback=%llu script_errors=%llu script_timeouts=%llu verdict_errors=%llu enobufs=%llu reloads=%llu reload_failures=%llu version=%u kernel_queue_dropped=%lld kernel_user_dropped=%lld lua_kb=%d",
 		(unsigned long long)s->received, (unsigned long long)s->accepted,
 		(unsigned long long)s->dropped, (unsigned long long)s->repeated,
 		(unsigned long long)s->requeued, (unsigned long long)s->fallback,
-		(unsigned long long)s->script_errors, (unsigned long long)s->verdict_errors,
+		(unsigned long long)s->script_errors, (unsigned long long)s->script_timeouts,
+		(unsigned long long)s->verdict_errors,
 		(unsigned long long)s->enobufs, (unsigned long long)s->reloads,
 		(unsigned long long)s->reload_failures, e->version,
 		(long long)k.queue_dropped, (long long)k.user_dropped, lua_kb);

@@ -45,6 +45,8 @@ static const char usage[] =
 	"      --secctx           add the security context (pkt.secctx)\n"
 	"      --lua-mem-limit BYTES  memory each script's Lua state may use; past it the\n"
 	"                         script gets a memory error (default: no limit)\n"
+	"      --script-timeout MS  interrupt a call into the script that runs longer\n"
+	"                         (its packet gets the fallback verdict); default: none\n"
 	"      --check            load and compile SCRIPT, then exit\n"
 	"      --replay CAPTURE   run SCRIPT over a pcap/pcapng file instead of a queue:\n"
 	"                         one line per verdict and a summary; needs no root\n"
@@ -121,7 +123,7 @@ static void parse_args(int argc, char **argv, struct cli *cli)
 	enum { OPT_MAX_LEN = 256, OPT_MODE, OPT_RANGE, OPT_SOCK_LEN, OPT_FALLBACK,
 	       OPT_CHECK, OPT_VERSION, OPT_PIDFILE, OPT_LOG_LEVEL, OPT_FAIL_OPEN,
 	       OPT_NO_GSO, OPT_CONNTRACK, OPT_UID_GID, OPT_SECCTX, OPT_REPLAY, OPT_OUT,
-	       OPT_HOOK, OPT_MARK, OPT_LUA_MEM_LIMIT };
+	       OPT_HOOK, OPT_MARK, OPT_LUA_MEM_LIMIT, OPT_SCRIPT_TIMEOUT };
 	static const char *const hooks[] = { "prerouting", "input", "forward", "output", "postrouting" };
 	static const char *const levels[] = { "error", "warn", "info", "debug" };
 	static const struct option options[] = {
@@ -142,6 +144,7 @@ static void parse_args(int argc, char **argv, struct cli *cli)
 		{ "hook", required_argument, NULL, OPT_HOOK },
 		{ "mark", required_argument, NULL, OPT_MARK },
 		{ "lua-mem-limit", required_argument, NULL, OPT_LUA_MEM_LIMIT },
+		{ "script-timeout", required_argument, NULL, OPT_SCRIPT_TIMEOUT },
 		{ "pidfile", required_argument, NULL, OPT_PIDFILE },
 		{ "log-level", required_argument, NULL, OPT_LOG_LEVEL },
 		{ "verbose", no_argument, NULL, 'v' },
@@ -235,6 +238,9 @@ static void parse_args(int argc, char **argv, struct cli *cli)
 			cli->replay.hook = (uint32_t)found;
 			break;
 		}
+		case OPT_SCRIPT_TIMEOUT:
+			o->script_timeout_ms = parse_number("--script-timeout", optarg, 1, 3600000);
+			break;
 		case OPT_LUA_MEM_LIMIT:
 			o->lua_mem_limit = parse_number("--lua-mem-limit", optarg, 1 << 20, UINT32_MAX);
 			break;

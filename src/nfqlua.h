@@ -27,6 +27,13 @@ struct nfq_engine_opts {
 	uint32_t flags;		/* NFQ_FLAG_* queue flags */
 	int offline;		/* no kernel: packets come from nfq_engine_queue() pushes */
 	size_t lua_mem_limit;	/* bytes each script's Lua state may use, 0 = no limit */
+	/*
+	 * A call into the script (a batch) that runs longer than this many ms is
+	 * interrupted with a Lua error; one stuck in JIT-compiled code, where
+	 * LuaJIT checks no hooks, makes the process exit with status 70 after
+	 * three times as long. 0 = no watchdog.
+	 */
+	unsigned script_timeout_ms;
 };
 
 /*
