@@ -44,6 +44,24 @@ describe("faults #kernel", function()
 		assert.equal(4, #rx:recv_all(0.3))
 	end)
 
+	it("survives netlink overruns (ENOBUFS) with a tiny --sock-len, counts them and goes on", function()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 9703 -j NFQUEUE --queue-num 1")
+		local rx, tx = H.udp("127.0.0.1", 9703), H.udp()
+		local ffi = require "ffi"
+		ffi.C.setsockopt(tx.fd, 1, 32, ffi.new("int[1]", 8 * 1024 * 1024), 4) -- SO_SNDBUFFORCE
+		d = H.daemon(accept_all .. " --queue 1 --sock-len 4096")
+		H.wait_queue_ready(1)
+		d:signal("STOP")
+		for i = 1, 400 do tx:sendto("f" .. i, "127.0.0.1", 9703) end
+		H.wait_for(function() return H.queue_info(1).user_dropped > 0 end, 5, "the socket to overflow")
+		d:signal("CONT")
+		rx:recv_all(0.3)
+		assert.is_true(count_line(d, "enobufs") >= 1)
+		assert.is_true(count_line(d, "kernel_user_dropped") > 0)
+		tx:sendto("after the flood", "127.0.0.1", 9703)
+		assert.equal("after the flood", rx:recv(1))
+	end)
+
 	-- Send a packet every 5 ms, SIGKILL the daemon, start it again 0.5 s later;
 	-- the longest silence at the receiver and whether traffic resumed.
 	local function kill_and_restart(bypass)
