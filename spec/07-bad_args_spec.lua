@@ -51,6 +51,11 @@ describe("bad arguments", function()
 		assert.equal("drop", r[1].verdict)
 	end)
 
+	it("ignore what a callback returns: garbage gets the fallback verdict like nothing", function()
+		local r = testing.run(function() return {}, "drop", 0 / 0, print end, { testing.packet {} }, { fallback = "drop" })
+		assert.same({ "drop", true }, { r[1].verdict, r[1].fallback })
+	end)
+
 	it("never crash the queue functions #kernel", function()
 		-- bind may succeed with a good value: only in a namespace of our own.
 		require("helpers.net").fresh_netns()
