@@ -4,19 +4,7 @@ local nfq = require "nfq"
 local H = require "helpers.net"
 local ffi = require "ffi"
 
-local function pump(q, cond, timeout)
-	H.wait_for(function()
-		assert(q:run(false))
-		return cond()
-	end, timeout or 5, "packets to reach the callback")
-end
-
-local function bound_queue(num, cb, opts)
-	local q = assert(nfq.new())
-	assert(q:bind(num, cb, opts))
-	H.wait_queue_ready(num)
-	return q
-end
+local pump, bound_queue = H.pump, H.bound_queue
 
 -- Conntrack data reaches queues only with CONFIG_NETFILTER_NETLINK_GLUE_CT.
 local function conntrack_queue_or_pending(num, cb)

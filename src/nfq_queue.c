@@ -129,7 +129,8 @@ static int check_netfilter_socket(int fd)
 	return 0;
 }
 
-struct nfq_queue *nfq_queue_open(int sockfd)
+/* An unbound queue with its private part, accepting by default. */
+static struct nfq_queue *new_queue(int fd)
 {
 	struct nfq_queue *q = calloc(1, sizeof *q);
 	struct nfq_queue_priv *s = calloc(1, sizeof *s);
@@ -141,7 +142,16 @@ struct nfq_queue *nfq_queue_open(int sockfd)
 	q->priv = s;
 	q->queue_num = -1;
 	q->fallback = NF_ACCEPT;
-	q->fd = sockfd;
+	q->fd = fd;
+	return q;
+}
+
+struct nfq_queue *nfq_queue_open(int sockfd)
+{
+	struct nfq_queue *q = new_queue(sockfd);
+	if (!q)
+		return NULL;
+	struct nfq_queue_priv *s = q->priv;
 	if (sockfd < 0) {
 		q->fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
 		if (q->fd < 0)
@@ -567,16 +577,10 @@ struct nfq_queue *nfq_queue_open_offline(uint32_t mode, uint32_t range)
 		errno = EINVAL;
 		return NULL;
 	}
-	struct nfq_queue *q = calloc(1, sizeof *q);
-	struct nfq_queue_priv *s = calloc(1, sizeof *s);
-	if (!q || !s) {
-		free(q);
-		free(s);
+	struct nfq_queue *q = new_queue(-1);
+	if (!q)
 		return NULL;
-	}
-	q->priv = s;
-	q->fd = -1;
-	q->fallback = NF_ACCEPT;
+	struct nfq_queue_priv *s = q->priv;
 	s->offline = 1;
 	s->mode = mode;
 	s->range = range;

@@ -124,6 +124,22 @@ function H.wait_queue_ready(num, timeout)
 	end, timeout, "queue " .. num .. " to be bound")
 end
 
+--- Run a library-mode queue (q:run(false)) until cond() holds.
+function H.pump(q, cond, timeout)
+	H.wait_for(function()
+		assert(q:run(false))
+		return cond()
+	end, timeout or 5, "packets to reach the callback")
+end
+
+--- A new queue bound to num with cb, ready for traffic.
+function H.bound_queue(num, cb, opts)
+	local q = assert(require("nfq").new())
+	assert(q:bind(num, cb, opts))
+	H.wait_queue_ready(num)
+	return q
+end
+
 --- Packet counter of the first rule in `chain` whose line matches `pattern`.
 function H.rule_packets(table_name, chain, pattern)
 	local out = H.sh(("iptables -t %s -L %s -v -x -n"):format(table_name, chain))
