@@ -50,7 +50,7 @@ FUZZ_SECONDS ?= 600
 FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZ_TARGETS = packet headers
 
-.PHONY: all lib asan deps test unit demo bench soak install uninstall clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
+.PHONY: all lib asan deps test unit demo bench bench-scale soak install uninstall clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
 
 all: nfqlua lua/nfq/core.so lib
 
@@ -122,6 +122,11 @@ demo: deps
 bench: deps
 	$(MAKE) all
 	bench/run.sh
+
+# nfqlua --queue 0-1 against one queue, two senders: appends to bench/RESULTS.md.
+bench-scale: deps
+	$(MAKE) all
+	bench/scale.sh
 
 # 10 minutes under load with reloads, reordering and script errors; appends
 # its figures to bench/RESULTS.md (SOAK_SECONDS to change the length).
