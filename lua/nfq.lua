@@ -96,6 +96,9 @@ local function check_opts(opts, known, what, level)
 	return opts
 end
 
+-- Shared with nfq.engine, which checks what scripts return.
+_M._is_callable = is_callable
+
 local fallback_verdicts = { accept = NF_ACCEPT, drop = NF_DROP }
 
 local function check_fallback(v, level)

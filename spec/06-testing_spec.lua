@@ -66,9 +66,7 @@ describe("nfq.testing", function()
 	it("dns_filter.lua drops queries for blocked names", function()
 		with_env({ NFQ_BLOCKED_DOMAINS = "ads.example" }, function()
 			local function query(name)
-				local q = "\0\1\1\0\0\1\0\0\0\0\0\0"
-				for label in name:gmatch("[^.]+") do q = q .. string.char(#label) .. label end
-				return testing.packet { dport = 53, payload = q .. "\0\0\1\0\1" }
+				return testing.packet { dport = 53, payload = H.dns_query(name) }
 			end
 			local r = testing.run(example("dns_filter.lua"), { query("x.ads.example"), query("good.example"),
 				testing.packet { dport = 53, payload = "\0\1" } })

@@ -1,11 +1,7 @@
 -- Every example script, run by the daemon on real traffic.
 local H = require "helpers.net"
 
-local function dns_query(name)
-	local q = "\18\52\1\0\0\1\0\0\0\0\0\0"
-	for label in name:gmatch("[^.]+") do q = q .. string.char(#label) .. label end
-	return q .. "\0\0\1\0\1"
-end
+local dns_query = H.dns_query
 
 describe("example scripts #kernel", function()
 	local d

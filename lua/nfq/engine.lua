@@ -2,15 +2,10 @@
 -- loop and the Lua state; it calls these functions through the C API.
 local nfq = require "nfq"
 
-local type, error, getmetatable = type, error, getmetatable
+local type, error = type, error
+local is_callable = nfq._is_callable
 
 local _M = { _VERSION = nfq._VERSION }
-
-local function is_callable(f)
-	if type(f) == "function" then return true end
-	local mt = getmetatable(f)
-	return type(mt) == "table" and type(mt.__call) == "function"
-end
 
 --- Load a filter script: it returns the callback, or a table with
 -- on_packet and optional on_start, on_stop and on_reload. Raises one-line

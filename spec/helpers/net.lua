@@ -342,6 +342,13 @@ function H.run_nfqlua(args, prefix)
 	return tonumber(rc), check_sanitizers(body)
 end
 
+--- A DNS query for one name (A record), as a UDP payload.
+function H.dns_query(name)
+	local q = "\18\52\1\0\0\1\0\0\0\0\0\0"
+	for label in name:gmatch("[^.]+") do q = q .. string.char(#label) .. label end
+	return q .. "\0\0\1\0\1"
+end
+
 -- Checksums for building and rewriting packets in tests.
 local function sum16(s, acc)
 	acc = acc or 0
