@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -59,6 +60,7 @@ struct nfq_engine {
 	atomic_int watchdog_stop;
 	atomic_llong busy_since_ms;	/* when the current call into Lua began, 0 if none */
 	atomic_llong hook_armed_for;	/* busy_since_ms of the call the hook is for */
+	struct nfq_log_limit packet_log;	/* lines that can repeat per packet */
 	char script[4096];
 };
 
@@ -177,12 +179,49 @@ static void *budget_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 	return p;
 }
 
+/*
+ * Run as root, a script that someone else can change is a way to root, so
+ * it is refused, as sshd and sudo refuse their files: it must belong to
+ * root, not be writable by group or others, and sit in a directory that
+ * others cannot write to (unless it is sticky, like /tmp). 0 or -1 and err.
+ */
+static int check_script_owner(const char *script, char *err, size_t errlen)
+{
+	struct stat st;
+	if (stat(script, &st) < 0)
+		return 0;	/* loading it reports why it cannot be read */
+	if (st.st_uid != 0) {
+		snprintf(err, errlen, "refusing to run '%s' as root: it belongs to uid %ld, who could change it; chown root '%s', or run with --user",
+			 script, (long)st.st_uid, script);
+		return -1;
+	}
+	if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+		snprintf(err, errlen, "refusing to run '%s' as root: it is writable by %s (mode %04o); chmod go-w '%s'",
+			 script, st.st_mode & S_IWOTH ? "others" : "its group",
+			 (unsigned)(st.st_mode & 07777), script);
+		return -1;
+	}
+	char dir[4096];
+	const char *slash = strrchr(script, '/');
+	snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - script) + (slash == script) : 1,
+		 slash ? script : ".");
+	if (stat(dir, &st) == 0 && (st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX)) {
+		snprintf(err, errlen, "refusing to run '%s' as root: its directory '%s' is writable by %s (mode %04o), who could replace it; chmod go-w '%s'",
+			 script, dir, st.st_mode & S_IWOTH ? "others" : "its group",
+			 (unsigned)(st.st_mode & 07777), dir);
+		return -1;
+	}
+	return 0;
+}
+
 /* Open a Lua state with the nfq modules and load the script into it. */
 static int state_open(struct script_state *st, const char *tag, size_t mem_limit,
 		      const char *script, char *err, size_t errlen)
 {
 	memset(st, 0, sizeof *st);
 	st->tag = tag;
+	if (geteuid() == 0 && check_script_owner(script, err, errlen) < 0)
+		return -1;
 	st->budget = calloc(1, sizeof *st->budget);
 	lua_State *L = st->budget ? lua_newstate(budget_alloc, st->budget) : NULL;
 	if (!L) {
@@ -290,7 +329,8 @@ static int call_packet_function(struct nfq_engine *e, int ref, void *arg)
 	}
 	if (rc != 0) {
 		e->q->stats.script_errors++;
-		log_lua_error(e->tag, "script error", lua_tostring(L, -1));
+		if (nfq_log_allow(&e->packet_log, e->tag))
+			log_lua_error(e->tag, "script error", lua_tostring(L, -1));
 		lua_pop(L, 1);
 	}
 	lua_pop(L, 1);
@@ -314,7 +354,8 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
 	for (int i = 0; i < BATCHES_PER_WAKEUP; i++) {
 		int n = nfq_queue_receive(e->q, 0);
 		if (n < 0) {
-			nfq_log(NFQ_LOG_WARN, "%s: %s", e->tag, e->q->errmsg);
+			if (nfq_log_allow(&e->packet_log, e->tag))
+				nfq_log(NFQ_LOG_WARN, "%s: %s", e->tag, e->q->errmsg);
 			break;
 		}
 		if (n == 0)
@@ -527,6 +568,7 @@ void nfq_engine_stop(struct nfq_engine *e)
 		nfq_queue_unbind(e->q);
 	}
 	state_close(&e->cur);
+	nfq_log_flush(&e->packet_log, e->tag);
 }
 
 void nfq_engine_free(struct nfq_engine *e)

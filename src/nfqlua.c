@@ -4,15 +4,20 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <stddef.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <ev.h>
+#include <linux/capability.h>
 
 #include "nfq_log.h"
 #include "nfq_replay.h"
@@ -54,7 +59,10 @@ static const char usage[] =
 	"      --hook HOOK        with --replay: prerouting, input (default), forward,\n"
 	"                         output or postrouting\n"
 	"      --mark M           with --replay: the mark packets arrive with\n"
+	"      --user NAME        give up root before binding and loading SCRIPT: run as\n"
+	"                         NAME, keeping only CAP_NET_ADMIN (which verdicts need)\n"
 	"      --pidfile PATH     write the pid to PATH, removed at exit\n"
+	"      --syslog           log to syslog (facility daemon) instead of stderr\n"
 	"      --log-level LEVEL  error, warn, info (default) or debug\n"
 	"  -v, --verbose          log more (twice: debug)\n"
 	"      --version          print the version and exit\n"
@@ -73,6 +81,8 @@ struct cli {
 	int have_queue;
 	uint32_t last_queue;	/* --queue A-B: queue_num is A, last_queue is B */
 	const char *pidfile;
+	const char *user;	/* --user */
+	int syslog;
 	struct nfq_replay_opts replay;	/* with --replay */
 };
 
@@ -93,6 +103,7 @@ struct worker {
 static struct worker workers[MAX_WORKERS];
 static unsigned n_workers;
 static const char *pidfile;
+static FILE *pidfile_stream;	/* opened before giving up root, written once running */
 static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t start_cond = PTHREAD_COND_INITIALIZER;
 
@@ -123,7 +134,7 @@ static void parse_args(int argc, char **argv, struct cli *cli)
 	enum { OPT_MAX_LEN = 256, OPT_MODE, OPT_RANGE, OPT_SOCK_LEN, OPT_FALLBACK,
 	       OPT_CHECK, OPT_VERSION, OPT_PIDFILE, OPT_LOG_LEVEL, OPT_FAIL_OPEN,
 	       OPT_NO_GSO, OPT_CONNTRACK, OPT_UID_GID, OPT_SECCTX, OPT_REPLAY, OPT_OUT,
-	       OPT_HOOK, OPT_MARK, OPT_LUA_MEM_LIMIT, OPT_SCRIPT_TIMEOUT };
+	       OPT_HOOK, OPT_MARK, OPT_LUA_MEM_LIMIT, OPT_SCRIPT_TIMEOUT, OPT_USER, OPT_SYSLOG };
 	static const char *const hooks[] = { "prerouting", "input", "forward", "output", "postrouting" };
 	static const char *const levels[] = { "error", "warn", "info", "debug" };
 	static const struct option options[] = {
@@ -146,6 +157,8 @@ static void parse_args(int argc, char **argv, struct cli *cli)
 		{ "lua-mem-limit", required_argument, NULL, OPT_LUA_MEM_LIMIT },
 		{ "script-timeout", required_argument, NULL, OPT_SCRIPT_TIMEOUT },
 		{ "pidfile", required_argument, NULL, OPT_PIDFILE },
+		{ "user", required_argument, NULL, OPT_USER },
+		{ "syslog", no_argument, NULL, OPT_SYSLOG },
 		{ "log-level", required_argument, NULL, OPT_LOG_LEVEL },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "version", no_argument, NULL, OPT_VERSION },
@@ -251,6 +264,14 @@ static void parse_args(int argc, char **argv, struct cli *cli)
 			if (!*optarg)
 				usage_error("--pidfile needs a path%s", "");
 			cli->pidfile = optarg;
+			break;
+		case OPT_USER:
+			if (!*optarg)
+				usage_error("--user needs a user name%s", "");
+			cli->user = optarg;
+			break;
+		case OPT_SYSLOG:
+			cli->syslog = 1;
 			break;
 		case OPT_LOG_LEVEL: {
 			int found = -1;
@@ -391,15 +412,77 @@ static void exit_now(int sig)
 	_exit(128 + sig);
 }
 
-static int write_pidfile(const char *path)
+/* Opened before giving up root, written once every queue runs. */
+static int open_pidfile(const char *path)
 {
-	FILE *f = fopen(path, "w");
-	if (!f || fprintf(f, "%ld\n", (long)getpid()) < 0 || fclose(f) != 0) {
+	pidfile_stream = fopen(path, "w");
+	if (!pidfile_stream) {
 		fprintf(stderr, "nfqlua: cannot write pidfile '%s': %s\n", path, strerror(errno));
 		return -1;
 	}
 	pidfile = path;
 	return 0;
+}
+
+static int write_pidfile(void)
+{
+	if (fprintf(pidfile_stream, "%ld\n", (long)getpid()) < 0 || fflush(pidfile_stream) != 0) {
+		fprintf(stderr, "nfqlua: cannot write pidfile '%s': %s\n", pidfile, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+/* After --user, the directory may not let us unlink: then at least empty it. */
+static void remove_pidfile(void)
+{
+	if (unlink(pidfile) < 0 && ftruncate(fileno(pidfile_stream), 0) < 0)
+		nfq_log(NFQ_LOG_WARN, "cannot remove pidfile '%s': %s", pidfile, strerror(errno));
+	fclose(pidfile_stream);
+}
+
+/*
+ * --user: become NAME with CAP_NET_ADMIN as the only capability left, in
+ * every set including the bounding one. It runs before any worker thread
+ * exists, as capabilities are per thread and threads inherit them; binding
+ * and verdicts need CAP_NET_ADMIN and nothing else.
+ */
+static int drop_privileges(const char *user)
+{
+	errno = 0;
+	struct passwd *pw = getpwnam(user);
+	if (!pw) {
+		fprintf(stderr, "nfqlua: --user: no user named '%s'%s%s\n", user,
+			errno ? ": " : "", errno ? strerror(errno) : "");
+		return -1;
+	}
+	if (geteuid() != 0) {
+		fprintf(stderr, "nfqlua: --user needs nfqlua to start as root (it is uid %ld)\n", (long)geteuid());
+		return -1;
+	}
+	for (int cap = 0; prctl(PR_CAPBSET_READ, cap, 0, 0, 0) >= 0; cap++)
+		if (cap != CAP_NET_ADMIN && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0)
+			goto fail;
+	struct __user_cap_header_struct head = { .version = _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct caps[2] = { 0 };
+	caps[0].effective = caps[0].permitted = 1u << CAP_NET_ADMIN;
+	if (prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0 ||
+	    initgroups(pw->pw_name, pw->pw_gid) < 0 ||
+	    setresgid(pw->pw_gid, pw->pw_gid, pw->pw_gid) < 0 ||
+	    setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid) < 0 ||
+	    syscall(SYS_capset, &head, caps) < 0 ||
+	    prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0) < 0)
+		goto fail;
+	if (setuid(0) == 0) {
+		fprintf(stderr, "nfqlua: --user: could get root back after dropping it; refusing to run\n");
+		return -1;
+	}
+	nfq_log(NFQ_LOG_INFO, "running as user %s (uid %ld, gid %ld) with CAP_NET_ADMIN only",
+		pw->pw_name, (long)pw->pw_uid, (long)pw->pw_gid);
+	return 0;
+fail:
+	fprintf(stderr, "nfqlua: --user: cannot become '%s': %s\n", user, strerror(errno));
+	return -1;
 }
 
 /* Start a worker per queue; 0 once all run, or -1 with the first failure printed. */
@@ -460,10 +543,16 @@ int main(int argc, char **argv)
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	parse_args(argc, argv, &cli);
 
+	int live = !cli.check && !cli.replay.capture;
+	if (cli.pidfile && live && open_pidfile(cli.pidfile) < 0)
+		return 1;
+	/* From here on, the script is only read as the user it runs as. */
+	if (cli.user && drop_privileges(cli.user) < 0)
+		goto fail;
 	FILE *f = fopen(cli.engine.script, "r");
 	if (!f) {
 		fprintf(stderr, "nfqlua: cannot read script '%s': %s\n", cli.engine.script, strerror(errno));
-		return 1;
+		goto fail;
 	}
 	fclose(f);
 
@@ -475,6 +564,8 @@ int main(int argc, char **argv)
 		printf("%s: ok\n", cli.engine.script);
 		return 0;
 	}
+	if (cli.syslog)
+		nfq_log_to_syslog();
 
 	if (cli.replay.capture) {
 		cli.replay.engine = cli.engine;
@@ -493,9 +584,9 @@ int main(int argc, char **argv)
 	ev_signal_start(loop, &sighup);
 	ev_signal_start(loop, &sigusr1);
 
-	if (start_workers(&cli) < 0 || (cli.pidfile && write_pidfile(cli.pidfile) < 0)) {
+	if (start_workers(&cli) < 0 || (pidfile && write_pidfile() < 0)) {
 		stop_workers();
-		return 1;
+		goto fail;
 	}
 	for (unsigned i = 0; i < n_workers; i++)
 		nfq_log(NFQ_LOG_INFO, "queue %u bound (mode %s, range %u, max-len %u, fallback %s), running %s",
@@ -510,7 +601,11 @@ int main(int argc, char **argv)
 	signal(SIGTERM, exit_now);
 	stop_workers();
 	if (pidfile)
-		unlink(pidfile);
+		remove_pidfile();
 	nfq_log(NFQ_LOG_INFO, "all queues unbound, exiting");
 	return 0;
+fail:
+	if (pidfile)
+		remove_pidfile();
+	return 1;
 }
