@@ -8,7 +8,7 @@ PKG_CONFIG ?= pkg-config
 
 DEB_PACKAGES = build-essential pkg-config libnetfilter-queue-dev libnfnetlink-dev \
 	libmnl-dev libluajit2-5.1-dev luajit2 libev-dev lua-busted iptables iproute2 \
-	libpcap-dev tcpdump valgrind
+	libpcap-dev tcpdump valgrind lua-check
 CORE_PKGS = libnetfilter_queue libmnl
 LUA_PKG = luajit
 
@@ -50,7 +50,7 @@ FUZZ_SECONDS ?= 600
 FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZ_TARGETS = packet headers
 
-.PHONY: all lib asan deps test unit demo bench bench-scale soak install uninstall clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
+.PHONY: all lib asan deps lint test unit demo bench bench-scale soak install uninstall clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
 
 all: nfqlua lua/nfq/core.so lib
 
@@ -104,8 +104,13 @@ lua/nfq/core.so: $(CORE_OBJ)
 nfqlua: $(CORE_OBJ) $(ENGINE_OBJ) $(BUILD)/nfqlua.o $(BUILD)/nfq_replay.o $(LUA_BC_OBJ)
 	$(CC) -o $@ $^ -Wl,-E $(CORE_LIBS) $(LUA_LIBS) $(EV_LIBS) $(PCAP_LIBS) -lpthread -ldl -lm
 
+# Static checks of the Lua code (settings in .luacheckrc).
+lint:
+	@luacheck -q --no-color lua scripts spec bench || { echo "make lint: luacheck found problems (see above)" >&2; exit 1; }
+
 # The daemon and replay specs run the sanitizer build; any report fails them.
 test: deps
+	$(MAKE) lint
 	$(MAKE) all asan fuzz-replay-build
 	$(SPEC_ENV) NFQLUA=$(CURDIR)/$(BUILD)/asan/nfqlua \
 		ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=99 UBSAN_OPTIONS=print_stacktrace=1 \

@@ -120,7 +120,8 @@ local Packet = {}
 local function live(pkt)
 	local p = pkt.p
 	if p.gen ~= pkt.gen then
-		error(("nfq: packet %d is gone: its callback returned, so it got its verdict; call pkt:retain() inside the callback to keep it"):format(pkt.id), 3)
+		error(("nfq: packet %d is gone: its callback returned, so it got its verdict; "
+			.. "call pkt:retain() inside the callback to keep it"):format(pkt.id), 3)
 	end
 	return p
 end
@@ -135,7 +136,8 @@ end
 local function payload_or_error(pkt)
 	local data, len = payload_of(live(pkt))
 	if data == nil then
-		error(("nfq: packet %d has no payload: the queue copies metadata only (bind with mode = nfq.COPY_PACKET)"):format(pkt.id), 3)
+		error(("nfq: packet %d has no payload: the queue copies metadata only "
+			.. "(bind with mode = nfq.COPY_PACKET)"):format(pkt.id), 3)
 	end
 	return data, len
 end

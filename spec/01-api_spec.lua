@@ -18,8 +18,10 @@ describe("nfq module", function()
 	it("loads beside a script that declares libc names itself", function()
 		local env = "LUA_PATH='lua/?.lua;;' LUA_CPATH='lua/?.so;;' "
 		for _, order in ipairs {
-			[[local ffi = require 'ffi'; ffi.cdef 'int poll(void *fds, unsigned long n, int t); char *strerror(int); int read(int, void *, size_t);'; local nfq = require 'nfq'; assert(nfq.new())]],
-			[[local nfq = require 'nfq'; local ffi = require 'ffi'; ffi.cdef 'int poll(void *fds, unsigned long n, int t); char *strerror(int);'; assert(nfq.new())]],
+			[[local ffi = require 'ffi'; ffi.cdef 'int poll(void *fds, unsigned long n, int t); char *strerror(int); ]]
+				.. [[int read(int, void *, size_t);'; local nfq = require 'nfq'; assert(nfq.new())]],
+			[[local nfq = require 'nfq'; local ffi = require 'ffi'; ]]
+				.. [[ffi.cdef 'int poll(void *fds, unsigned long n, int t); char *strerror(int);'; assert(nfq.new())]],
 		} do
 			H.sh("cd " .. H.root .. " && " .. env .. "luajit -e \"" .. order .. "\"")
 		end

@@ -53,12 +53,14 @@ local function synthetic_queue(callback)
 end
 
 local function load_filter(path, env)
-	for k, v in pairs(env or {}) do
-		-- examples read their settings from the environment
-		local getenv = os.getenv
-		os.getenv = function(name) if name == k then return v end return getenv(name) end
-	end
+	-- examples read their settings from the environment: fake it while one loads
+	local getenv = os.getenv
+	local fake = stub(os, "getenv", function(name)
+		if env and env[name] ~= nil then return env[name] end
+		return getenv(name)
+	end)
 	local f = assert(loadfile(path))()
+	fake:revert()
 	return type(f) == "table" and f.on_packet or f
 end
 
@@ -109,7 +111,8 @@ describe("per-packet path", function()
 				if loc:find("/lua/nfq", 1, true) or loc:find(f[1], 1, true) or loc:find("^@lua/") then
 					local reason = vmdef.traceerr[otr]
 					if type(oex) == "number" and reason then reason = reason:format(oex) end
-					aborts[#aborts + 1] = ("%s:%s: %s"):format(loc, tostring(jit_util.funcinfo(func, pc).currentline), tostring(reason))
+					local line = jit_util.funcinfo(func, pc).currentline
+					aborts[#aborts + 1] = ("%s:%s: %s"):format(loc, tostring(line), tostring(reason))
 				end
 			end
 			-- Warm-up may abort a trace or two while LuaJIT picks its roots;

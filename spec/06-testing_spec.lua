@@ -7,15 +7,17 @@ local function example(name) return H.root .. "/scripts/examples/" .. name end
 -- Examples read settings from the environment: fake it for one run.
 local function with_env(env, fn)
 	local getenv = os.getenv
-	os.getenv = function(k) if env[k] ~= nil then return env[k] end return getenv(k) end
+	local fake = stub(os, "getenv", function(k) if env[k] ~= nil then return env[k] end return getenv(k) end)
 	local ok, err = pcall(fn)
-	os.getenv = getenv
+	fake:revert()
 	assert(ok, err)
 end
 
 describe("nfq.testing", function()
 	it("builds packets with correct checksums", function()
-		local p = testing.packet { proto = "udp", src = "10.1.2.3", dst = "10.9.8.7", sport = 1000, dport = 53, payload = "abc" }
+		local p = testing.packet {
+			proto = "udp", src = "10.1.2.3", dst = "10.9.8.7", sport = 1000, dport = 53, payload = "abc",
+		}
 		assert.equal(31, #p)
 		local nfq = require "nfq"
 		local ffi = require "ffi"

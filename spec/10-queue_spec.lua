@@ -347,7 +347,8 @@ describe("queue #kernel", function()
 		H.sh("ip netns add " .. peer)
 		H.sh("ip link add nfqv0 type veth peer name nfqv1 netns " .. peer)
 		H.sh("ip addr add 169.254.77.1/24 dev nfqv0 && ip link set nfqv0 up")
-		H.sh(("ip netns exec %s sh -c 'ip addr add 169.254.77.2/24 dev nfqv1 && ip link set nfqv1 up && ip link set lo up'"):format(peer))
+		H.sh(("ip netns exec %s sh -c 'ip addr add 169.254.77.2/24 dev nfqv1 && ip link set nfqv1 up && ip link set lo up'")
+			:format(peer))
 		local peer_mac = H.sh(("ip netns exec %s cat /sys/class/net/nfqv1/address"):format(peer)):gsub("%s+", "")
 		H.sh("iptables -A INPUT -i nfqv0 -p udp --dport 5020 -j NFQUEUE --queue-num 1")
 		H.sh("iptables -A OUTPUT -o nfqv0 -p udp --dport 5021 -j NFQUEUE --queue-num 1")
@@ -390,7 +391,7 @@ describe("queue #kernel", function()
 		local big = ffi.new("int[1]", 8 * 1024 * 1024)
 		ffi.C.setsockopt(tx.fd, 1, 32, big, 4) -- SO_SNDBUFFORCE: many packets in flight
 		local seen = 0
-		q = bound_queue(1, function(pkt) seen = seen + 1 end, { sock_len = 4096 })
+		q = bound_queue(1, function() seen = seen + 1 end, { sock_len = 4096 })
 		for i = 1, 400 do tx:sendto("flood " .. i, "127.0.0.1", 5023) end
 		H.wait_for(function() return H.queue_info(1).user_dropped > 0 end, 5, "the socket to overflow")
 		pump(q, function() return q:stats().enobufs > 0 and q.q.count == 0 end)

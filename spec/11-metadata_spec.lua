@@ -54,7 +54,8 @@ describe("metadata #kernel", function()
 	end)
 
 	it("tracks connection state from new to established, with direction", function()
-		H.sh("iptables -A OUTPUT -o lo -p udp -m multiport --ports 7003 -m conntrack --ctstate NEW,ESTABLISHED -j NFQUEUE --queue-num 1")
+		H.sh("iptables -A OUTPUT -o lo -p udp -m multiport --ports 7003 -m conntrack --ctstate NEW,ESTABLISHED "
+			.. "-j NFQUEUE --queue-num 1")
 		local a, b = H.udp("127.0.0.1", 7103), H.udp("127.0.0.1", 7003)
 		local states = {}
 		q = conntrack_queue_or_pending(1, function(pkt)

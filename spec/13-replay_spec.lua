@@ -92,7 +92,8 @@ describe("nfqlua --replay", function()
 
 	it("releases retained packets in verdict order and reports those held at the end", function()
 		local p = testing.packet {}
-		local rc, out = H.run_nfqlua("--replay " .. pcap(101, { p, p, p }) .. " " .. H.root .. "/scripts/examples/reorder.lua")
+		local script = H.root .. "/scripts/examples/reorder.lua"
+		local rc, out = H.run_nfqlua("--replay " .. pcap(101, { p, p, p }) .. " " .. script)
 		assert.equal(0, rc)
 		local l = lines(out)
 		assert.matches("^#2 ", l[1])
@@ -102,7 +103,8 @@ describe("nfqlua --replay", function()
 	end)
 
 	it("re-runs repeated packets, with a loop guard", function()
-		local script = H.tmpfile("return function(pkt) if pkt.mark == 0 then pkt:set_mark(1) pkt['repeat'](pkt) elseif pkt.id == 2 then pkt['repeat'](pkt) else pkt:accept() end end", ".lua")
+		local script = H.tmpfile("return function(pkt) if pkt.mark == 0 then pkt:set_mark(1) pkt['repeat'](pkt) "
+			.. "elseif pkt.id == 2 then pkt['repeat'](pkt) else pkt:accept() end end", ".lua")
 		local p = testing.packet {}
 		local rc, out = H.run_nfqlua("--replay " .. pcap(101, { p, p }) .. " " .. script)
 		assert.equal(0, rc)

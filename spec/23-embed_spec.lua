@@ -5,8 +5,8 @@ local H = require "helpers.net"
 describe("embedding from C #kernel", function()
 	local binary = os.tmpname()
 	setup(function()
-		H.sh(("cd %s && cc scripts/examples/embed.c -Isrc $(pkg-config --cflags luajit) -Lbuild -lnfqlua -lev -Wl,-rpath,%s/build -o %s")
-			:format(H.root, H.root, binary))
+		H.sh(("cd %s && cc scripts/examples/embed.c -Isrc $(pkg-config --cflags luajit) "
+			.. "-Lbuild -lnfqlua -lev -Wl,-rpath,%s/build -o %s"):format(H.root, H.root, binary))
 	end)
 	before_each(function() H.fresh_netns() end)
 

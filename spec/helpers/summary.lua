@@ -1,7 +1,7 @@
 -- busted output handler: one TAP-like line per test, failure details, and
 -- "N passed, N failed" as the last line. Errors outside tests (a spec file
 -- that does not load) count as failures.
-return function(options)
+return function()
 	local busted = require "busted"
 	local handler = require "busted.outputHandlers.base"()
 	local counter = 0
