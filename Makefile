@@ -13,7 +13,7 @@ CORE_PKGS = libnetfilter_queue libmnl
 LUA_PKG = luajit
 
 CFLAGS ?= -O2 -g
-CFLAGS += -std=gnu11 -Wall -Wextra -Wshadow -fPIC
+override CFLAGS += -std=gnu11 -Wall -Wextra -Wshadow -fPIC
 # Resolved lazily so that `make deps` can install pkg-config data first.
 CORE_CFLAGS = $(shell $(PKG_CONFIG) --cflags $(CORE_PKGS))
 CORE_LIBS = $(shell $(PKG_CONFIG) --libs $(CORE_PKGS))

@@ -24,7 +24,7 @@ dependencies = {
 build = {
 	type = "make",
 	build_target = "all",
-	-- The Makefile adds its warnings and -fPIC to these.
+	-- The Makefile adds its warnings, -std and -fPIC to these (override CFLAGS +=).
 	build_variables = {
 		CFLAGS = "$(CFLAGS)",
 	},
