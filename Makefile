@@ -8,7 +8,7 @@ PKG_CONFIG ?= pkg-config
 
 DEB_PACKAGES = build-essential pkg-config libnetfilter-queue-dev libnfnetlink-dev \
 	libmnl-dev libluajit2-5.1-dev luajit2 libev-dev lua-busted iptables iproute2 \
-	libpcap-dev tcpdump valgrind lua-check
+	libpcap-dev tcpdump valgrind lua-check lua-luv lua-cqueues luarocks
 CORE_PKGS = libnetfilter_queue libmnl
 LUA_PKG = luajit
 
