@@ -8,7 +8,8 @@ PKG_CONFIG ?= pkg-config
 
 DEB_PACKAGES = build-essential pkg-config libnetfilter-queue-dev libnfnetlink-dev \
 	libmnl-dev libluajit2-5.1-dev luajit2 libev-dev lua-busted iptables iproute2 \
-	libpcap-dev tcpdump valgrind lua-check lua-luv lua-cqueues luarocks
+	libpcap-dev tcpdump valgrind lua-check lua-luv lua-cqueues luarocks \
+	nginx libnginx-mod-http-lua
 CORE_PKGS = libnetfilter_queue libmnl
 LUA_PKG = luajit
 
@@ -33,7 +34,8 @@ LUA_MODULE_DIR ?= $(PREFIX)/share/lua/5.1
 LUA_CMODULE_DIR ?= $(PREFIX)/lib/lua/5.1
 SYSTEMD_DIR ?= $(PREFIX)/lib/systemd/system
 LUA_FILES = nfq.lua nfq/cdef.lua nfq/engine.lua nfq/headers.lua nfq/testing.lua
-EXAMPLES = $(wildcard scripts/examples/*.lua) scripts/examples/embed.c
+EXAMPLES = $(wildcard scripts/examples/*.lua) scripts/examples/embed.c \
+	$(wildcard scripts/examples/openresty/*)
 
 BUILD = build
 CORE_SRC = src/nfq_queue.c src/nfq_packet.c src/nfq_headers.c
@@ -64,13 +66,19 @@ $(BUILD)/libnfqlua.a: $(CORE_OBJ) $(ENGINE_OBJ) $(LUA_BC_OBJ)
 $(BUILD)/libnfqlua.so: $(CORE_OBJ) $(ENGINE_OBJ) $(LUA_BC_OBJ)
 	$(CC) -shared -o $@ $^ $(CORE_LIBS) $(LUA_LIBS) $(EV_LIBS) -lpthread
 
+# Debian's nginx package starts a web server on port 80 when installed: a
+# policy-rc.d (Debian's switch for this) holds every service back meanwhile.
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
+		held=""; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+			printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && held=1; \
+		fi; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		rc=$$?; [ -z "$$held" ] || rm -f /usr/sbin/policy-rc.d; exit $$rc; \
 	fi
 
 lua/nfq/cdef.lua: src/nfq_core.h
@@ -206,7 +214,7 @@ install: all
 uninstall:
 	rm -f $(INSTALLED:%=$(DESTDIR)%)
 	-rmdir $(DESTDIR)$(LUA_MODULE_DIR)/nfq $(DESTDIR)$(LUA_CMODULE_DIR)/nfq \
-		$(DESTDIR)$(DOCDIR)/examples $(DESTDIR)$(DOCDIR) 2>/dev/null
+		$(DESTDIR)$(DOCDIR)/examples/openresty $(DESTDIR)$(DOCDIR)/examples $(DESTDIR)$(DOCDIR) 2>/dev/null
 
 clean:
 	rm -rf $(BUILD) nfqlua lua/nfq/core.so lua/nfq/cdef.lua
