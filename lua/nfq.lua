@@ -557,14 +557,21 @@ end
 --- Receive and dispatch: forever when block is true (the default), or what
 -- is pending when it is false. A callback error is re-raised after its
 -- packet got the fallback verdict; calling run() again goes on with the rest.
-function Queue:run(block)
+function Queue:run(block, max_batches)
 	local q = queue_of(self, 2)
 	if not self.queue_num then
 		error("nfq: run: the queue is not bound; call q:bind() first", 2)
 	end
+	if max_batches ~= nil then
+		check_int(max_batches, 1, 0x7fffffff, "max_batches", 2)
+	end
 	local timeout = (block == nil or block) and -1 or 0
+	local batches = 0
 	while true do
 		if q.pos >= q.count then
+			if batches == max_batches then
+				return true, true
+			end
 			local n = C.nfq_queue_receive(q, timeout)
 			if n < 0 then
 				if ffi_errno() ~= EINTR then
@@ -572,7 +579,9 @@ function Queue:run(block)
 				end
 			elseif n == 0 and timeout == 0 then
 				C.nfq_queue_flush(q)
-				return true
+				return true, false
+			elseif n > 0 then
+				batches = batches + 1
 			end
 		end
 		local ok, err = pcall(dispatch, self)

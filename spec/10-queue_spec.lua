@@ -36,6 +36,31 @@ describe("queue #kernel", function()
 		assert.equal(0, st.fallback)
 	end)
 
+	it("run(false, max_batches) stops after that many batches and says more may wait", function()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5017 -j NFQUEUE --queue-num 1")
+		local tx = H.udp()
+		local seen = 0
+		q = bound_queue(1, function(pkt)
+			seen = seen + 1
+			pkt:accept()
+		end)
+		for i = 1, 150 do tx:sendto("datagram " .. i, "127.0.0.1", 5017) end
+		H.wait_for(function() return H.queue_info(1).waiting == 150 end, 5, "150 packets to wait in the queue")
+		assert.same({ true, true }, { q:run(false, 1) })
+		assert.is_true(seen > 0 and seen <= 64, "one batch: " .. seen)
+		local calls, more = 1, true
+		while more do
+			local ok
+			ok, more = q:run(false, 1)
+			assert.is_true(ok)
+			calls = calls + 1
+		end
+		assert.equal(150, seen)
+		assert.is_true(calls >= 3, "150 packets take at least 3 batches of 64, took " .. calls .. " calls")
+		assert.equal(0, H.queue_info(1).waiting)
+		assert.has_error(function() q:run(false, 0) end, "nfq: max_batches must be an integer from 1 to 2147483647, got 0")
+	end)
+
 	it("rewrites a payload with new lengths and checksums, as the peer receives it", function()
 		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5002 -j NFQUEUE --queue-num 1")
 		local rx, tx = H.udp("127.0.0.1", 5002), H.udp()
