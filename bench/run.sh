@@ -13,7 +13,8 @@
 # installs their Debian packages with apt-get when missing, and builds
 # bench/go_accept (make -C bench go_accept).
 #
-# Knobs (environment): RUNS (5), WARM (0.2 s before each window), WINDOW (1.2 s),
+# Knobs (environment): RUNS (5 rounds; a round measures one window of each
+# consumer in turn), WARM (0.2 s before each window), WINDOW (1.2 s),
 # SIZES ("64 1400"), GSO (1: the GSO table), MAXLEN (1024, queue length for
 # every consumer), GEN_BATCH (64), GEN_SNDBUF (64 MiB), GEN_CPU (0), CONS_CPU (1),
 # SINK_CPU (CONS_CPU), GSO_SINK_CPU (GEN_CPU), PORT (9999), BENCH_ONLY (regex
@@ -194,12 +195,17 @@ stop_consumer() {
 median() { sort -g | awk 'NF {v[++n] = $1} END {if (!n) print "-"; else if (n % 2) print v[(n + 1) / 2]; else printf "%.0f\n", (v[n / 2] + v[n / 2 + 1]) / 2}'; }
 minmax() { sort -g | awk 'NF {if (!n++) lo = $1; hi = $1} END {print (n ? lo : "-"), (n ? hi : "-")}'; }
 
-# measure KEY CMD SIZE GENFLAGS: start the consumer, run RUNS windows of
-# traffic, and leave the figures in R_<field>[KEY].
+# measure KEY CMD SIZE GENFLAGS: start the consumer, run one window of
+# traffic, stop it, and add the window's figures to the A_<field>[KEY]
+# lists; summarize KEY turns them into R_<field>[KEY]. Rounds interleave the
+# consumers (one window each, RUNS rounds) so that the machine's drift over
+# minutes reaches them all alike instead of favouring whichever ran first.
+declare -A A_PPS A_DPS A_BUSY A_CPU A_PKT A_SENT A_QDROP A_UDROP A_RSS
 declare -A R_PPS R_MIN R_MAX R_DPS R_CPU R_BUSY R_QDROP R_UDROP R_SENT R_RSS R_NOTE
 measure() {
 	local key=$1 cmd=$2 size=$3 genflags=$4
 	local log="$TMP/${key//\//-}.log"
+	[[ -n ${R_NOTE[$key]:-} ]] && return
 	wait_for 3 unbound || die "queue $QUEUE is busy"
 	(eval "exec taskset -c $CONS_CPU $cmd") >"$log" 2>&1 &
 	CONS_PID=$!
@@ -210,45 +216,52 @@ measure() {
 		CONS_PID=
 		return
 	fi
-	local pps=() dps=() cpu_sum=0 pkt_sum=0 busy=() sent=0 run
 	local dur
 	dur=$(awk -v w="$WARM" -v n="$WINDOW" 'BEGIN {print w + n + 0.15}')
-	for ((run = 1; run <= RUNS; run++)); do
-		bench/gen -p "$PORT" -s "$size" -t "$dur" -b "$GEN_BATCH" -S "$GEN_SNDBUF" -c "$GEN_CPU" $genflags >"$TMP/gen.out" &
-		local gen_pid=$!
-		sleep "$WARM"
-		local -a qa qb sa sb ca cb
-		local ta tb pa pb
-		qa=($(qline)); ta=$EPOCHREALTIME; pa=$(cpu_ticks "$CONS_PID"); ca=($(core_jiffies "$CONS_CPU"))
-		sa=($(sink_sample))
-		sleep "$WINDOW"
-		qb=($(qline)); tb=$EPOCHREALTIME; pb=$(cpu_ticks "$CONS_PID"); cb=($(core_jiffies "$CONS_CPU"))
-		sb=($(sink_sample))
-		wait "$gen_pid" || die "generator failed: $(cat "$TMP/gen.out")"
-		local g=$(<"$TMP/gen.out"); g=${g#sent=}; sent=$((sent + ${g%% *}))
-		# Verdicted = ids handed out - those lost on a full socket - still queued.
-		local va=$((qa[7] - qa[6] - qa[2])) vb=$((qb[7] - qb[6] - qb[2]))
-		pps+=("$(awk -v v=$((vb - va)) -v a="$ta" -v b="$tb" 'BEGIN {printf "%.0f", v / (b - a)}')")
-		[[ ${sa[0]} != - && ${sb[0]} != - ]] &&
-			dps+=("$(awk -v c=$((sb[0] - sa[0])) -v a="${sa[1]}" -v b="${sb[1]}" 'BEGIN {printf "%.0f", c / (b - a)}')")
-		busy+=("$(awk -v b=$((cb[0] - ca[0])) -v t=$((cb[1] - ca[1])) 'BEGIN {printf "%.0f", t ? 100 * b / t : 0}')")
-		cpu_sum=$((cpu_sum + pb - pa)); pkt_sum=$((pkt_sum + vb - va))
-		wait_for 3 drained || true
-	done
-	R_RSS[$key]=$(awk '/^VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$CONS_PID/status")
+	bench/gen -p "$PORT" -s "$size" -t "$dur" -b "$GEN_BATCH" -S "$GEN_SNDBUF" -c "$GEN_CPU" $genflags >"$TMP/gen.out" &
+	local gen_pid=$!
+	sleep "$WARM"
+	local -a qa qb sa sb ca cb
+	local ta tb pa pb
+	qa=($(qline)); ta=$EPOCHREALTIME; pa=$(cpu_ticks "$CONS_PID"); ca=($(core_jiffies "$CONS_CPU"))
+	sa=($(sink_sample))
+	sleep "$WINDOW"
+	qb=($(qline)); tb=$EPOCHREALTIME; pb=$(cpu_ticks "$CONS_PID"); cb=($(core_jiffies "$CONS_CPU"))
+	sb=($(sink_sample))
+	wait "$gen_pid" || die "generator failed: $(cat "$TMP/gen.out")"
+	local g=$(<"$TMP/gen.out"); g=${g#sent=}
+	# Verdicted = ids handed out - those lost on a full socket - still queued.
+	local va=$((qa[7] - qa[6] - qa[2])) vb=$((qb[7] - qb[6] - qb[2]))
+	A_PPS[$key]+=" $(awk -v v=$((vb - va)) -v a="$ta" -v b="$tb" 'BEGIN {printf "%.0f", v / (b - a)}')"
+	[[ ${sa[0]} != - && ${sb[0]} != - ]] &&
+		A_DPS[$key]+=" $(awk -v c=$((sb[0] - sa[0])) -v a="${sa[1]}" -v b="${sb[1]}" 'BEGIN {printf "%.0f", c / (b - a)}')"
+	A_BUSY[$key]+=" $(awk -v b=$((cb[0] - ca[0])) -v t=$((cb[1] - ca[1])) 'BEGIN {printf "%.0f", t ? 100 * b / t : 0}')"
+	A_CPU[$key]=$((${A_CPU[$key]:-0} + pb - pa)); A_PKT[$key]=$((${A_PKT[$key]:-0} + vb - va))
+	A_SENT[$key]=$((${A_SENT[$key]:-0} + ${g%% *}))
+	wait_for 3 drained || true
+	local rss
+	rss=$(awk '/^VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$CONS_PID/status")
+	A_RSS[$key]=$(awk -v a="${A_RSS[$key]:-0}" -v b="$rss" 'BEGIN {print (b > a ? b : a)}')
 	local -a qf=($(qline))
+	A_QDROP[$key]=$((${A_QDROP[$key]:-0} + qf[5])); A_UDROP[$key]=$((${A_UDROP[$key]:-0} + qf[6]))
 	stop_consumer
-	R_PPS[$key]=$(printf '%s\n' "${pps[@]}" | median)
-	read -r R_MIN[$key] R_MAX[$key] < <(printf '%s\n' "${pps[@]}" | minmax)
-	R_DPS[$key]=$(printf '%s\n' "${dps[@]}" | median)
-	R_BUSY[$key]=$(printf '%s\n' "${busy[@]}" | median)
-	R_CPU[$key]=$(awk -v c=$cpu_sum -v h="$CLK_TCK" -v p=$pkt_sum 'BEGIN {printf "%.2f", p ? c / h * 1e6 / p : 0}')
-	R_QDROP[$key]=${qf[5]}
-	R_UDROP[$key]=${qf[6]}
-	R_SENT[$key]=$sent
+}
+
+summarize() {
+	local key=$1 size=$2
+	[[ -n ${A_PPS[$key]:-} ]] || return 0
+	R_PPS[$key]=$(printf '%s\n' ${A_PPS[$key]} | median)
+	read -r R_MIN[$key] R_MAX[$key] < <(printf '%s\n' ${A_PPS[$key]} | minmax)
+	R_DPS[$key]=$(printf '%s\n' ${A_DPS[$key]:-} | median)
+	R_BUSY[$key]=$(printf '%s\n' ${A_BUSY[$key]} | median)
+	R_CPU[$key]=$(awk -v c="${A_CPU[$key]}" -v h="$CLK_TCK" -v p="${A_PKT[$key]}" 'BEGIN {printf "%.2f", p ? c / h * 1e6 / p : 0}')
+	R_QDROP[$key]=${A_QDROP[$key]}
+	R_UDROP[$key]=${A_UDROP[$key]}
+	R_SENT[$key]=${A_SENT[$key]}
+	R_RSS[$key]=${A_RSS[$key]}
 	printf '  %-10s %6s B: %8s/s (%s-%s) delivered %8s/s  cpu %s us/pkt  core %s%%  drops %s/%s of %s  rss %s MB\n' \
 		"${key%/*}" "$size" "${R_PPS[$key]}" "${R_MIN[$key]}" "${R_MAX[$key]}" "${R_DPS[$key]}" \
-		"${R_CPU[$key]}" "${R_BUSY[$key]}" "${R_QDROP[$key]}" "${R_UDROP[$key]}" "$sent" "${R_RSS[$key]}" >&2
+		"${R_CPU[$key]}" "${R_BUSY[$key]}" "${R_QDROP[$key]}" "${R_UDROP[$key]}" "${R_SENT[$key]}" "${R_RSS[$key]}" >&2
 }
 
 # Anything else running on these CPUs makes every figure meaningless: say so.
@@ -270,10 +283,14 @@ fmt() { [[ $1 == - ]] && { echo -; return; }; awk -v n="$1" 'BEGIN {s = sprintf(
 fmtk() { [[ $1 == - ]] && { echo -; return; }; awk -v n="$1" 'BEGIN {printf "%.0fk", n / 1000}'; }
 
 for size in $SIZES; do
+	for ((round = 1; round <= RUNS; round++)); do
+		for entry in "${CONSUMERS[@]}"; do
+			IFS='|' read -r id label cmd <<<"$entry"
+			selected "$id" && measure "$id/$size" "$cmd" "$size" ""
+		done
+	done
 	for entry in "${CONSUMERS[@]}"; do
-		IFS='|' read -r id label cmd <<<"$entry"
-		selected "$id" || continue
-		measure "$id/$size" "$cmd" "$size" ""
+		summarize "${entry%%|*}/$size" "$size"
 	done
 done
 # With GSO the sink receives 32 datagrams per queued packet: on the consumer's
@@ -281,10 +298,14 @@ done
 if ((GSO)); then
 	taskset -pc "$GSO_SINK_CPU" "$SINK_PID" >/dev/null
 	for size in $SIZES; do
+		for ((round = 1; round <= RUNS; round++)); do
+			for entry in "${GSO_CONSUMERS[@]}"; do
+				IFS='|' read -r id label gflags cmd <<<"$entry"
+				selected "$id" && measure "$id/$size" "$cmd" "$size" "$gflags"
+			done
+		done
 		for entry in "${GSO_CONSUMERS[@]}"; do
-			IFS='|' read -r id label gflags cmd <<<"$entry"
-			selected "$id" || continue
-			measure "$id/$size" "$cmd" "$size" "$gflags"
+			summarize "${entry%%|*}/$size" "$size"
 		done
 	done
 fi
@@ -298,7 +319,7 @@ ref_id=$(cut -d'|' -f1 <<<"${CONSUMERS[0]}")
 	echo
 	echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs ($CPU_MODEL); kernel $(uname -r); $(luajit -v 2>/dev/null | cut -d' ' -f1-2)."
 	echo "Generated by \`bench/run.sh\` in ${ELAPSED} s: UDP over loopback in a private namespace, generator (sendmmsg, batch $GEN_BATCH) on CPU $GEN_CPU,"
-	echo "consumer on CPU $CONS_CPU, queue length $MAXLEN for every consumer. Each figure: $RUNS windows of ${WINDOW} s after ${WARM} s of warm-up."
+	echo "consumer on CPU $CONS_CPU, queue length $MAXLEN for every consumer. Each figure: $RUNS windows of ${WINDOW} s after ${WARM} s of warm-up, one per round; each round runs every consumer once, so slow drift of the machine reaches all of them."
 	((IDLE_OK)) || echo "**Warning:** the machine was not idle when the run started ($BUSY_BEFORE busy with other work); these figures are not representative."
 	echo
 	echo "| payload | consumer | verdicts/s (median) | min–max | vs C ref | vs marking C ref | CPU µs/pkt | consumer CPU busy | kernel drops (queue full / socket full) | peak RSS |"
