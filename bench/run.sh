@@ -310,6 +310,11 @@ if ((GSO)); then
 	done
 fi
 
+# The Lua side alone, without the kernel: dispatch and verdict code on a
+# batch we fill ourselves (bench/dispatch_cost.lua).
+DISPATCH_COST=$(LUA_PATH='lua/?.lua;;' LUA_CPATH='lua/?.so;;' taskset -c "$CONS_CPU" luajit bench/dispatch_cost.lua 2>&1) ||
+	DISPATCH_COST="bench/dispatch_cost.lua failed: $DISPATCH_COST"
+
 # --- The report. ---------------------------------------------------------
 ELAPSED=$(awk -v a="$T0" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.0f", b - a}')
 CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
@@ -381,6 +386,11 @@ ref_id=$(cut -d'|' -f1 <<<"${CONSUMERS[0]}")
 	echo "The sink that drains the port shares the consumer's CPU (CPU $SINK_CPU): on 2 CPUs the generator needs its own to outrun the"
 	echo "consumers. That work is the same for every consumer, so the ratios understate the differences in the consumers' own cost;"
 	echo "CPU µs/pkt shows those."
+	echo
+	echo "What the Lua side costs per packet without the kernel (\`bench/dispatch_cost.lua\`: batches of 64 IPv4/UDP packets through"
+	echo "the module's dispatch, the filter and the verdict code, the verdicts sent to a queue nobody bound), on CPU $CONS_CPU:"
+	echo
+	echo "$DISPATCH_COST"
 	if selected ruby || selected go; then
 		echo
 		echo "The consumers people would pick instead: an accept-all of a few lines on each Debian package (\`bench/consumers/\`),"
