@@ -312,7 +312,7 @@ fi
 
 # The Lua side alone, without the kernel: dispatch and verdict code on a
 # batch we fill ourselves (bench/dispatch_cost.lua).
-DISPATCH_COST=$(LUA_PATH='lua/?.lua;;' LUA_CPATH='lua/?.so;;' taskset -c "$CONS_CPU" luajit bench/dispatch_cost.lua 2>&1) ||
+DISPATCH_COST=$(LUA_PATH='lua/?.lua;spec/?.lua;;' LUA_CPATH='lua/?.so;;' taskset -c "$CONS_CPU" luajit bench/dispatch_cost.lua 2>&1) ||
 	DISPATCH_COST="bench/dispatch_cost.lua failed: $DISPATCH_COST"
 
 # --- The report. ---------------------------------------------------------

@@ -2,54 +2,15 @@
 -- nothing. Batches of real IPv4/UDP payloads go through the module's own
 -- dispatch and verdict code; the verdict messages go to a queue number that
 -- nobody bound, so the kernel refuses them and no traffic is touched.
-local ffi = require "ffi"
 local jit_util = require "jit.util"
 local vmdef = require "jit.vmdef"
-local nfq = require "nfq"
 local H = require "helpers.net"
-local C = nfq._C
+local batch = require "helpers.batch"
 
-local BATCH = 64
+local BATCH = batch.SIZE
 
-local function udp_packet(dport)
-	local l4 = "\0\1" .. string.char(math.floor(dport / 256), dport % 256) .. "\0\16\0\0" .. "payload!"
-	return "\69\0\0\36\0\0\0\0\64\17\0\0\127\0\0\1\127\0\0\1" .. l4
-end
-
--- A queue whose slots we fill ourselves; verdicts go to an unbound queue number.
 local function synthetic_queue(callback)
-	local q = C.nfq_queue_open(-1)
-	assert(q ~= nil)
-	local pkts = ffi.new("struct nfq_packet[?]", BATCH)
-	-- The slots are ours, and the queue was never bound: close it as such.
-	ffi.gc(q, function(queue)
-		queue.pkts, queue.queue_num = nil, -1
-		C.nfq_queue_close(queue)
-	end)
-	local payloads = {}
-	for i = 0, BATCH - 1 do
-		local data = udp_packet(i % 4 == 0 and 5555 or 8000 + i)
-		payloads[i] = ffi.new("uint8_t[?]", #data)
-		ffi.copy(payloads[i], data, #data)
-		pkts[i].payload, pkts[i].payload_len = payloads[i], #data
-		pkts[i].queue = q
-	end
-	q.pkts = pkts
-	q.queue_num = 65000
-	local queue = nfq._adopt(q, callback)
-	local id = 0
-	local function run_batch()
-		for i = 0, BATCH - 1 do
-			id = id + 1
-			pkts[i].state = C.NFQ_PKT_PENDING
-			pkts[i].flags = 0
-			pkts[i].id = id
-		end
-		q.count, q.pos, q.in_dispatch = BATCH, 0, 1
-		queue:_dispatch()
-		C.nfq_queue_flush(q)
-	end
-	return run_batch, { q = q, pkts = pkts, payloads = payloads }
+	return batch.synthetic_queue(callback, function(i) return i % 4 == 0 and 5555 or 8000 + i end)
 end
 
 local function load_filter(path, env)

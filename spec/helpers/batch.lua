@@ -1,0 +1,53 @@
+-- A batch of real IPv4/UDP packets pushed through the module's own
+-- dispatch and verdict code, with no kernel queue behind it: for the
+-- allocation and JIT specs (spec/05) and bench/dispatch_cost.lua. The
+-- verdict messages go to a queue number nobody bound, so the kernel
+-- refuses them and no traffic is touched.
+local ffi = require "ffi"
+local nfq = require "nfq"
+local C = nfq._C
+
+local B = { SIZE = 64 }
+
+--- An IPv4/UDP packet from 127.0.0.1 to 127.0.0.1:dport with 8 bytes of data.
+function B.udp_packet(dport)
+	local l4 = "\0\1" .. string.char(math.floor(dport / 256), dport % 256) .. "\0\16\0\0" .. "payload!"
+	return "\69\0\0\36\0\0\0\0\64\17\0\0\127\0\0\1\127\0\0\1" .. l4
+end
+
+--- A queue whose batch we fill ourselves, packet i going to dport_of(i).
+-- Returns run(), which dispatches the whole batch to callback and sends its
+-- verdicts, and a table that keeps slots and payloads alive while in use.
+function B.synthetic_queue(callback, dport_of)
+	local q = C.nfq_queue_open(-1)
+	assert(q ~= nil, "cannot open a netlink socket")
+	local pkts = ffi.new("struct nfq_packet[?]", B.SIZE)
+	-- The slots are ours, and the queue was never bound: close it as such.
+	ffi.gc(q, function(queue)
+		queue.pkts, queue.queue_num = nil, -1
+		C.nfq_queue_close(queue)
+	end)
+	local payloads = {}
+	for i = 0, B.SIZE - 1 do
+		local data = B.udp_packet(dport_of(i))
+		payloads[i] = ffi.new("uint8_t[?]", #data)
+		ffi.copy(payloads[i], data, #data)
+		pkts[i].payload, pkts[i].payload_len = payloads[i], #data
+		pkts[i].queue = q
+	end
+	q.pkts, q.queue_num = pkts, 65000
+	local queue = nfq._adopt(q, callback)
+	local id = 0
+	local function run()
+		for i = 0, B.SIZE - 1 do
+			id = id + 1
+			pkts[i].state, pkts[i].flags, pkts[i].id = C.NFQ_PKT_PENDING, 0, id
+		end
+		q.count, q.pos, q.in_dispatch = B.SIZE, 0, 1
+		queue:_dispatch()
+		C.nfq_queue_flush(q)
+	end
+	return run, { q = q, pkts = pkts, payloads = payloads }
+end
+
+return B
