@@ -551,7 +551,10 @@ int main(int argc, char **argv)
 		goto fail;
 	FILE *f = fopen(cli.engine.script, "r");
 	if (!f) {
-		fprintf(stderr, "nfqlua: cannot read script '%s': %s\n", cli.engine.script, strerror(errno));
+		int saved = errno;
+		fprintf(stderr, "nfqlua: cannot read script '%s': %s%s%s%s\n", cli.engine.script, strerror(saved),
+			cli.user && saved == EACCES ? " (--user " : "", cli.user && saved == EACCES ? cli.user : "",
+			cli.user && saved == EACCES ? " must be able to read it and its directories)" : "");
 		goto fail;
 	}
 	fclose(f);
