@@ -51,6 +51,7 @@ struct nfq_engine {
 	struct script_state cur;
 	unsigned version;	/* 1 for the script loaded at start, +1 per reload */
 	struct nfq_kernel_stats kernel;	/* last read while the queue was bound */
+	int lua_kb;		/* the script's heap when it was stopped */
 	char tag[16];		/* "queue N", for log lines */
 	size_t mem_limit;	/* per Lua state, 0: none */
 	/* The watchdog thread and what it watches: see nfq_engine_opts. */
@@ -567,6 +568,8 @@ void nfq_engine_stop(struct nfq_engine *e)
 		nfq_queue_kernel_stats(e->q, &e->kernel);
 		nfq_queue_unbind(e->q);
 	}
+	if (e->cur.L)
+		e->lua_kb = lua_gc(e->cur.L, LUA_GCCOUNT, 0);
 	state_close(&e->cur);
 	nfq_log_flush(&e->packet_log, e->tag);
 }
@@ -601,7 +604,7 @@ int nfq_engine_format_stats(const struct nfq_engine *e, char *buf, size_t len)
 	struct nfq_kernel_stats k;
 	if (nfq_queue_kernel_stats(e->q, &k) < 0)
 		k = e->kernel;
-	int lua_kb = e->cur.L ? lua_gc(e->cur.L, LUA_GCCOUNT, 0) : 0;
+	int lua_kb = e->cur.L ? lua_gc(e->cur.L, LUA_GCCOUNT, 0) : e->lua_kb;
 	return snprintf(buf, len,
 		"received=%llu accepted=%llu dropped=%llu repeated=%llu requeued=%llu fallback=%llu script_errors=%llu script_timeouts=%llu verdict_errors=%llu enobufs=%llu reloads=%llu reload_failures=%llu version=%u kernel_queue_dropped=%lld kernel_user_dropped=%lld lua_kb=%d",
 		(unsigned long long)s->received, (unsigned long long)s->accepted,
