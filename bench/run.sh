@@ -316,6 +316,8 @@ DISPATCH_COST=$(LUA_PATH='lua/?.lua;spec/?.lua;;' LUA_CPATH='lua/?.so;;' taskset
 	DISPATCH_COST="bench/dispatch_cost.lua failed: $DISPATCH_COST"
 
 # --- The report. ---------------------------------------------------------
+# make soak and make bench-scale append their own sections: keep them.
+APPENDED=$(awk '/^## (Soak|Scaling)/ {keep = 1} keep' "$OUT" 2>/dev/null || true)
 ELAPSED=$(awk -v a="$T0" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.0f", b - a}')
 CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 ref_id=$(cut -d'|' -f1 <<<"${CONSUMERS[0]}")
@@ -413,6 +415,10 @@ ref_id=$(cut -d'|' -f1 <<<"${CONSUMERS[0]}")
 			echo "  that (\`log.SetOutput(io.Discard)\`). It hands the Queue to C as a bare Go pointer, so the program must keep it reachable"
 			echo "  while \`Loop\` runs, or the garbage collector frees it and the next packet crashes the process."
 		fi
+	fi
+	if [[ -n $APPENDED ]]; then
+		echo
+		echo "$APPENDED"
 	fi
 } >"$OUT"
 cat "$OUT"
