@@ -24,6 +24,12 @@ local ffi_string, ffi_errno, ffi_gc, ffi_cast = ffi.string, ffi.errno, ffi.gc, f
 if not pcall(function() return ffi.C.nfq_strerror end) then
 	ffi.cdef [[char *nfq_strerror(int errnum) asm("strerror");]]
 end
+if not pcall(ffi.typeof, "struct nfq_timespec") then
+	ffi.cdef [[
+	struct nfq_timespec { long tv_sec; long tv_nsec; };
+	int nfq_clock_gettime(int clock_id, struct nfq_timespec *ts) asm("clock_gettime");
+	]]
+end
 
 -- The core is either linked into this process (the nfqlua daemon, or a C
 -- host linking libnfqlua) or loaded from package.cpath. The namespace is
@@ -625,6 +631,16 @@ local queue_fields = { "queue", "portid", "waiting", "copy_mode", "copy_range",
 
 --- Every queue bound in this network namespace, from
 -- /proc/net/netfilter/nfnetlink_queue: a table keyed by queue number.
+local CLOCK_MONOTONIC = 1
+local now_ts = ffi.new("struct nfq_timespec")
+
+--- Seconds on a monotonic clock, with nanosecond resolution: for timeouts
+-- and rates in scripts (os.clock is CPU time, os.time whole seconds).
+function _M.now()
+	ffi.C.nfq_clock_gettime(CLOCK_MONOTONIC, now_ts)
+	return tonumber(now_ts.tv_sec) + tonumber(now_ts.tv_nsec) * 1e-9
+end
+
 function _M.queue_stats()
 	local f, err = io.open("/proc/net/netfilter/nfnetlink_queue")
 	if not f then return nil, err end

@@ -133,6 +133,57 @@ return {
 	end)
 end)
 
+describe("nfqlua on_timer #kernel", function()
+	local d
+	before_each(function() H.fresh_netns() end)
+	after_each(function()
+		if d then d:stop() end
+		d = nil
+	end)
+
+	it("releases held packets without another packet coming: delay.lua keeps order and holds each", function()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 6101 -j NFQUEUE --queue-num 1")
+		local rx, tx = H.udp("127.0.0.1", 6101), H.udp()
+		d = H.daemon(H.root .. "/scripts/examples/delay.lua --queue 1", "NFQ_DELAY_MS=400")
+		d:wait_output("bound")
+		H.wait_queue_ready(1)
+		for _, m in ipairs { "one", "two", "three" } do tx:sendto(m, "127.0.0.1", 6101) end
+		-- Sent a moment ago, due in 400 ms: nothing may have arrived yet.
+		assert.is_nil(rx:recv(0))
+		assert.same({ "one", "two", "three" }, rx:recv_all(1.5))
+		d:signal("TERM")
+		assert.equal(0, d:wait())
+		assert.matches("received=3 accepted=3 dropped=0 repeated=0 requeued=0 fallback=0 script_errors=0",
+			d:output(), 1, true)
+	end)
+
+	it("follows a reload, and an error in it is counted and logged while ticks go on", function()
+		local script = H.tmpfile([[
+local n = 0
+return { timer_interval = 0.02, on_packet = function(pkt) pkt:accept() end,
+	on_timer = function() n = n + 1; if n == 3 then print("v1 tick") end end }]], ".lua")
+		d = H.daemon(script .. " --queue 1")
+		d:wait_output("v1 tick")
+		local f = assert(io.open(script, "w"))
+		f:write([[
+local n = 0
+return { timer_interval = 0.01, on_packet = function(pkt) pkt:accept() end,
+	on_timer = function()
+		n = n + 1
+		if n == 2 then error("tick failed") end
+		if n == 5 then print("v2 tick after the error") end
+	end }]])
+		f:close()
+		d:signal("HUP")
+		d:wait_output("v2 tick after the error")
+		assert.matches(script .. ":5: tick failed", d:output(), 1, true)
+		d:signal("TERM")
+		assert.equal(0, d:wait())
+		assert.matches("script_errors=1 ", d:output(), 1, true)
+		assert.matches("reloads=1 ", d:output(), 1, true)
+	end)
+end)
+
 describe("nfqlua command line", function()
 	local good = H.tmpfile("return function(pkt) pkt:accept() end", ".lua")
 
@@ -193,6 +244,9 @@ describe("nfqlua command line", function()
 			["return 42"] = "must return a function or a table with on_packet, but returned number",
 			["return {}"] = "the table the script returns has no on_packet function",
 			["return { on_packet = print, on_stop = 1 }"] = "on_stop must be a function, got number",
+			["return { on_packet = print, on_timer = 'soon' }"] = "on_timer must be a function, got string",
+			["return { on_packet = print, on_timer = print, timer_interval = 0 }"] =
+				"timer_interval must be a number of seconds, at least 0.001, got 0",
 		} do
 			local bad = H.tmpfile(text, ".lua")
 			local rc, out = H.run_nfqlua(bad .. " --check")

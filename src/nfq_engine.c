@@ -42,11 +42,14 @@ struct script_state {
 	int hooks_ref;		/* what the script returned */
 	int dispatch_ref;	/* the per-batch function */
 	int redeliver_ref;	/* the per-packet function for handed-over packets */
+	int timer_ref;		/* on_timer, or LUA_NOREF */
+	double timer_interval;	/* seconds, 0 without on_timer */
 };
 
 struct nfq_engine {
 	struct ev_loop *loop;
 	ev_io io;
+	ev_timer timer;		/* runs the script's on_timer */
 	struct nfq_queue *q;
 	struct script_state cur;
 	unsigned version;	/* 1 for the script loaded at start, +1 per reload */
@@ -265,8 +268,11 @@ static int state_attach(struct script_state *st, struct nfq_queue *q, char *err,
 	lua_rawset(st->L, LUA_REGISTRYINDEX);
 	lua_pushlightuserdata(st->L, q);
 	lua_rawgeti(st->L, LUA_REGISTRYINDEX, st->hooks_ref);
-	if (call_engine(st->L, st->engine_ref, "attach", 2, 2, 0, err, errlen) < 0)
+	if (call_engine(st->L, st->engine_ref, "attach", 2, 4, 0, err, errlen) < 0)
 		return -1;
+	st->timer_interval = lua_tonumber(st->L, -1);
+	lua_pop(st->L, 1);
+	st->timer_ref = lua_isnil(st->L, -1) ? (lua_pop(st->L, 1), LUA_NOREF) : luaL_ref(st->L, LUA_REGISTRYINDEX);
 	st->redeliver_ref = luaL_ref(st->L, LUA_REGISTRYINDEX);
 	st->dispatch_ref = luaL_ref(st->L, LUA_REGISTRYINDEX);
 	return 0;
@@ -363,6 +369,31 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
 			break;
 		run_batch(e);
 	}
+}
+
+/* The script's on_timer: its verdicts leave together, like a batch's. */
+static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct nfq_engine *e = w->data;
+	(void)loop;
+	(void)revents;
+	e->q->in_dispatch = 1;
+	call_packet_function(e, e->cur.timer_ref, NULL);
+	nfq_queue_flush(e->q);
+}
+
+/* (Re)start the timer for the running version; none without on_timer or
+ * off a live queue. */
+static void arm_timer(struct nfq_engine *e)
+{
+	if (!e->io.data)
+		return;
+	ev_timer_stop(e->loop, &e->timer);
+	if (e->cur.timer_ref == LUA_NOREF)
+		return;
+	ev_timer_init(&e->timer, on_timer, e->cur.timer_interval, e->cur.timer_interval);
+	e->timer.data = e;
+	ev_timer_start(e->loop, &e->timer);
 }
 
 /*
@@ -464,6 +495,7 @@ int nfq_engine_reload(struct nfq_engine *e)
 
 	struct script_state old = e->cur;
 	e->cur = next;
+	arm_timer(e);
 	int n_held = hand_over_packets(e);
 	/* Only husks are left in the old state: closing it verdicts nothing. */
 	state_close(&old);
@@ -538,6 +570,8 @@ struct nfq_engine *nfq_engine_new(struct ev_loop *loop,
 		ev_io_init(&e->io, on_readable, e->q->fd, EV_READ);
 		e->io.data = e;
 		ev_io_start(loop, &e->io);
+		ev_timer_init(&e->timer, on_timer, 1, 1);
+		arm_timer(e);
 	}
 	/* Packets that arrived while binding are already in the batch. */
 	run_batch(e);
@@ -556,8 +590,10 @@ void nfq_engine_stop(struct nfq_engine *e)
 		pthread_join(e->watchdog, NULL);
 		e->watchdog_running = 0;
 	}
-	if (e->io.data)
+	if (e->io.data) {
 		ev_io_stop(e->loop, &e->io);
+		ev_timer_stop(e->loop, &e->timer);
+	}
 	e->io.data = NULL;
 	if (e->cur.L && e->cur.dispatch_ref) {
 		char err[1024];

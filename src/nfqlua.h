@@ -1,8 +1,9 @@
 /*
  * nfqlua.h: the nfqlua engine, for C programs that run a libev loop.
  *
- * An engine is one bound queue, one Lua state running a filter script and
- * one ev_io watcher on the caller's loop. All calls must come from the
+ * An engine is one bound queue, one Lua state running a filter script, one
+ * ev_io watcher on the caller's loop, and an ev_timer there when the script
+ * has on_timer. All calls must come from the
  * thread that runs that loop. The nfqlua daemon is a main() over this API.
  */
 #ifndef NFQLUA_H

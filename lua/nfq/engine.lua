@@ -25,21 +25,30 @@ function _M.load(path)
 	if not is_callable(ret.on_packet) then
 		error(("%s: the table the script returns has no on_packet function"):format(path), 0)
 	end
-	for _, hook in ipairs { "on_start", "on_stop", "on_reload" } do
+	for _, hook in ipairs { "on_start", "on_stop", "on_reload", "on_timer" } do
 		if ret[hook] ~= nil and not is_callable(ret[hook]) then
 			error(("%s: %s must be a function, got %s"):format(path, hook, type(ret[hook])), 0)
 		end
+	end
+	local interval = ret.timer_interval
+	if interval ~= nil and (type(interval) ~= "number" or interval < 0.001 or interval ~= interval) then
+		error(("%s: timer_interval must be a number of seconds, at least 0.001, got %s")
+			:format(path, tostring(interval)), 0)
 	end
 	return ret
 end
 
 --- The functions C calls: once per batch of packets received on the
--- queue, and once per packet handed over by a reload.
+-- queue, once per packet handed over by a reload, and on_timer every
+-- timer_interval seconds (default 1) when the script has one.
 function _M.attach(qptr, hooks)
 	local queue = nfq._adopt(qptr, hooks.on_packet)
 	local dispatch = queue._dispatch
+	local on_timer = hooks.on_timer
 	return function() dispatch(queue) end,
-		function(packet_ptr) queue:_redeliver(packet_ptr) end
+		function(packet_ptr) queue:_redeliver(packet_ptr) end,
+		on_timer and function() on_timer() end,
+		on_timer and (hooks.timer_interval or 1) or 0
 end
 
 function _M.call_hook(hooks, name, ...)
