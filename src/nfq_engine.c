@@ -334,6 +334,10 @@ static int call_packet_function(struct nfq_engine *e, int ref, void *arg)
 			lua_sethook(L, NULL, 0, 0);
 		atomic_store(&e->hook_armed_for, 0);
 	}
+	if (rc == LUA_ERRMEM)
+		/* LuaJIT has no emergency collection: without this, what the failed
+		 * call left unreachable keeps the next packets failing too. */
+		lua_gc(L, LUA_GCCOLLECT, 0);
 	if (rc != 0) {
 		e->q->stats.script_errors++;
 		if (nfq_log_allow(&e->packet_log, e->tag))
