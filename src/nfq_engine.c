@@ -18,11 +18,14 @@
 #include <lua.h>
 #include <lualib.h>
 
+#include "nfq_internal.h"
 #include "nfq_log.h"
 #include "nfqlua.h"
 
 /* Batches handled per wakeup before the loop gets a chance to run timers and signals. */
 #define BATCHES_PER_WAKEUP 16
+/* With own_thread: the longest wait inside recvmmsg() while busy. */
+#define BUSY_WAIT_MS 10
 /* How deep a table handed from one script version to the next may nest. */
 #define STATE_MAX_DEPTH 32
 
@@ -50,6 +53,8 @@ struct nfq_engine {
 	struct ev_loop *loop;
 	ev_io io;
 	ev_timer timer;		/* runs the script's on_timer */
+	ev_idle busy;		/* own_thread under load: receives instead of io */
+	int own_thread;
 	struct nfq_queue *q;
 	struct script_state cur;
 	unsigned version;	/* 1 for the script loaded at start, +1 per reload */
@@ -357,10 +362,37 @@ static void run_batch(struct nfq_engine *e)
 	nfq_queue_flush(q);
 }
 
+/*
+ * Busy (own_thread, after a full batch): the socket is out of the epoll
+ * set and the idle watcher keeps the loop from sleeping; each run takes up
+ * to BATCHES_PER_WAKEUP batches, waiting for them inside recvmmsg(). A wait
+ * that ends empty means the load is gone: back to the io watcher.
+ */
+static void on_busy(struct ev_loop *loop, ev_idle *w, int revents)
+{
+	struct nfq_engine *e = w->data;
+	(void)revents;
+	int wait_ms = BUSY_WAIT_MS;
+	if (ev_is_active(&e->timer)) {
+		int due_ms = (int)(ev_timer_remaining(loop, &e->timer) * 1000);
+		wait_ms = due_ms < 1 ? 1 : due_ms < wait_ms ? due_ms : wait_ms;
+	}
+	for (int i = 0; i < BATCHES_PER_WAKEUP; i++) {
+		int n = nfq_queue_receive_in_recv(e->q, wait_ms);
+		if (n < 0 && nfq_log_allow(&e->packet_log, e->tag))
+			nfq_log(NFQ_LOG_WARN, "%s: %s", e->tag, e->q->errmsg);
+		if (n <= 0) {
+			ev_idle_stop(loop, &e->busy);
+			ev_io_start(loop, &e->io);
+			return;
+		}
+		run_batch(e);
+	}
+}
+
 static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
 {
 	struct nfq_engine *e = w->data;
-	(void)loop;
 	(void)revents;
 	for (int i = 0; i < BATCHES_PER_WAKEUP; i++) {
 		int n = nfq_queue_receive(e->q, 0);
@@ -372,6 +404,11 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
 		if (n == 0)
 			break;
 		run_batch(e);
+		if (e->own_thread && n == NFQ_BATCH_SLOTS) {
+			ev_io_stop(loop, &e->io);
+			ev_idle_start(loop, &e->busy);
+			return;
+		}
 	}
 }
 
@@ -576,6 +613,9 @@ struct nfq_engine *nfq_engine_new(struct ev_loop *loop,
 		ev_io_start(loop, &e->io);
 		ev_timer_init(&e->timer, on_timer, 1, 1);
 		arm_timer(e);
+		e->own_thread = opts->own_thread;
+		ev_idle_init(&e->busy, on_busy);
+		e->busy.data = e;
 	}
 	/* Packets that arrived while binding are already in the batch. */
 	run_batch(e);
@@ -596,6 +636,7 @@ void nfq_engine_stop(struct nfq_engine *e)
 	}
 	if (e->io.data) {
 		ev_io_stop(e->loop, &e->io);
+		ev_idle_stop(e->loop, &e->busy);
 		ev_timer_stop(e->loop, &e->timer);
 	}
 	e->io.data = NULL;

@@ -9,8 +9,18 @@
 
 #define NFQ_INTERNAL __attribute__((visibility("hidden")))
 
+/* Packets a batch holds: datagrams read per recvmmsg(), one packet each. */
+#define NFQ_BATCH_SLOTS 64
+
 /* Largest payload a verdict can carry: NFQA_PAYLOAD's length is 16 bits. */
 #define NFQ_MAX_PAYLOAD (65535 - 4)
+
+/*
+ * nfq_queue_receive() for a thread that serves only this queue: it waits up
+ * to timeout_ms (> 0) inside recvmmsg(), so the socket need not sit in an
+ * epoll set, which costs the kernel work for every message queued to it.
+ */
+NFQ_INTERNAL int nfq_queue_receive_in_recv(struct nfq_queue *q, int timeout_ms);
 
 /* Append the verdict message for p to the queue's send buffer. */
 NFQ_INTERNAL int nfq_queue_put_verdict(struct nfq_queue *q,

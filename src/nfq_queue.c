@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <libmnl/libmnl.h>
@@ -23,8 +24,6 @@
 
 #include "nfq_internal.h"
 
-/* Datagrams read per recvmmsg(): the kernel sends one packet per datagram. */
-#define BATCH_SLOTS 64
 /* Room for the attributes that come with a payload of `range` bytes. */
 #define MSG_OVERHEAD 4096
 /* Verdicts are sent once this many bytes are waiting. */
@@ -45,16 +44,17 @@ struct nfq_queue_priv {
 	int ack_seen;
 	size_t slot_size;
 	unsigned rx_used;	/* receive buffers holding this batch */
-	uint8_t *rx;		/* BATCH_SLOTS buffers of slot_size bytes */
-	struct mmsghdr mmsg[BATCH_SLOTS];
-	struct iovec iov[BATCH_SLOTS];
+	uint8_t *rx;		/* NFQ_BATCH_SLOTS buffers of slot_size bytes */
+	struct mmsghdr mmsg[NFQ_BATCH_SLOTS];
+	struct iovec iov[NFQ_BATCH_SLOTS];
 	uint8_t *tx;
 	size_t tx_len, tx_cap;
 	/*
 	 * Plain accepts of batch slots wait here, in id order, and go out as
 	 * one NFQNL_MSG_VERDICT_BATCH when nothing older is still pending.
 	 */
-	uint32_t deferred[BATCH_SLOTS];
+	uint32_t deferred[NFQ_BATCH_SLOTS];
+	int rcvtimeo_ms;	/* SO_RCVTIMEO last set, for nfq_queue_receive_in_recv() */
 	unsigned n_deferred;
 	int deferred_mark_set;	/* the run's packets all get deferred_mark */
 	uint32_t deferred_mark;
@@ -84,7 +84,7 @@ static struct nfq_packet *get_slots(void)
 		free(s);
 	}
 	pthread_mutex_unlock(&spare_lock);
-	return pkts ? pkts : calloc(BATCH_SLOTS, sizeof(struct nfq_packet));
+	return pkts ? pkts : calloc(NFQ_BATCH_SLOTS, sizeof(struct nfq_packet));
 }
 
 static void put_slots(struct nfq_packet *pkts)
@@ -92,7 +92,7 @@ static void put_slots(struct nfq_packet *pkts)
 	struct slot_array *s = malloc(sizeof *s);
 	if (!s)
 		return;	/* leak the array rather than free memory a ref may read */
-	for (unsigned i = 0; i < BATCH_SLOTS; i++) {
+	for (unsigned i = 0; i < NFQ_BATCH_SLOTS; i++) {
 		pkts[i].gen++;
 		pkts[i].queue = NULL;
 	}
@@ -327,7 +327,7 @@ int nfq_queue_put_verdict(struct nfq_queue *q, const struct nfq_packet *p,
 	if (verdict == NF_ACCEPT && !(p->flags & changes) && q->in_dispatch) {
 		int mark_set = (p->flags & NFQ_PF_MARK_SET) != 0;
 		if (s->n_deferred > 0 &&
-		    (s->n_deferred == BATCH_SLOTS || p->id <= s->deferred[s->n_deferred - 1] ||
+		    (s->n_deferred == NFQ_BATCH_SLOTS || p->id <= s->deferred[s->n_deferred - 1] ||
 		     mark_set != s->deferred_mark_set || (mark_set && p->new_mark != s->deferred_mark)) &&
 		    emit_deferred(q) < 0)
 			return -1;
@@ -412,17 +412,21 @@ static void handle_message(struct nfq_queue *q, const struct nlmsghdr *nlh,
 	q->stats.received++;
 }
 
-/* One recvmmsg() into the free receive buffers; packets join the batch. */
-static int receive_some(struct nfq_queue *q, int timeout_ms)
+/*
+ * One recvmmsg() into the free receive buffers; packets join the batch.
+ * With in_recv, it waits inside recvmmsg() itself, for as long as the
+ * socket's SO_RCVTIMEO, instead of in poll().
+ */
+static int receive_some(struct nfq_queue *q, int timeout_ms, int in_recv)
 {
 	struct nfq_queue_priv *s = q->priv;
 	if (q->pos >= q->count) {
 		q->pos = q->count = 0;
 		s->rx_used = 0;
 	}
-	if (s->rx_used >= BATCH_SLOTS)
+	if (s->rx_used >= NFQ_BATCH_SLOTS)
 		return 0;
-	if (timeout_ms != 0) {
+	if (timeout_ms != 0 && !in_recv) {
 		struct pollfd pfd = { .fd = q->fd, .events = POLLIN };
 		int r = poll(&pfd, 1, timeout_ms);
 		if (r <= 0)
@@ -430,8 +434,8 @@ static int receive_some(struct nfq_queue *q, int timeout_ms)
 	}
 	int n;
 	for (;;) {
-		n = recvmmsg(q->fd, s->mmsg + s->rx_used, BATCH_SLOTS - s->rx_used,
-			     MSG_DONTWAIT, NULL);
+		n = recvmmsg(q->fd, s->mmsg + s->rx_used, NFQ_BATCH_SLOTS - s->rx_used,
+			     in_recv ? MSG_WAITFORONE : MSG_DONTWAIT, NULL);
 		if (n >= 0)
 			break;
 		if (errno == EAGAIN || errno == EWOULDBLOCK)
@@ -448,7 +452,7 @@ static int receive_some(struct nfq_queue *q, int timeout_ms)
 		struct mmsghdr *m = &s->mmsg[s->rx_used + i];
 		const struct nlmsghdr *nlh = m->msg_hdr.msg_iov->iov_base;
 		int len = (int)m->msg_len;
-		while (mnl_nlmsg_ok(nlh, len) && q->count < BATCH_SLOTS) {
+		while (mnl_nlmsg_ok(nlh, len) && q->count < NFQ_BATCH_SLOTS) {
 			handle_message(q, nlh, (size_t)len);
 			nlh = mnl_nlmsg_next(nlh, &len);
 		}
@@ -457,20 +461,39 @@ static int receive_some(struct nfq_queue *q, int timeout_ms)
 	return n;
 }
 
-int nfq_queue_receive(struct nfq_queue *q, int timeout_ms)
+static int receive(struct nfq_queue *q, int timeout_ms, int in_recv)
 {
 	if (q->queue_num < 0) {
 		errno = ENOTCONN;
 		set_error(q, "the queue is not bound");
 		return -1;
 	}
-	if (receive_some(q, timeout_ms) < 0) {
+	if (receive_some(q, timeout_ms, in_recv) < 0) {
 		set_error(q, "receiving from the queue: %s", strerror(errno));
 		return -1;
 	}
 	if (q->count > q->pos)
 		q->in_dispatch = 1;
 	return (int)(q->count - q->pos);
+}
+
+int nfq_queue_receive(struct nfq_queue *q, int timeout_ms)
+{
+	return receive(q, timeout_ms, 0);
+}
+
+int nfq_queue_receive_in_recv(struct nfq_queue *q, int timeout_ms)
+{
+	struct nfq_queue_priv *s = q->priv;
+	if (s->rcvtimeo_ms != timeout_ms) {
+		struct timeval tv = { .tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000 };
+		if (setsockopt(q->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0) {
+			set_error(q, "setting the receive timeout: %s", strerror(errno));
+			return -1;
+		}
+		s->rcvtimeo_ms = timeout_ms;
+	}
+	return receive(q, timeout_ms, 1);
 }
 
 void nfq_queue_finish_current(struct nfq_queue *q)
@@ -507,9 +530,9 @@ static int config_request(struct nfq_queue *q, struct nlmsghdr *nlh,
 	while (!s->ack_seen) {
 		if (!keep_packets)
 			finish_batch(q);
-		else if (s->rx_used >= BATCH_SLOTS)
+		else if (s->rx_used >= NFQ_BATCH_SLOTS)
 			break;
-		int n = receive_some(q, 100);
+		int n = receive_some(q, 100, 0);
 		if (n < 0 && errno != EINTR)
 			break;
 		if (n == 0 && (waited += 100) >= ACK_TIMEOUT_MS)
@@ -553,13 +576,13 @@ static int alloc_batch(struct nfq_queue *q, uint32_t range)
 	size_t slot = ((size_t)range + MSG_OVERHEAD + 4095) & ~(size_t)4095;
 	if (s->rx && s->slot_size == slot)
 		return 0;
-	uint8_t *rx = malloc(slot * BATCH_SLOTS);
+	uint8_t *rx = malloc(slot * NFQ_BATCH_SLOTS);
 	if (!rx)
 		return -1;
 	free(s->rx);
 	s->rx = rx;
 	s->slot_size = slot;
-	for (unsigned i = 0; i < BATCH_SLOTS; i++) {
+	for (unsigned i = 0; i < NFQ_BATCH_SLOTS; i++) {
 		s->iov[i].iov_base = rx + i * slot;
 		s->iov[i].iov_len = slot;
 		memset(&s->mmsg[i], 0, sizeof s->mmsg[i]);
@@ -607,7 +630,7 @@ int nfq_queue_offline_push(struct nfq_queue *q, const struct nfq_packet *meta,
 		q->pos = q->count = 0;
 		s->rx_used = 0;
 	}
-	if (q->count >= BATCH_SLOTS) {
+	if (q->count >= NFQ_BATCH_SLOTS) {
 		errno = ENOBUFS;
 		return -1;
 	}
@@ -839,7 +862,7 @@ int nfq_queue_unbind(struct nfq_queue *q)
 		return 0;
 	}
 	for (int round = 0; round < DRAIN_ROUNDS; round++) {
-		if (receive_some(q, 0) <= 0)
+		if (receive_some(q, 0, 0) <= 0)
 			break;
 		finish_batch(q);
 	}

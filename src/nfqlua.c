@@ -498,6 +498,7 @@ static int start_workers(const struct cli *cli)
 		struct worker *wk = &workers[i];
 		wk->opts = cli->engine;
 		wk->opts.queue_num = cli->engine.queue_num + i;
+		wk->opts.own_thread = 1;
 		wk->loop = ev_loop_new(EVFLAG_AUTO);
 		ev_async_init(&wk->reload, on_reload_async);
 		ev_async_init(&wk->stats, on_stats_async);

@@ -35,6 +35,14 @@ struct nfq_engine_opts {
 	 * three times as long. 0 = no watchdog.
 	 */
 	unsigned script_timeout_ms;
+	/*
+	 * The loop runs in a thread that serves only this engine (as each of the
+	 * daemon's workers does). Under load the engine then takes its socket
+	 * out of the loop's epoll set and waits in recvmmsg() instead, up to
+	 * 10 ms at a time between runs of the loop's other watchers: the kernel
+	 * does less work per packet, and other watchers may wait that long.
+	 */
+	int own_thread;
 };
 
 /*
