@@ -5,11 +5,7 @@ local dns_query = H.dns_query
 
 describe("example scripts #kernel", function()
 	local d
-	before_each(function() H.fresh_netns() end)
-	after_each(function()
-		if d then d:stop() end
-		d = nil
-	end)
+	H.isolated_tests()
 
 	local function run(example, args, env)
 		d = H.daemon(H.root .. "/scripts/examples/" .. example .. " --queue 1 " .. (args or ""), env)

@@ -13,13 +13,7 @@ end
 
 describe("nfqlua daemon #kernel", function()
 	local d
-	before_each(function()
-		H.fresh_netns()
-	end)
-	after_each(function()
-		if d then d:stop() end
-		d = nil
-	end)
+	H.isolated_tests()
 
 	local function start(script_text, args)
 		local script = H.tmpfile(script_text, ".lua")
@@ -135,11 +129,7 @@ end)
 
 describe("nfqlua on_timer #kernel", function()
 	local d
-	before_each(function() H.fresh_netns() end)
-	after_each(function()
-		if d then d:stop() end
-		d = nil
-	end)
+	H.isolated_tests()
 
 	it("releases held packets without another packet coming: delay.lua keeps order and holds each", function()
 		H.sh("iptables -A OUTPUT -o lo -p udp --dport 6101 -j NFQUEUE --queue-num 1")

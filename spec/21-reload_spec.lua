@@ -41,15 +41,9 @@ local broken_scripts = {
 
 describe("hot reload #kernel", function()
 	local d, script
-	before_each(function()
-		H.fresh_netns()
-		script = H.tmpfile("", ".lua")
-	end)
-	after_each(function()
-		if d then d:stop() end
-		d = nil
-		os.remove(script)
-	end)
+	H.isolated_tests()
+	before_each(function() script = H.tmpfile("", ".lua") end)
+	after_each(function() os.remove(script) end)
 
 	local function start(text, args)
 		write_script(script, text)

@@ -4,11 +4,7 @@ local H = require "helpers.net"
 
 describe("queue ranges #kernel", function()
 	local d
-	before_each(function() H.fresh_netns() end)
-	after_each(function()
-		if d then d:stop() end
-		d = nil
-	end)
+	H.isolated_tests()
 
 	it("serves every queue of a --queue-balance rule, and reloads and counts each", function()
 		H.sh("iptables -A OUTPUT -o lo -p udp --dport 9100 -j NFQUEUE --queue-balance 0:1")

@@ -11,11 +11,7 @@ end
 
 describe("faults #kernel", function()
 	local d
-	before_each(function() H.fresh_netns() end)
-	after_each(function()
-		if d then d:signal("CONT") d:stop() end
-		d = nil
-	end)
+	H.isolated_tests()
 
 	it("counts the kernel's drops while the daemon is stalled, then goes on", function()
 		H.sh("iptables -A OUTPUT -o lo -p udp --dport 9700 -j NFQUEUE --queue-num 1")

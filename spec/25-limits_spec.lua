@@ -4,11 +4,7 @@ local H = require "helpers.net"
 
 describe("Lua memory limit #kernel", function()
 	local d
-	before_each(function() H.fresh_netns() end)
-	after_each(function()
-		if d then d:stop() end
-		d = nil
-	end)
+	H.isolated_tests()
 
 	it("turns runaway allocation into a counted script error", function()
 		H.sh("iptables -A OUTPUT -o lo -p udp --dport 9800 -j NFQUEUE --queue-num 1")

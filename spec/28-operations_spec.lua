@@ -24,11 +24,7 @@ end
 
 describe("nfqlua --user #kernel", function()
 	local d
-	before_each(function() H.fresh_netns() end)
-	after_each(function()
-		if d then d:stop() end
-		d = nil
-	end)
+	H.isolated_tests()
 
 	it("runs every thread as the user with CAP_NET_ADMIN only, and still filters", function()
 		H.sh("iptables -A OUTPUT -o lo -p udp --dport 6301 -j NFQUEUE --queue-num 1")

@@ -289,6 +289,7 @@ Daemon.__index = Daemon
 function H.daemon(args, env)
 	local dir = H.sh("mktemp -d"):gsub("%s+$", "")
 	local d = setmetatable({ dir = dir, log = dir .. "/log", rc_file = dir .. "/rc" }, Daemon)
+	if H.started then H.started[#H.started + 1] = d end
 	os.execute(("( sh -c 'echo $$ > %s/pid; exec env %s %s %s' > %s 2>&1; echo $? > %s ) &"):format(
 		dir, env or "", H.nfqlua, args, d.log, d.rc_file))
 	d.pid = H.wait_for(function()
@@ -324,13 +325,31 @@ end
 --- Stop the daemon (SIGTERM, then SIGKILL) and remove its files; a sanitizer
 -- report in its output, leaks at exit included, fails the spec.
 function Daemon:stop()
+	if self.stopped then return end
+	self.stopped = true
 	if not H.read_file(self.rc_file) then
+		-- A SIGSTOPped daemon (fault specs) only takes TERM once continued.
+		self:signal("CONT")
 		self:signal("TERM")
 		if not pcall(self.wait, self, 5) then self:signal("KILL") end
 	end
 	local out = H.read_file(self.log) or ""
 	os.execute("rm -rf " .. self.dir)
 	check_sanitizers(out)
+end
+
+--- For a describe block: each test runs in a fresh network namespace, and
+-- every daemon it started is stopped after it, also when it fails.
+function H.isolated_tests()
+	local busted = require "busted"
+	busted.before_each(function()
+		H.started = {}
+		H.fresh_netns()
+	end)
+	busted.after_each(function()
+		for _, d in ipairs(H.started) do d:stop() end
+		H.started = {}
+	end)
 end
 
 --- Run nfqlua to completion; its exit status and output.
