@@ -176,6 +176,16 @@ describe("queue #kernel", function()
 		q = bound_queue(1, function(pkt)
 			stamps[pkt.hook] = pkt:get_timestamp()
 		end)
+		-- The kernel turns timestamps on in a deferred work item after the
+		-- first socket asks: wait until input packets carry one.
+		H.wait_for(function()
+			stamps[1] = nil
+			tx:sendto("warm-up", "127.0.0.1", 5008)
+			pump(q, function() return stamps[1] end)
+			assert.equal("warm-up", rx_in:recv(1))
+			return stamps[1] ~= 0
+		end, 5, "input packets to carry a timestamp")
+		stamps = {}
 		local before = os.time()
 		tx:sendto("in", "127.0.0.1", 5008)
 		tx:sendto("out", "127.0.0.1", 5018)
