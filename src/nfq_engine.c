@@ -664,6 +664,11 @@ void nfq_engine_free(struct nfq_engine *e)
 	free(e);
 }
 
+void nfq_engine_set_kernel_stats_fd(struct nfq_engine *e, int fd)
+{
+	nfq_queue_set_stats_fd(e->q, fd);
+}
+
 struct nfq_queue *nfq_engine_queue(const struct nfq_engine *e)
 {
 	return e->q;

@@ -22,6 +22,10 @@
  */
 NFQ_INTERNAL int nfq_queue_receive_in_recv(struct nfq_queue *q, int timeout_ms);
 
+/* Read the kernel's counters through fd (an open
+ * /proc/net/netfilter/nfnetlink_queue) from now on; the queue closes it. */
+NFQ_INTERNAL void nfq_queue_set_stats_fd(struct nfq_queue *q, int fd);
+
 /* Append the verdict message for p to the queue's send buffer. */
 NFQ_INTERNAL int nfq_queue_put_verdict(struct nfq_queue *q,
 				       const struct nfq_packet *p,

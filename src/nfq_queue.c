@@ -34,6 +34,7 @@
 
 struct nfq_queue_priv {
 	int own_fd;
+	int stats_fd;		/* /proc/.../nfnetlink_queue kept open, or -1 */
 	int offline;		/* no kernel: verdicts go to records */
 	uint32_t mode, range;	/* offline copy mode and range */
 	struct nfq_verdict_record *records;
@@ -140,6 +141,7 @@ static struct nfq_queue *new_queue(int fd)
 		return NULL;
 	}
 	q->priv = s;
+	s->stats_fd = -1;
 	q->queue_num = -1;
 	q->fallback = NF_ACCEPT;
 	q->fd = fd;
@@ -816,7 +818,11 @@ int nfq_queue_kernel_stats(const struct nfq_queue *q, struct nfq_kernel_stats *o
 		errno = ENOENT;
 		return -1;
 	}
-	FILE *f = fopen("/proc/net/netfilter/nfnetlink_queue", "r");
+	/* The file is root's alone (0440): a descriptor opened before giving up
+	 * root is read from the start again each time. */
+	int stats_fd = q->priv->stats_fd;
+	FILE *f = stats_fd >= 0 && lseek(stats_fd, 0, SEEK_SET) == 0 ? fdopen(dup(stats_fd), "r")
+		: fopen("/proc/net/netfilter/nfnetlink_queue", "r");
 	unsigned num;
 	long long waiting, qdrop, udrop;
 	int rc = -1;
@@ -834,6 +840,14 @@ int nfq_queue_kernel_stats(const struct nfq_queue *q, struct nfq_kernel_stats *o
 	if (rc < 0)
 		errno = ENOENT;
 	return rc;
+}
+
+void nfq_queue_set_stats_fd(struct nfq_queue *q, int fd)
+{
+	struct nfq_queue_priv *s = q->priv;
+	if (s->stats_fd >= 0)
+		close(s->stats_fd);
+	s->stats_fd = fd;
 }
 
 static void fallback_retained(struct nfq_queue *q)
@@ -891,6 +905,8 @@ void nfq_queue_close(struct nfq_queue *q)
 	nfq_queue_unbind(q);
 	if (s->own_fd)
 		close(q->fd);
+	if (s->stats_fd >= 0)
+		close(s->stats_fd);
 	if (q->pkts)
 		put_slots(q->pkts);
 	nfq_queue_clear_records(q);

@@ -3,6 +3,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <grp.h>
 #include <pthread.h>
@@ -97,6 +98,7 @@ struct worker {
 	struct nfq_engine *engine;
 	ev_async reload, stats, stop;
 	int started;		/* 1 running, -1 failed: set under start_lock */
+	int kernel_stats_fd;	/* opened before --user gave up root, or -1 */
 	char err[1024];
 };
 
@@ -353,9 +355,15 @@ static void *worker_main(void *arg)
 	struct worker *wk = arg;
 	wk->engine = nfq_engine_new(wk->loop, &wk->opts, wk->err, sizeof wk->err);
 	if (!wk->engine) {
+		if (wk->kernel_stats_fd >= 0)
+			close(wk->kernel_stats_fd);
+		wk->kernel_stats_fd = -1;
 		report_start(wk, -1);
 		return NULL;
 	}
+	if (wk->kernel_stats_fd >= 0)
+		nfq_engine_set_kernel_stats_fd(wk->engine, wk->kernel_stats_fd);
+	wk->kernel_stats_fd = -1;
 	ev_async *asyncs[] = { &wk->reload, &wk->stats, &wk->stop };
 	for (unsigned i = 0; i < 3; i++) {
 		asyncs[i]->data = wk;
@@ -547,6 +555,10 @@ int main(int argc, char **argv)
 	int live = !cli.check && !cli.replay.capture;
 	if (cli.pidfile && live && open_pidfile(cli.pidfile) < 0)
 		return 1;
+	/* The kernel's per-queue counters are root's alone: keep them readable. */
+	for (unsigned i = 0; i < MAX_WORKERS; i++)
+		workers[i].kernel_stats_fd = cli.user && live && i <= cli.last_queue - cli.engine.queue_num
+			? open("/proc/net/netfilter/nfnetlink_queue", O_RDONLY | O_CLOEXEC) : -1;
 	/* From here on, the script is only read as the user it runs as. */
 	if (cli.user && drop_privileges(cli.user) < 0)
 		goto fail;

@@ -83,6 +83,14 @@ const struct nfq_stats *nfq_engine_stats(const struct nfq_engine *e);
 /* All counters, the script version, the kernel's drops and the Lua heap (lua_kb) as one key=value line. */
 int nfq_engine_format_stats(const struct nfq_engine *e, char *buf, size_t len);
 
+/*
+ * Read the kernel's drop counters (nfq_engine_format_stats) through fd, an
+ * open /proc/net/netfilter/nfnetlink_queue, which the engine then owns and
+ * closes. That file is root's alone: a host that gives up root opens it
+ * before, so that the counters stay readable.
+ */
+void nfq_engine_set_kernel_stats_fd(struct nfq_engine *e, int fd);
+
 /* Load and compile a script without touching the kernel: 0, or -1 and err. */
 int nfq_engine_check_script(const char *path, char *err, size_t errlen);
 
