@@ -629,8 +629,6 @@ end
 local queue_fields = { "queue", "portid", "waiting", "copy_mode", "copy_range",
 	"queue_dropped", "user_dropped", "id_sequence" }
 
---- Every queue bound in this network namespace, from
--- /proc/net/netfilter/nfnetlink_queue: a table keyed by queue number.
 local CLOCK_MONOTONIC = 1
 local now_ts = ffi.new("struct nfq_timespec")
 
@@ -641,6 +639,8 @@ function _M.now()
 	return tonumber(now_ts.tv_sec) + tonumber(now_ts.tv_nsec) * 1e-9
 end
 
+--- Every queue bound in this network namespace, from
+-- /proc/net/netfilter/nfnetlink_queue: a table keyed by queue number.
 function _M.queue_stats()
 	local f, err = io.open("/proc/net/netfilter/nfnetlink_queue")
 	if not f then return nil, err end

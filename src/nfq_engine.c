@@ -10,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <ev.h>
@@ -73,13 +72,6 @@ struct nfq_engine {
 	char script[4096];
 };
 
-static long long now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* The engine whose state runs a hook: kept in the state's registry. */
 static const char engine_key = 'e';
 
@@ -108,7 +100,7 @@ static void *watchdog_main(void *arg)
 		long long since = atomic_load(&e->busy_since_ms);
 		if (since == 0)
 			continue;
-		long long busy = now_ms() - since;
+		long long busy = nfq_now_ms() - since;
 		if (busy > 3 * (long long)e->timeout_ms) {
 			/* LuaJIT checks no hook inside a compiled loop: only leaving helps. */
 			nfq_log(NFQ_LOG_ERROR, "%s: script stuck for %lld ms where it cannot be interrupted (a JIT-compiled loop); exiting so that a supervisor restarts nfqlua",
@@ -331,7 +323,7 @@ static int call_packet_function(struct nfq_engine *e, int ref, void *arg)
 		nargs = 1;
 	}
 	if (e->timeout_ms)
-		atomic_store(&e->busy_since_ms, now_ms());
+		atomic_store(&e->busy_since_ms, nfq_now_ms());
 	int rc = lua_pcall(L, nargs, 0, -2 - nargs);
 	if (e->timeout_ms) {
 		atomic_store(&e->busy_since_ms, 0);
@@ -611,7 +603,6 @@ struct nfq_engine *nfq_engine_new(struct ev_loop *loop,
 		ev_io_init(&e->io, on_readable, e->q->fd, EV_READ);
 		e->io.data = e;
 		ev_io_start(loop, &e->io);
-		ev_timer_init(&e->timer, on_timer, 1, 1);
 		arm_timer(e);
 		e->own_thread = opts->own_thread;
 		ev_idle_init(&e->busy, on_busy);

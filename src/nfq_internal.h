@@ -5,9 +5,19 @@
 #ifndef NFQ_INTERNAL_H
 #define NFQ_INTERNAL_H
 
+#include <time.h>
+
 #include "nfq_core.h"
 
 #define NFQ_INTERNAL __attribute__((visibility("hidden")))
+
+/* Milliseconds on the monotonic clock. */
+static inline long long nfq_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 /* Packets a batch holds: datagrams read per recvmmsg(), one packet each. */
 #define NFQ_BATCH_SLOTS 64

@@ -2,8 +2,8 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <syslog.h>
-#include <time.h>
 
+#include "nfq_internal.h"
 #include "nfq_log.h"
 
 int nfq_log_level = NFQ_LOG_INFO;
@@ -34,13 +34,6 @@ void nfq_log(int level, const char *fmt, ...)
 		fprintf(stderr, "nfqlua: %s: %s\n", level_names[level], line);
 }
 
-static long long monotonic_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 void nfq_log_flush(struct nfq_log_limit *limit, const char *tag)
 {
 	if (limit->suppressed)
@@ -51,7 +44,7 @@ void nfq_log_flush(struct nfq_log_limit *limit, const char *tag)
 
 int nfq_log_allow(struct nfq_log_limit *limit, const char *tag)
 {
-	long long now = monotonic_ms();
+	long long now = nfq_now_ms();
 	if (now - limit->window_start_ms >= NFQ_LOG_WINDOW_MS) {
 		nfq_log_flush(limit, tag);
 		limit->window_start_ms = now;

@@ -565,9 +565,10 @@ int main(int argc, char **argv)
 	FILE *f = fopen(cli.engine.script, "r");
 	if (!f) {
 		int saved = errno;
+		int user_hint = cli.user && saved == EACCES;
 		fprintf(stderr, "nfqlua: cannot read script '%s': %s%s%s%s\n", cli.engine.script, strerror(saved),
-			cli.user && saved == EACCES ? " (--user " : "", cli.user && saved == EACCES ? cli.user : "",
-			cli.user && saved == EACCES ? " must be able to read it and its directories)" : "");
+			user_hint ? " (--user " : "", user_hint ? cli.user : "",
+			user_hint ? " must be able to read it and its directories)" : "");
 		goto fail;
 	}
 	fclose(f);

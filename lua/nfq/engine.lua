@@ -47,7 +47,7 @@ function _M.attach(qptr, hooks)
 	local on_timer = hooks.on_timer
 	return function() dispatch(queue) end,
 		function(packet_ptr) queue:_redeliver(packet_ptr) end,
-		on_timer and function() on_timer() end,
+		on_timer,
 		on_timer and (hooks.timer_interval or 1) or 0
 end
 
