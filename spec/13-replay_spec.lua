@@ -51,7 +51,7 @@ describe("nfqlua --replay", function()
 			ethernet(testing.packet { payload = "DROP this" }),
 			ethernet(testing.packet { src = "fd00::1", dst = "fd00::2", payload = "keep six" }),
 		}
-		local cap, kept = pcap(1, frames), os.tmpname()
+		local cap, kept = pcap(1, frames), H.tmpfile()
 		local rc, out = H.run_nfqlua("--replay " .. cap .. " " .. drop_word .. " --out " .. kept)
 		assert.equal(0, rc, out)
 		local l = lines(out)
@@ -148,7 +148,7 @@ describe("live and replay #kernel", function()
 	it("give the same verdicts for the same packets", function()
 		-- tcpdump sees loopback packets before INPUT, where the queue decides.
 		H.sh("iptables -A INPUT -i lo -p udp --dport 9200 -j NFQUEUE --queue-num 1")
-		local cap = os.tmpname()
+		local cap = H.tmpfile()
 		H.sh("(tcpdump -i lo -U -w " .. cap .. " udp port 9200 > /dev/null 2>&1 & echo $! > " .. cap .. ".pid)")
 		local script = H.tmpfile([[return function(pkt)
 			local data = pkt:get_payload():sub(29)

@@ -224,7 +224,7 @@ return {
 	end)
 
 	it("writes a pidfile and removes it at exit", function()
-		local pidfile = os.tmpname()
+		local pidfile = H.tmpfile()
 		os.remove(pidfile)
 		start("return function(p) p:accept() end", "--pidfile " .. pidfile .. " --log-level warn")
 		H.wait_for(function() return H.read_file(pidfile) end, 5, "the pidfile")

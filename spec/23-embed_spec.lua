@@ -3,7 +3,7 @@
 local H = require "helpers.net"
 
 describe("embedding from C #kernel", function()
-	local binary = os.tmpname()
+	local binary = H.tmpfile()
 	setup(function()
 		H.sh(("cd %s && cc scripts/examples/embed.c -Isrc $(pkg-config --cflags luajit) "
 			.. "-Lbuild -lnfqlua -lev -Wl,-rpath,%s/build -o %s"):format(H.root, H.root, binary))
@@ -13,7 +13,7 @@ describe("embedding from C #kernel", function()
 	it("runs the engine on the host's loop, with reload and counters", function()
 		H.sh("iptables -A OUTPUT -o lo -p udp --dport 9300 -j NFQUEUE --queue-num 4")
 		local rx, tx = H.udp("127.0.0.1", 9300), H.udp()
-		local log = os.tmpname()
+		local log = H.tmpfile()
 		local pidfile = log .. ".pid"
 		os.execute(("(%s %s/scripts/examples/drop_word.lua 4 > %s 2>&1 & echo $! > %s)"):format(binary, H.root, log, pidfile))
 		local pid = H.wait_for(function() return tonumber(H.read_file(pidfile) or "") end)

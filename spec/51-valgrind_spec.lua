@@ -9,7 +9,7 @@ describe("nfqlua under valgrind #kernel", function()
 	it("handles traffic, a reload and a stop without memory errors or leaks", function()
 		H.sh("iptables -A OUTPUT -o lo -p udp --dport 9500 -j NFQUEUE --queue-num 1")
 		local rx, tx = H.udp("127.0.0.1", 9500), H.udp()
-		local log = os.tmpname()
+		local log = H.tmpfile()
 		local script = H.root .. "/scripts/examples/reorder.lua"
 		local pidfile = log .. ".pid"
 		os.execute(("(valgrind --error-exitcode=3 --leak-check=full --errors-for-leak-kinds=definite "

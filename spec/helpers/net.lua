@@ -264,9 +264,25 @@ function H.tcp_connect(addr, port)
 	return setmetatable({ fd = fd }, Socket)
 end
 
+-- Every temporary file of a spec file lives in one directory, removed when
+-- the helpers are collected: at the latest when busted closes the Lua state
+-- on exit (os.tmpname would leave a file in /tmp per call). The directory is
+-- 0755, as /tmp is searchable, for the specs that run as nobody; its name has
+-- no Lua pattern characters, as specs match paths in output.
+local scratch
+local function scratch_dir()
+	if not scratch then
+		local dir = H.sh('d=$(mktemp -d /tmp/nfqspec_XXXXXX) && chmod 755 "$d" && echo "$d"'):gsub("%s+$", "")
+		local sentinel = newproxy(true)
+		getmetatable(sentinel).__gc = function() os.execute("rm -rf '" .. dir .. "'") end
+		scratch = { dir = dir, sentinel = sentinel }
+	end
+	return scratch.dir
+end
+
 --- Write `text` to a new temporary file and return its path.
 function H.tmpfile(text, suffix)
-	local path = os.tmpname() .. (suffix or "")
+	local path = H.sh("mktemp " .. scratch_dir() .. "/f_XXXXXX"):gsub("%s+$", "") .. (suffix or "")
 	local f = assert(io.open(path, "w"))
 	f:write(text or "")
 	f:close()
