@@ -17,55 +17,76 @@
 #include "nfq_internal.h"
 
 /*
- * Index the attributes of a packet message into tb. Every byte after the
- * headers must belong to a well-formed attribute; unknown types are skipped.
+ * Netlink attributes, read inline: libmnl's accessors are calls into a shared
+ * library, several per attribute, and this runs for every packet.
  */
-static int collect_attrs(const struct nlmsghdr *nlh, const struct nlattr **tb)
+static inline uint16_t attr_len(const struct nlattr *a)
 {
-	const char *end = (const char *)nlh + nlh->nlmsg_len;
-	const struct nlattr *attr = mnl_nlmsg_get_payload_offset(nlh, sizeof(struct nfgenmsg));
+	return (uint16_t)(a->nla_len - NLA_HDRLEN);
+}
+
+static inline const void *attr_data(const struct nlattr *a)
+{
+	return (const char *)a + NLA_HDRLEN;
+}
+
+/*
+ * The attributes of one message or nest, by type. Only the types in present
+ * are set in tb, so tb needs no clearing per packet.
+ */
+struct attr_index {
+	uint32_t present;
+	const struct nlattr *tb[32];
+};
+_Static_assert(NFQA_MAX < 32 && CTA_MAX < 32 && NFQA_VLAN_MAX < 32, "attr_index.present has a bit per type");
+
+/*
+ * Index the attributes in [attr, end): every byte must belong to a
+ * well-formed attribute; types above max are skipped.
+ */
+static int index_attrs(const struct nlattr *attr, const char *end, int max, struct attr_index *ix)
+{
+	ix->present = 0;
 	while ((const char *)attr < end) {
-		if (!mnl_attr_ok(attr, (int)(end - (const char *)attr)))
+		size_t room = (size_t)(end - (const char *)attr);
+		if (room < sizeof(*attr) || attr->nla_len < sizeof(*attr) || attr->nla_len > room)
 			return -1;
-		if (mnl_attr_type_valid(attr, NFQA_MAX) > 0)
-			tb[mnl_attr_get_type(attr)] = attr;
-		attr = mnl_attr_next(attr);
+		int type = attr->nla_type & NLA_TYPE_MASK;
+		if (type <= max) {
+			ix->tb[type] = attr;
+			ix->present |= 1u << type;
+		}
+		attr = (const struct nlattr *)((const char *)attr + NLA_ALIGN(attr->nla_len));
 	}
 	return 0;
 }
 
-/* Index the attributes nested in attr (types 1..max) into tb. */
-static int collect_nested(const struct nlattr *attr, const struct nlattr **tb, int max)
+static int index_nested(const struct nlattr *nest, int max, struct attr_index *ix)
 {
-	const char *end = (const char *)mnl_attr_get_payload(attr) + mnl_attr_get_payload_len(attr);
-	const struct nlattr *a = mnl_attr_get_payload(attr);
-	while ((const char *)a < end) {
-		if (!mnl_attr_ok(a, (int)(end - (const char *)a)))
-			return -1;
-		int type = mnl_attr_get_type(a);
-		if (type <= max)
-			tb[type] = a;
-		a = mnl_attr_next(a);
-	}
-	return 0;
+	return index_attrs(attr_data(nest), (const char *)attr_data(nest) + attr_len(nest), max, ix);
+}
+
+static inline const struct nlattr *attr_get(const struct attr_index *ix, int type)
+{
+	return ix->present & (1u << type) ? ix->tb[type] : NULL;
 }
 
 static int attr_u16(const struct nlattr *attr, uint16_t *out)
 {
-	if (!attr || mnl_attr_get_payload_len(attr) < sizeof(uint16_t))
+	if (!attr || attr_len(attr) < sizeof(uint16_t))
 		return 0;
 	uint16_t v;
-	memcpy(&v, mnl_attr_get_payload(attr), sizeof v);
+	memcpy(&v, attr_data(attr), sizeof v);
 	*out = ntohs(v);
 	return 1;
 }
 
 static int attr_u32(const struct nlattr *attr, uint32_t *out)
 {
-	if (!attr || mnl_attr_get_payload_len(attr) < sizeof(uint32_t))
+	if (!attr || attr_len(attr) < sizeof(uint32_t))
 		return 0;
 	uint32_t v;
-	memcpy(&v, mnl_attr_get_payload(attr), sizeof v);
+	memcpy(&v, attr_data(attr), sizeof v);
 	*out = ntohl(v);
 	return 1;
 }
@@ -73,21 +94,23 @@ static int attr_u32(const struct nlattr *attr, uint32_t *out)
 int nfq_packet_parse(struct nfq_packet *p, const void *msg, size_t len)
 {
 	const struct nlmsghdr *nlh = msg;
-	const struct nlattr *tb[NFQA_MAX + 1] = { 0 };
+	struct attr_index ix;
 
-	if (!msg || len < sizeof(*nlh) || nlh->nlmsg_len > len ||
-	    nlh->nlmsg_len < mnl_nlmsg_size(sizeof(struct nfgenmsg)) ||
+	/* Where the attributes start: after the netlink and nfnetlink headers. */
+	const size_t attrs_at = NLMSG_HDRLEN + NLMSG_ALIGN(sizeof(struct nfgenmsg));
+
+	if (!msg || len < sizeof(*nlh) || nlh->nlmsg_len > len || nlh->nlmsg_len < attrs_at ||
 	    nlh->nlmsg_type != ((NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET)) {
 		errno = EINVAL;
 		return -1;
 	}
-	if (collect_attrs(nlh, tb) < 0) {
+	if (index_attrs((const struct nlattr *)((const char *)nlh + attrs_at),
+			(const char *)nlh + nlh->nlmsg_len, NFQA_MAX, &ix) < 0) {
 		errno = EINVAL;
 		return -1;
 	}
-	const struct nlattr *hdr_attr = tb[NFQA_PACKET_HDR];
-	if (!hdr_attr ||
-	    mnl_attr_get_payload_len(hdr_attr) < sizeof(struct nfqnl_msg_packet_hdr)) {
+	const struct nlattr *hdr_attr = attr_get(&ix, NFQA_PACKET_HDR);
+	if (!hdr_attr || attr_len(hdr_attr) < sizeof(struct nfqnl_msg_packet_hdr)) {
 		errno = EINVAL;
 		return -1;
 	}
@@ -97,35 +120,35 @@ int nfq_packet_parse(struct nfq_packet *p, const void *msg, size_t len)
 	p->gen = gen;
 
 	struct nfqnl_msg_packet_hdr ph;
-	memcpy(&ph, mnl_attr_get_payload(hdr_attr), sizeof ph);
+	memcpy(&ph, attr_data(hdr_attr), sizeof ph);
 	p->id = ntohl(ph.packet_id);
 	p->hw_protocol = ntohs(ph.hw_protocol);
 	p->hook = ph.hook;
 
-	attr_u32(tb[NFQA_MARK], &p->mark);
-	attr_u32(tb[NFQA_IFINDEX_INDEV], &p->indev);
-	attr_u32(tb[NFQA_IFINDEX_OUTDEV], &p->outdev);
-	attr_u32(tb[NFQA_IFINDEX_PHYSINDEV], &p->physindev);
-	attr_u32(tb[NFQA_IFINDEX_PHYSOUTDEV], &p->physoutdev);
-	if (attr_u32(tb[NFQA_UID], &p->uid))
+	attr_u32(attr_get(&ix, NFQA_MARK), &p->mark);
+	attr_u32(attr_get(&ix, NFQA_IFINDEX_INDEV), &p->indev);
+	attr_u32(attr_get(&ix, NFQA_IFINDEX_OUTDEV), &p->outdev);
+	attr_u32(attr_get(&ix, NFQA_IFINDEX_PHYSINDEV), &p->physindev);
+	attr_u32(attr_get(&ix, NFQA_IFINDEX_PHYSOUTDEV), &p->physoutdev);
+	if (attr_u32(attr_get(&ix, NFQA_UID), &p->uid))
 		p->flags |= NFQ_PF_UID;
-	if (attr_u32(tb[NFQA_GID], &p->gid))
+	if (attr_u32(attr_get(&ix, NFQA_GID), &p->gid))
 		p->flags |= NFQ_PF_GID;
 
-	const struct nlattr *ts = tb[NFQA_TIMESTAMP];
-	if (ts && mnl_attr_get_payload_len(ts) >= sizeof(struct nfqnl_msg_packet_timestamp)) {
+	const struct nlattr *ts = attr_get(&ix, NFQA_TIMESTAMP);
+	if (ts && attr_len(ts) >= sizeof(struct nfqnl_msg_packet_timestamp)) {
 		uint64_t sec, usec;
-		memcpy(&sec, mnl_attr_get_payload(ts), 8);
-		memcpy(&usec, (const char *)mnl_attr_get_payload(ts) + 8, 8);
+		memcpy(&sec, attr_data(ts), 8);
+		memcpy(&usec, (const char *)attr_data(ts) + 8, 8);
 		p->ts_sec = (int64_t)be64toh(sec);
 		p->ts_usec = (int64_t)be64toh(usec);
 		p->flags |= NFQ_PF_TIMESTAMP;
 	}
 
-	const struct nlattr *hw = tb[NFQA_HWADDR];
-	if (hw && mnl_attr_get_payload_len(hw) >= sizeof(struct nfqnl_msg_packet_hw)) {
+	const struct nlattr *hw = attr_get(&ix, NFQA_HWADDR);
+	if (hw && attr_len(hw) >= sizeof(struct nfqnl_msg_packet_hw)) {
 		struct nfqnl_msg_packet_hw h;
-		memcpy(&h, mnl_attr_get_payload(hw), sizeof h);
+		memcpy(&h, attr_data(hw), sizeof h);
 		uint16_t n = ntohs(h.hw_addrlen);
 		if (n > 0 && n <= sizeof p->hw_addr) {
 			memcpy(p->hw_addr, h.hw_addr, n);
@@ -134,54 +157,56 @@ int nfq_packet_parse(struct nfq_packet *p, const void *msg, size_t len)
 		}
 	}
 
-	if (tb[NFQA_CT]) {
-		const struct nlattr *ct[CTA_MAX + 1] = { 0 };
-		if (collect_nested(tb[NFQA_CT], ct, CTA_MAX) < 0) {
+	const struct nlattr *ct_attr = attr_get(&ix, NFQA_CT);
+	if (ct_attr) {
+		struct attr_index ct;
+		if (index_nested(ct_attr, CTA_MAX, &ct) < 0) {
 			errno = EINVAL;
 			return -1;
 		}
-		attr_u32(ct[CTA_ID], &p->ct_id);
-		attr_u32(ct[CTA_MARK], &p->ct_mark);
-		attr_u32(ct[CTA_STATUS], &p->ct_status);
+		attr_u32(attr_get(&ct, CTA_ID), &p->ct_id);
+		attr_u32(attr_get(&ct, CTA_MARK), &p->ct_mark);
+		attr_u32(attr_get(&ct, CTA_STATUS), &p->ct_status);
 		p->flags |= NFQ_PF_CT;
 	}
-	if (attr_u32(tb[NFQA_CT_INFO], &p->ct_info))
+	if (attr_u32(attr_get(&ix, NFQA_CT_INFO), &p->ct_info))
 		p->flags |= NFQ_PF_CT_INFO;
-	if (attr_u32(tb[NFQA_SKB_INFO], &p->skbinfo))
+	if (attr_u32(attr_get(&ix, NFQA_SKB_INFO), &p->skbinfo))
 		p->flags |= NFQ_PF_SKBINFO;
-	if (attr_u32(tb[NFQA_PRIORITY], &p->priority))
+	if (attr_u32(attr_get(&ix, NFQA_PRIORITY), &p->priority))
 		p->flags |= NFQ_PF_PRIORITY;
-	if (tb[NFQA_VLAN]) {
-		const struct nlattr *vlan[NFQA_VLAN_MAX + 1] = { 0 };
-		if (collect_nested(tb[NFQA_VLAN], vlan, NFQA_VLAN_MAX) < 0) {
+	const struct nlattr *vlan_attr = attr_get(&ix, NFQA_VLAN);
+	if (vlan_attr) {
+		struct attr_index vlan;
+		if (index_nested(vlan_attr, NFQA_VLAN_MAX, &vlan) < 0) {
 			errno = EINVAL;
 			return -1;
 		}
-		if (attr_u16(vlan[NFQA_VLAN_PROTO], &p->vlan_proto) &&
-		    attr_u16(vlan[NFQA_VLAN_TCI], &p->vlan_tci))
+		if (attr_u16(attr_get(&vlan, NFQA_VLAN_PROTO), &p->vlan_proto) &&
+		    attr_u16(attr_get(&vlan, NFQA_VLAN_TCI), &p->vlan_tci))
 			p->flags |= NFQ_PF_VLAN;
 	}
-	const struct nlattr *l2 = tb[NFQA_L2HDR];
+	const struct nlattr *l2 = attr_get(&ix, NFQA_L2HDR);
 	if (l2) {
-		p->l2hdr = mnl_attr_get_payload(l2);
-		p->l2hdr_len = (uint16_t)mnl_attr_get_payload_len(l2);
+		p->l2hdr = attr_data(l2);
+		p->l2hdr_len = (uint16_t)attr_len(l2);
 	}
-	const struct nlattr *sec = tb[NFQA_SECCTX];
+	const struct nlattr *sec = attr_get(&ix, NFQA_SECCTX);
 	if (sec) {
-		p->secctx = mnl_attr_get_payload(sec);
-		p->secctx_len = (uint16_t)mnl_attr_get_payload_len(sec);
+		p->secctx = attr_data(sec);
+		p->secctx_len = (uint16_t)attr_len(sec);
 		/* The kernel counts the terminating NUL. */
 		while (p->secctx_len > 0 && p->secctx[p->secctx_len - 1] == '\0')
 			p->secctx_len--;
 	}
 
-	const struct nlattr *pl = tb[NFQA_PAYLOAD];
+	const struct nlattr *pl = attr_get(&ix, NFQA_PAYLOAD);
 	if (pl) {
-		p->payload = mnl_attr_get_payload(pl);
-		p->payload_len = mnl_attr_get_payload_len(pl);
+		p->payload = attr_data(pl);
+		p->payload_len = attr_len(pl);
 	}
 	p->cap_len = p->payload_len;
-	attr_u32(tb[NFQA_CAP_LEN], &p->cap_len);
+	attr_u32(attr_get(&ix, NFQA_CAP_LEN), &p->cap_len);
 	p->state = NFQ_PKT_PENDING;
 	return 0;
 }
