@@ -197,6 +197,36 @@ describe("queue #kernel", function()
 		assert.equal("out", rx_out:recv(1))
 	end)
 
+	it("asks the kernel for timestamps only once a packet the host received arrives", function()
+		-- Stamping costs every packet on the host; output packets never have a
+		-- receive time, so a queue that sees only those must not ask.
+		if not pcall(ffi.typeof, "struct nfq_spec_sockopt") then
+			ffi.cdef [[
+			struct nfq_spec_sockopt { int value; unsigned len; };
+			int getsockopt(int fd, int level, int name, void *val, unsigned *len);
+			]]
+		end
+		local SOL_SOCKET, SO_TIMESTAMP = 1, 29
+		local function asked()
+			local opt = ffi.new("struct nfq_spec_sockopt", 0, 4)
+			assert(ffi.C.getsockopt(q:get_fd(), SOL_SOCKET, SO_TIMESTAMP, ffi.cast("int *", opt), ffi.cast("unsigned *", opt) + 1) == 0)
+			return opt.value ~= 0
+		end
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5019 -j NFQUEUE --queue-num 1")
+		H.sh("iptables -A INPUT -i lo -p udp --dport 5009 -j NFQUEUE --queue-num 1")
+		local rx_out, rx_in, tx = H.udp("127.0.0.1", 5019), H.udp("127.0.0.1", 5009), H.udp()
+		local seen = 0
+		q = bound_queue(1, function() seen = seen + 1 end)
+		for i = 1, 3 do tx:sendto("out" .. i, "127.0.0.1", 5019) end
+		pump(q, function() return seen == 3 end)
+		assert.same({ "out1", "out2", "out3" }, rx_out:recv_all(0.2))
+		assert.is_false(asked())
+		tx:sendto("in", "127.0.0.1", 5009)
+		pump(q, function() return seen == 4 end)
+		assert.equal("in", rx_in:recv(1))
+		assert.is_true(asked())
+	end)
+
 	it("raises after the callback unless the packet was retained", function()
 		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5010 -j NFQUEUE --queue-num 1")
 		local rx, tx = H.udp("127.0.0.1", 5010), H.udp()

@@ -58,6 +58,7 @@ struct nfq_queue_priv {
 	int rcvtimeo_ms;	/* SO_RCVTIMEO last set, for nfq_queue_receive_in_recv() */
 	unsigned n_deferred;
 	int deferred_mark_set;	/* the run's packets all get deferred_mark */
+	int asked_timestamps;	/* SO_TIMESTAMP set: see ask_timestamps() */
 	uint32_t deferred_mark;
 	struct nfq_packet *retained;	/* retained packets still pending, oldest first */
 	struct nfq_packet *retained_tail;
@@ -168,12 +169,6 @@ struct nfq_queue *nfq_queue_open(int sockfd)
 		goto fail;
 	if (sa.nl_pid == 0 && bind(q->fd, (struct sockaddr *)&sa, sizeof sa) < 0)
 		goto fail;
-	/*
-	 * The kernel stamps received packets only while some socket asked for
-	 * timestamps; asking here makes NFQA_TIMESTAMP reliable on input hooks.
-	 */
-	int on = 1;
-	setsockopt(q->fd, SOL_SOCKET, SO_TIMESTAMP, &on, sizeof on);
 	s->seq = (uint32_t)getpid() << 8;
 	return q;
 fail:;
@@ -386,6 +381,21 @@ void nfq_queue_unlink_retained(struct nfq_queue *q, struct nfq_packet *p)
 	p->prev = p->next = NULL;
 }
 
+/*
+ * The kernel stamps received packets only while some socket asked for
+ * timestamps, and that costs every packet on the host a clock read. Only
+ * packets the host received (hooks up to FORWARD) can carry a receive time,
+ * so the queue asks when it first sees one: a queue on output hooks never
+ * makes the host pay. The kernel switches stamping on in deferred work, so
+ * the first such packets may still have none.
+ */
+static void ask_timestamps(struct nfq_queue *q)
+{
+	int on = 1;
+	setsockopt(q->fd, SOL_SOCKET, SO_TIMESTAMP, &on, sizeof on);
+	q->priv->asked_timestamps = 1;
+}
+
 static void handle_message(struct nfq_queue *q, const struct nlmsghdr *nlh,
 			   size_t len)
 {
@@ -412,6 +422,8 @@ static void handle_message(struct nfq_queue *q, const struct nlmsghdr *nlh,
 	p->queue = q;
 	q->count++;
 	q->stats.received++;
+	if (!s->asked_timestamps && p->hook <= NF_INET_FORWARD)
+		ask_timestamps(q);
 }
 
 /*
