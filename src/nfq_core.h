@@ -113,7 +113,10 @@ struct nfq_stats {
 	uint64_t reload_failures;	/* reloads refused, old script kept */
 };
 
-/* The kernel's own counters for a queue (/proc/net/netfilter/nfnetlink_queue). */
+/* Where the kernel lists the queues of the current network namespace. */
+#define NFQ_KERNEL_STATS_PATH "/proc/net/netfilter/nfnetlink_queue"
+
+/* The kernel's own counters for a queue (NFQ_KERNEL_STATS_PATH). */
 struct nfq_kernel_stats {
 	int64_t waiting;		/* packets queued now */
 	int64_t queue_dropped;		/* dropped because the queue was full */

@@ -694,7 +694,7 @@ static int is_net_admin(void)
 /* The portid holding a queue, from the kernel's per-namespace listing. */
 static long queue_owner(uint32_t queue_num)
 {
-	FILE *f = fopen("/proc/net/netfilter/nfnetlink_queue", "r");
+	FILE *f = fopen(NFQ_KERNEL_STATS_PATH, "r");
 	unsigned num;
 	long portid, owner = -1;
 	if (!f)
@@ -834,7 +834,7 @@ int nfq_queue_kernel_stats(const struct nfq_queue *q, struct nfq_kernel_stats *o
 	 * root is read from the start again each time. */
 	int stats_fd = q->priv->stats_fd;
 	FILE *f = stats_fd >= 0 && lseek(stats_fd, 0, SEEK_SET) == 0 ? fdopen(dup(stats_fd), "r")
-		: fopen("/proc/net/netfilter/nfnetlink_queue", "r");
+		: fopen(NFQ_KERNEL_STATS_PATH, "r");
 	unsigned num;
 	long long waiting, qdrop, udrop;
 	int rc = -1;

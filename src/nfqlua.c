@@ -558,7 +558,7 @@ int main(int argc, char **argv)
 	/* The kernel's per-queue counters are root's alone: keep them readable. */
 	for (unsigned i = 0; i < MAX_WORKERS; i++)
 		workers[i].kernel_stats_fd = cli.user && live && i <= cli.last_queue - cli.engine.queue_num
-			? open("/proc/net/netfilter/nfnetlink_queue", O_RDONLY | O_CLOEXEC) : -1;
+			? open(NFQ_KERNEL_STATS_PATH, O_RDONLY | O_CLOEXEC) : -1;
 	/* From here on, the script is only read as the user it runs as. */
 	if (cli.user && drop_privileges(cli.user) < 0)
 		goto fail;

@@ -85,7 +85,7 @@ int nfq_engine_format_stats(const struct nfq_engine *e, char *buf, size_t len);
 
 /*
  * Read the kernel's drop counters (nfq_engine_format_stats) through fd, an
- * open /proc/net/netfilter/nfnetlink_queue, which the engine then owns and
+ * open NFQ_KERNEL_STATS_PATH, which the engine then owns and
  * closes. That file is root's alone: a host that gives up root opens it
  * before, so that the counters stay readable.
  */
