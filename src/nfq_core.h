@@ -113,9 +113,6 @@ struct nfq_stats {
 	uint64_t reload_failures;	/* reloads refused, old script kept */
 };
 
-/* Where the kernel lists the queues of the current network namespace. */
-#define NFQ_KERNEL_STATS_PATH "/proc/net/netfilter/nfnetlink_queue"
-
 /* The kernel's own counters for a queue (NFQ_KERNEL_STATS_PATH). */
 struct nfq_kernel_stats {
 	int64_t waiting;		/* packets queued now */
@@ -247,5 +244,8 @@ int nfq_packet_set_payload(struct nfq_packet *p, const void *data, size_t len);
 struct nfq_packet *nfq_packet_retain(struct nfq_packet *p);
 void nfq_packet_release(struct nfq_packet *p);
 /* END CDEF */
+
+/* Where the kernel lists the queues of the current network namespace. */
+#define NFQ_KERNEL_STATS_PATH "/proc/net/netfilter/nfnetlink_queue"
 
 #endif
