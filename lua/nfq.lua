@@ -632,11 +632,22 @@ local queue_fields = { "queue", "portid", "waiting", "copy_mode", "copy_range",
 local CLOCK_MONOTONIC = 1
 local now_ts = ffi.new("struct nfq_timespec")
 
+-- Offline runs (--replay, nfq.testing) put scripts on the packets' clock:
+-- while set, nfq.now() returns this time instead.
+local offline_now
+
 --- Seconds on a monotonic clock, with nanosecond resolution: for timeouts
 -- and rates in scripts (os.clock is CPU time, os.time whole seconds).
 function _M.now()
+	if offline_now then return offline_now end
 	ffi.C.nfq_clock_gettime(CLOCK_MONOTONIC, now_ts)
 	return tonumber(now_ts.tv_sec) + tonumber(now_ts.tv_nsec) * 1e-9
+end
+
+--- For offline runs: the time nfq.now() returns from now on, or nil for the
+-- real clock again.
+function _M._set_now(t)
+	offline_now = t
 end
 
 --- Every queue bound in this network namespace, from

@@ -104,6 +104,47 @@ describe("nfq.testing", function()
 		assert.is_true(r[3].fallback)
 	end)
 
+	it("delay.lua holds each packet for its delay on the packets' clock, on_timer releasing them", function()
+		local times = { 0, 0.010, 0.500, 0.502 }
+		local packets = {}
+		for i, t in ipairs(times) do
+			packets[i] = { bytes = testing.packet { payload = "p" .. i }, time = 1000 + t }
+		end
+		local r
+		with_env({ NFQ_DELAY_MS = "100" }, function() r = testing.run(example("delay.lua"), packets) end)
+		assert.same({ 1, 2, 3, 4 }, { r[1].id, r[2].id, r[3].id, r[4].id })
+		for i, res in ipairs(r) do
+			assert.equal("accept", res.verdict)
+			assert.is_false(res.fallback)
+			-- Released by the first on_timer (every 5 ms) at or after the delay.
+			local held = res.time - packets[i].time
+			assert.is_true(held >= 0.100 - 1e-9 and held < 0.105 + 1e-9, "packet " .. i .. " held " .. held)
+		end
+	end)
+
+	it("runs scripts on the packets' clock and gives the real clock back", function()
+		local nfq = require "nfq"
+		local seen = {}
+		local r = testing.run(function(pkt)
+			seen[#seen + 1] = nfq.now()
+			pkt:accept()
+		end, { { bytes = testing.packet {}, time = 5 }, testing.packet {}, { bytes = testing.packet {}, time = 7.25 } })
+		assert.same({ 5, 5, 7.25 }, seen)
+		assert.same({ 5, 5, 7.25 }, { r[1].time, r[2].time, r[3].time })
+		local before = nfq.now()
+		assert.is_true(before ~= 7.25 and nfq.now() >= before)
+	end)
+
+	it("gives held packets the fallback when on_timer never releases them", function()
+		local r = testing.run({
+			timer_interval = 0.5,
+			on_packet = function(pkt) pkt:retain() end,
+			on_timer = function() end,
+		}, { testing.packet {} })
+		assert.is_true(r[1].fallback)
+		assert.is_true(r[1].time >= 60)
+	end)
+
 	it("accept_all.lua and print_and_accept.lua accept", function()
 		for _, name in ipairs { "accept_all.lua", "print_and_accept.lua" } do
 			assert.equal("accept", testing.run(example(name), { testing.packet {} })[1].verdict)

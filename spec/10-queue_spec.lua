@@ -200,17 +200,14 @@ describe("queue #kernel", function()
 	it("asks the kernel for timestamps only once a packet the host received arrives", function()
 		-- Stamping costs every packet on the host; output packets never have a
 		-- receive time, so a queue that sees only those must not ask.
-		if not pcall(ffi.typeof, "struct nfq_spec_sockopt") then
-			ffi.cdef [[
-			struct nfq_spec_sockopt { int value; unsigned len; };
-			int getsockopt(int fd, int level, int name, void *val, unsigned *len);
-			]]
+		if not pcall(function() return ffi.C.getsockopt end) then
+			ffi.cdef "int getsockopt(int fd, int level, int name, void *val, unsigned *len);"
 		end
 		local SOL_SOCKET, SO_TIMESTAMP = 1, 29
 		local function asked()
-			local opt = ffi.new("struct nfq_spec_sockopt", 0, 4)
-			assert(ffi.C.getsockopt(q:get_fd(), SOL_SOCKET, SO_TIMESTAMP, ffi.cast("int *", opt), ffi.cast("unsigned *", opt) + 1) == 0)
-			return opt.value ~= 0
+			local value, len = ffi.new("int[1]"), ffi.new("unsigned[1]", 4)
+			assert(ffi.C.getsockopt(q:get_fd(), SOL_SOCKET, SO_TIMESTAMP, value, len) == 0)
+			return value[0] ~= 0
 		end
 		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5019 -j NFQUEUE --queue-num 1")
 		H.sh("iptables -A INPUT -i lo -p udp --dport 5009 -j NFQUEUE --queue-num 1")

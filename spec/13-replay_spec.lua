@@ -8,11 +8,14 @@ local function le32(n)
 end
 local function le16(n) return string.char(n % 256, math.floor(n / 256) % 256) end
 
--- A classic pcap file of the given link type.
-local function pcap(linktype, frames)
+-- A classic pcap file of the given link type; frame i captured at
+-- 1700000000 + times[i] seconds (default: i seconds and i ms).
+local function pcap(linktype, frames, times)
 	local out = { le32(0xa1b2c3d4), le16(2), le16(4), le32(0), le32(0), le32(65535), le32(linktype) }
 	for i, f in ipairs(frames) do
-		out[#out + 1] = le32(1700000000 + i) .. le32(i * 1000) .. le32(#f) .. le32(#f) .. f
+		local t = times and times[i] or i + i / 1000
+		local usec = math.floor((t - math.floor(t)) * 1e6 + 0.5)
+		out[#out + 1] = le32(1700000000 + math.floor(t)) .. le32(usec) .. le32(#f) .. le32(#f) .. f
 	end
 	return H.tmpfile(table.concat(out), ".pcap")
 end
@@ -129,6 +132,32 @@ describe("nfqlua --replay", function()
 		rc, out = H.run_nfqlua(drop_word .. " --queue 1 --out x.pcap")
 		assert.equal(2, rc)
 		assert.matches("go with %-%-replay", out)
+	end)
+
+	it("runs the script on the capture's clock: on_timer releases what delay.lua holds", function()
+		local frames, times = {}, { 0, 0.010, 0.500, 0.502 }
+		for i = 1, #times do frames[i] = testing.packet { payload = "p" .. i } end
+		local rc, out = H.run_nfqlua("--replay " .. pcap(101, frames, times) .. " "
+			.. H.root .. "/scripts/examples/delay.lua", "NFQ_DELAY_MS=100 ")
+		assert.equal(0, rc, out)
+		local l = lines(out)
+		-- Timer ticks every 5 ms from the first packet: 0.502 + 0.1 waits for 0.605.
+		assert.matches("^#1 1700000000%.000000 .* %-> accept %(held 0%.100 s%)$", l[1])
+		assert.matches("^#2 1700000000%.010000 .* %-> accept %(held 0%.100 s%)$", l[2])
+		assert.matches("^#3 1700000000%.500000 .* %-> accept %(held 0%.100 s%)$", l[3])
+		assert.matches("^#4 1700000000%.502000 .* %-> accept %(held 0%.103 s%)$", l[4])
+		assert.matches("accept=4 .* fallback=0", l[5])
+	end)
+
+	it("gives the fallback to what on_timer still holds a minute of capture time after the end", function()
+		local script = H.tmpfile([[return {
+			timer_interval = 1,
+			on_packet = function(pkt) pkt:retain() end,
+			on_timer = function() end,
+		}]], ".lua")
+		local rc, out = H.run_nfqlua("--replay " .. pcap(101, { testing.packet {} }, { 0 }) .. " " .. script)
+		assert.equal(0, rc, out)
+		assert.matches("^#1 .* %-> accept %(fallback%) %(held 60%.000 s%)\n", out)
 	end)
 
 	it("needs no root", function()

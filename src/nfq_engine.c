@@ -405,14 +405,18 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
 }
 
 /* The script's on_timer: its verdicts leave together, like a batch's. */
-static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
+static void run_timer(struct nfq_engine *e)
 {
-	struct nfq_engine *e = w->data;
-	(void)loop;
-	(void)revents;
 	e->q->in_dispatch = 1;
 	call_packet_function(e, e->cur.timer_ref, NULL);
 	nfq_queue_flush(e->q);
+}
+
+static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	(void)loop;
+	(void)revents;
+	run_timer(w->data);
 }
 
 /* (Re)start the timer for the running version; none without on_timer or
@@ -668,6 +672,24 @@ struct nfq_queue *nfq_engine_queue(const struct nfq_engine *e)
 void nfq_engine_dispatch(struct nfq_engine *e)
 {
 	run_batch(e);
+}
+
+void nfq_engine_set_time(struct nfq_engine *e, double now)
+{
+	lua_pushnumber(e->cur.L, now);
+	if (call_engine(e->cur.L, e->cur.engine_ref, "set_now", 1, 0, 0, NULL, 0) < 0)
+		nfq_log(NFQ_LOG_ERROR, "%s: cannot set the script's clock", e->tag);
+}
+
+void nfq_engine_run_timer(struct nfq_engine *e)
+{
+	if (e->cur.timer_ref != LUA_NOREF)
+		run_timer(e);
+}
+
+double nfq_engine_timer_interval(const struct nfq_engine *e)
+{
+	return e->cur.timer_ref != LUA_NOREF ? e->cur.timer_interval : 0;
 }
 
 const struct nfq_stats *nfq_engine_stats(const struct nfq_engine *e)

@@ -21,6 +21,9 @@ enum { NF_DROP, NF_ACCEPT, NF_STOLEN, NF_QUEUE, NF_REPEAT, NF_STOP };
 
 /* How often one packet may be repeated before it gets the fallback verdict. */
 #define MAX_REPEATS 8
+/* After the capture, how much capture time on_timer gets to give the verdicts
+ * of packets the script still holds. */
+#define DRAIN_SECONDS 60.0
 
 /* A packet read from the capture, kept until its final verdict. */
 struct replayed {
@@ -39,7 +42,17 @@ struct replay {
 	pcap_t *out_handle;
 	unsigned long counts[8];	/* by NF_ verdict */
 	unsigned long fallback, skipped, repeat_loops, read;
+	unsigned long pending;		/* packets read that still wait for a verdict */
+	/* The capture's clock, which the script's nfq.now() and on_timer follow. */
+	double now;
+	double timer_interval;		/* 0 without on_timer */
+	double next_tick;		/* when on_timer runs next; 0 before the first packet */
 };
+
+static double seconds(const struct timeval *tv)
+{
+	return (double)tv->tv_sec + (double)tv->tv_usec / 1e6;
+}
 
 static const char *const verdict_names[] = {
 	[NF_DROP] = "drop", [NF_ACCEPT] = "accept", [NF_STOLEN] = "stolen",
@@ -55,7 +68,8 @@ static int push(struct replay *r, struct replayed *pk, const uint8_t *data, uint
 	return nfq_queue_offline_push(q, &pk->meta, data, len);
 }
 
-static void print_verdict(const struct replayed *pk, const struct nfq_verdict_record *rec, uint32_t v)
+static void print_verdict(const struct replay *r, const struct replayed *pk,
+			  const struct nfq_verdict_record *rec, uint32_t v)
 {
 	char desc[64];
 	nfq_describe(pk->data, pk->len, desc, sizeof desc);
@@ -73,6 +87,9 @@ static void print_verdict(const struct replayed *pk, const struct nfq_verdict_re
 		printf(" (fallback)");
 	if (pk->repeats)
 		printf(" (after %u repeats)", pk->repeats);
+	double held = r->now - seconds(&pk->ts);
+	if (held >= 0.0005)
+		printf(" (held %.3f s)", held);
 	putchar('\n');
 }
 
@@ -129,7 +146,7 @@ static void take_verdicts(struct replay *r)
 			       pk->meta.id, pk->repeats);
 			v = NF_DROP;
 		}
-		print_verdict(pk, rec, v);
+		print_verdict(r, pk, rec, v);
 		if (v < 8)
 			r->counts[v]++;
 		if (rec->flags & NFQ_PF_FALLBACK)
@@ -138,12 +155,56 @@ static void take_verdicts(struct replay *r)
 			write_packet(r, pk, rec->payload ? rec->payload : pk->data,
 				     rec->payload ? rec->payload_len : pk->len);
 		r->by_id[rec->id] = NULL;
+		r->pending--;
 		free(pk->data);
 		free(pk);
 	}
 	for (uint32_t i = 0; i < n; i++)
 		free(copy[i].payload);
 	free(copy);
+}
+
+/* Dispatch what waits in the batch, repeats included, and act on the verdicts. */
+static void dispatch_all(struct replay *r)
+{
+	struct nfq_queue *q = nfq_engine_queue(r->engine);
+	while (q->count > q->pos) {
+		nfq_engine_dispatch(r->engine);
+		take_verdicts(r);
+	}
+}
+
+static void set_time(struct replay *r, double t)
+{
+	r->now = t;
+	nfq_engine_set_time(r->engine, t);
+}
+
+static void tick(struct replay *r)
+{
+	set_time(r, r->next_tick);
+	nfq_engine_run_timer(r->engine);
+	take_verdicts(r);
+	dispatch_all(r);
+	r->next_tick += r->timer_interval;
+}
+
+/*
+ * Move the script's clock to t, running on_timer where the daemon would
+ * have in between. The timer starts with the first packet; a capture that
+ * goes back in time leaves the clock where it is.
+ */
+static void advance(struct replay *r, double t)
+{
+	if (t < r->now)
+		t = r->now;
+	if (r->timer_interval > 0) {
+		if (r->next_tick == 0)
+			r->next_tick = t + r->timer_interval;
+		while (r->next_tick <= t)
+			tick(r);
+	}
+	set_time(r, t);
 }
 
 static double now(void)
@@ -183,6 +244,7 @@ int nfq_replay_run(const struct nfq_replay_opts *o)
 		goto done;
 	}
 
+	r.timer_interval = nfq_engine_timer_interval(r.engine);
 	double start = now();
 	struct pcap_pkthdr *h;
 	const u_char *frame;
@@ -231,19 +293,20 @@ int nfq_replay_run(const struct nfq_replay_opts *o)
 			r.n_ids = n;
 		}
 		r.by_id[pk->meta.id] = pk;
+		r.pending++;
+		/* Each packet reaches the script at its own time on the script's clock. */
+		advance(&r, seconds(&pk->ts));
 		push(&r, pk, pk->data, pk->len);
-		take_verdicts(&r);
+		dispatch_all(&r);
 	}
 	if (got == -1) {
 		fprintf(stderr, "nfqlua: %s: packet %lu: %s\n", o->capture, r.read + 1, pcap_geterr(in));
 		goto done;
 	}
-	/* Repeats queue more work: dispatch until nothing is left. */
-	struct nfq_queue *q = nfq_engine_queue(r.engine);
-	while (q->count > q->pos) {
-		nfq_engine_dispatch(r.engine);
-		take_verdicts(&r);
-	}
+	/* The timer goes on while the script holds packets, for a while. */
+	double drain_end = r.now + DRAIN_SECONDS;
+	while (r.pending && r.timer_interval > 0 && r.next_tick <= drain_end)
+		tick(&r);
 	/* What the script still holds gets the fallback verdict, as at a stop. */
 	nfq_engine_stop(r.engine);
 	take_verdicts(&r);

@@ -77,6 +77,16 @@ struct nfq_queue *nfq_engine_queue(const struct nfq_engine *e);
 /* Give the script the packets waiting in the queue's batch, then flush. */
 void nfq_engine_dispatch(struct nfq_engine *e);
 
+/*
+ * Offline engines run on the packets' clock: nfq_engine_set_time() sets the
+ * seconds nfq.now() returns from then on (a capture's timestamps), and
+ * nfq_engine_run_timer() runs the script's on_timer once, its verdicts
+ * flushed. nfq_engine_timer_interval() is 0 for a script without on_timer.
+ */
+void nfq_engine_set_time(struct nfq_engine *e, double now);
+void nfq_engine_run_timer(struct nfq_engine *e);
+double nfq_engine_timer_interval(const struct nfq_engine *e);
+
 /* Counters; valid until nfq_engine_free(). */
 const struct nfq_stats *nfq_engine_stats(const struct nfq_engine *e);
 

@@ -51,6 +51,9 @@ function _M.attach(qptr, hooks)
 		on_timer and (hooks.timer_interval or 1) or 0
 end
 
+--- Offline engines (--replay): nfq.now() follows the capture's clock.
+_M.set_now = nfq._set_now
+
 function _M.call_hook(hooks, name, ...)
 	local hook = hooks[name]
 	if hook then hook(...) end

@@ -104,13 +104,11 @@ local function callback_of(script)
 	return script, {}
 end
 
---- Run a script (a path, a callback, or a table with on_packet) on packets:
--- byte strings, or tables { bytes = ..., mark = ..., hook = ..., hw = ... }.
--- opts: mode (nfq.COPY_PACKET), range (65535), hook ("input"), fallback
--- ("accept"). Returns the verdicts in the order they were given: tables
--- { id, verdict, queue_num, mark, connmark, payload, fallback, packet }.
-function _M.run(script, packets, opts)
-	opts = opts or {}
+-- After the last packet, how much time on the script's clock on_timer gets
+-- to give the verdicts of packets still held (as nfqlua --replay).
+local DRAIN_SECONDS = 60
+
+local function run_offline(script, packets, opts, clock)
 	local cb, hooks_table = callback_of(script)
 	local q = C.nfq_queue_open_offline(opts.mode or nfq.COPY_PACKET, opts.range or 65535)
 	if q == nil then error("nfq.testing: cannot open an offline queue", 2) end
@@ -119,7 +117,9 @@ function _M.run(script, packets, opts)
 	local queue = nfq._adopt(q, cb)
 	local meta = ffi.new("struct nfq_packet")
 	local inputs, results, repeats = {}, {}, {}
-
+	local on_timer = hooks_table.on_timer
+	local interval = on_timer and (hooks_table.timer_interval or 1) or 0
+	local next_tick = clock + interval
 	local function push(id, input, bytes, mark)
 		ffi.fill(meta, ffi.sizeof(meta))
 		meta.id = id
@@ -161,6 +161,7 @@ function _M.run(script, packets, opts)
 					payload = payload,
 					fallback = band(r.flags, C.NFQ_PF_FALLBACK) ~= 0,
 					repeats = repeats[id],
+					time = clock,
 					packet = inputs[id].bytes,
 				}
 			end
@@ -185,18 +186,63 @@ function _M.run(script, packets, opts)
 		until not take()
 	end
 
+	-- on_timer, as the daemon runs it: verdicts flushed together.
+	local function tick()
+		clock = next_tick
+		nfq._set_now(clock)
+		q.in_dispatch = 1
+		local ok, err = pcall(on_timer)
+		C.nfq_queue_flush(q)
+		if not ok then error(err, 0) end
+		if take() then dispatch() end
+		next_tick = next_tick + interval
+	end
+
+	-- Packets with the same time reach the script as one batch.
+	local batch_len = 0
 	for i, input in ipairs(packets) do
 		local bytes = type(input) == "table" and input.bytes or input
+		local t = math.max(type(input) == "table" and input.time or clock, clock)
+		if t > clock then
+			if batch_len > 0 then dispatch() end
+			batch_len = 0
+			while interval > 0 and next_tick <= t do tick() end
+			clock = t
+			nfq._set_now(clock)
+		end
 		inputs[i] = { input = input, bytes = bytes, mark = type(input) == "table" and input.mark or nil }
 		push(i, input, bytes, inputs[i].mark)
+		batch_len = batch_len + 1
 	end
 	dispatch()
+	local drain_end = clock + DRAIN_SECONDS
+	while #results < #inputs and interval > 0 and next_tick <= drain_end do tick() end
 	if hooks_table.on_stop then hooks_table.on_stop() end
 	-- Packets still held get the fallback verdict, as at a daemon stop.
 	C.nfq_queue_unbind(q)
 	take()
 	results.by_id = {}
 	for _, r in ipairs(results) do results.by_id[r.id] = r end
+	return results
+end
+
+--- Run a script (a path, a callback, or a table with on_packet) on packets:
+-- byte strings, or tables { bytes = ..., mark = ..., hook = ..., hw = ...,
+-- time = ... }. The script runs on the packets' clock: nfq.now() is the
+-- current packet's time (default: the previous one's, 0 for the first), and
+-- on_timer runs every timer_interval of it, also after the last packet while
+-- packets are held. opts: mode (nfq.COPY_PACKET), range (65535), hook
+-- ("input"), fallback ("accept"). Returns the verdicts in the order they were
+-- given: tables { id, verdict, queue_num, mark, connmark, payload, fallback,
+-- repeats, time, packet }.
+function _M.run(script, packets, opts)
+	opts = opts or {}
+	local first = packets[1]
+	local clock = type(first) == "table" and first.time or 0
+	nfq._set_now(clock)
+	local ok, results = pcall(run_offline, script, packets, opts, clock)
+	nfq._set_now(nil)
+	if not ok then error(results, 0) end
 	return results
 end
 
