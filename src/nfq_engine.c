@@ -41,6 +41,7 @@ struct script_state {
 	struct lua_budget *budget;	/* freed with the state */
 	lua_State *L;
 	int engine_ref;		/* the nfq.engine module */
+	int traceback_ref;	/* traceback(), made once: each push would allocate */
 	int hooks_ref;		/* what the script returned */
 	int dispatch_ref;	/* the per-batch function */
 	int redeliver_ref;	/* the per-packet function for handed-over packets */
@@ -249,6 +250,8 @@ static int state_open(struct script_state *st, const char *tag, size_t mem_limit
 		return -1;
 	}
 	st->engine_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	lua_pushcfunction(L, traceback);
+	st->traceback_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 	lua_pushstring(L, script);
 	if (call_engine(L, st->engine_ref, "load", 1, 1, 0, err, errlen) < 0)
 		return -1;
@@ -315,7 +318,7 @@ int nfq_engine_check_script(const char *path, char *err, size_t errlen)
 static int call_packet_function(struct nfq_engine *e, int ref, void *arg)
 {
 	lua_State *L = e->cur.L;
-	lua_pushcfunction(L, traceback);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, e->cur.traceback_ref);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
 	int nargs = 0;
 	if (arg) {
