@@ -46,6 +46,17 @@ enum {
 	NFQ_FLAG_SECCTX = 16
 };
 
+/*
+ * Offline runs (nfqlua --replay, nfq.testing): how often one packet may be
+ * repeated before it counts as a drop (the kernel would loop), and how much
+ * time on the packets' clock on_timer gets after the last packet to give the
+ * verdicts of packets still held.
+ */
+enum {
+	NFQ_OFFLINE_MAX_REPEATS = 8,
+	NFQ_OFFLINE_DRAIN_SECONDS = 60
+};
+
 struct nfq_queue;
 
 /*

@@ -19,11 +19,6 @@
 enum { NF_DROP, NF_ACCEPT, NF_STOLEN, NF_QUEUE, NF_REPEAT, NF_STOP };
 #define NF_VERDICT_MASK 0xffff
 
-/* How often one packet may be repeated before it gets the fallback verdict. */
-#define MAX_REPEATS 8
-/* After the capture, how much capture time on_timer gets to give the verdicts
- * of packets the script still holds. */
-#define DRAIN_SECONDS 60.0
 
 /* A packet read from the capture, kept until its final verdict. */
 struct replayed {
@@ -126,7 +121,7 @@ static void take_verdicts(struct replay *r)
 		if (!pk)
 			continue;
 		uint32_t v = rec->verdict & NF_VERDICT_MASK;
-		if (v == NF_REPEAT && pk->repeats < MAX_REPEATS) {
+		if (v == NF_REPEAT && pk->repeats < NFQ_OFFLINE_MAX_REPEATS) {
 			/* Back through the script, with what the verdict changed. */
 			pk->repeats++;
 			if (rec->flags & NFQ_PF_MARK_SET)
@@ -304,7 +299,7 @@ int nfq_replay_run(const struct nfq_replay_opts *o)
 		goto done;
 	}
 	/* The timer goes on while the script holds packets, for a while. */
-	double drain_end = r.now + DRAIN_SECONDS;
+	double drain_end = r.now + NFQ_OFFLINE_DRAIN_SECONDS;
 	while (r.pending && r.timer_interval > 0 && r.next_tick <= drain_end)
 		tick(&r);
 	/* What the script still holds gets the fallback verdict, as at a stop. */

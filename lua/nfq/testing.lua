@@ -17,8 +17,9 @@ local band, rshift = bit.band, bit.rshift
 
 local _M = { _VERSION = nfq._VERSION }
 
--- How often one packet may be repeated before it counts as a drop.
-local MAX_REPEATS = 8
+-- The same limits as nfqlua --replay (src/nfq_core.h).
+local MAX_REPEATS = C.NFQ_OFFLINE_MAX_REPEATS
+local DRAIN_SECONDS = C.NFQ_OFFLINE_DRAIN_SECONDS
 
 local verdict_names = { [0] = "drop", "accept", "stolen", "queue", "repeat", "stop" }
 local protocols = { icmp = 1, tcp = 6, udp = 17, icmpv6 = 58 }
@@ -103,10 +104,6 @@ local function callback_of(script)
 	if type(script) == "table" then return script.on_packet, script end
 	return script, {}
 end
-
--- After the last packet, how much time on the script's clock on_timer gets
--- to give the verdicts of packets still held (as nfqlua --replay).
-local DRAIN_SECONDS = 60
 
 local function run_offline(script, packets, opts, clock)
 	local cb, hooks_table = callback_of(script)
