@@ -3,7 +3,7 @@
 # more packets than one queue on this machine? Two generators, one pinned to
 # each CPU, send 64-byte UDP; the rule spreads by CPU (--queue-balance 0:1
 # --queue-cpu-fanout) or sends all to queue 0. Verdicts/s come from the
-# kernel's id sequences; medians of RUNS runs. Appends to bench/RESULTS.md.
+# kernel's id sequences; medians of RUNS runs. Puts its section in bench/RESULTS.md, in place of the last run's.
 set -euo pipefail
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$(dirname "$BENCH_DIR")"
@@ -68,4 +68,8 @@ Scaling factor: $(awk -v a="$two" -v b="$one" 'BEGIN { printf "%.2f", b ? a / b 
 MD
 )
 echo "$report"
+# This run's section replaces the one of the run before.
+if [[ -f $OUT ]]; then
+	awk '/^## Scaling / {skip = 1; next} /^## / {skip = 0} !skip' "$OUT" >"$OUT.new" && mv "$OUT.new" "$OUT"
+fi
 echo "$report" >> "$OUT"

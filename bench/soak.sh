@@ -2,7 +2,7 @@
 # make soak: nfqlua under steady load for SOAK_SECONDS (default 600) with a
 # SIGHUP every few seconds, a script that holds and reorders packets and
 # raises now and then. Reports packets sent vs accounted for, and RSS, fds and
-# Lua heap at the start and the end; appends the figures to bench/RESULTS.md.
+# Lua heap at the start and the end; puts the figures in bench/RESULTS.md, in place of the last run's.
 # Runs as root in a private network namespace, traffic on 127.0.0.1 only.
 set -euo pipefail
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -94,4 +94,8 @@ bench/soak.lua holding and reordering every second packet and raising on every 1
 MD
 )
 echo "$report"
+# This run's section replaces the one of the run before.
+if [[ -f $OUT ]]; then
+	awk '/^## Soak / {skip = 1; next} /^## / {skip = 0} !skip' "$OUT" >"$OUT.new" && mv "$OUT.new" "$OUT"
+fi
 echo "$report" >> "$OUT"
