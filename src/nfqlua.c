@@ -65,7 +65,7 @@ static const char usage[] =
 	"      --pidfile PATH     write the pid to PATH, removed at exit\n"
 	"      --syslog           log to syslog (facility daemon) instead of stderr\n"
 	"      --log-level LEVEL  error, warn, info (default) or debug\n"
-	"  -v, --verbose          log more (twice: debug)\n"
+	"  -v, --verbose          log at debug level, with Lua tracebacks\n"
 	"      --version          print the version and exit\n"
 	"  -h, --help             print this help and exit\n"
 	"\n"
