@@ -145,6 +145,17 @@ describe("nfq.testing", function()
 		assert.is_true(r[1].time >= 60)
 	end)
 
+	it("takes a packet's hook by name or number, and names a bad one", function()
+		local hooks = {}
+		testing.run(function(pkt) hooks[#hooks + 1] = pkt.hook; pkt:accept() end, {
+			{ bytes = testing.packet {}, hook = "output" }, { bytes = testing.packet {}, hook = 2 }, testing.packet {},
+		}, { hook = "postrouting" })
+		assert.same({ 3, 2, 4 }, hooks)
+		assert.has_error(function()
+			testing.run(function(pkt) pkt:accept() end, { { bytes = testing.packet {}, hook = "outptu" } })
+		end, "nfq.testing: unknown hook outptu (prerouting, input, forward, output, postrouting or 0-4)")
+	end)
+
 	it("accept_all.lua and print_and_accept.lua accept", function()
 		for _, name in ipairs { "accept_all.lua", "print_and_accept.lua" } do
 			assert.equal("accept", testing.run(example(name), { testing.packet {} })[1].verdict)

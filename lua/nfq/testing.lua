@@ -95,6 +95,16 @@ end
 
 local hooks = { prerouting = 0, input = 1, forward = 2, output = 3, postrouting = 4 }
 
+-- A hook by name ("output") or number (3).
+local function hook_number(hook)
+	local n = hooks[hook] or (type(hook) == "number" and hook >= 0 and hook <= 4 and hook)
+	if not n then
+		error("nfq.testing: unknown hook " .. tostring(hook)
+			.. " (prerouting, input, forward, output, postrouting or 0-4)", 0)
+	end
+	return n
+end
+
 local function callback_of(script)
 	if type(script) == "string" then
 		local hooks_table = engine.load(script)
@@ -121,7 +131,7 @@ local function run_offline(script, packets, opts, clock)
 		ffi.fill(meta, ffi.sizeof(meta))
 		meta.id = id
 		meta.hw_protocol = rshift(bytes:byte(1) or 0, 4) == 6 and 0x86dd or 0x0800
-		meta.hook = type(input) == "table" and input.hook or hooks[opts.hook or "input"] or 1
+		meta.hook = hook_number(type(input) == "table" and input.hook or opts.hook or "input")
 		meta.mark = mark or 0
 		if type(input) == "table" and input.hw then
 			ffi.copy(meta.hw_addr, input.hw, math.min(#input.hw, 8))
