@@ -206,20 +206,17 @@ local function run_offline(script, packets, opts, clock)
 	end
 
 	-- Packets with the same time reach the script as one batch.
-	local batch_len = 0
 	for i, input in ipairs(packets) do
 		local bytes = type(input) == "table" and input.bytes or input
 		local t = math.max(type(input) == "table" and input.time or clock, clock)
 		if t > clock then
-			if batch_len > 0 then dispatch() end
-			batch_len = 0
+			dispatch()
 			while interval > 0 and next_tick <= t do tick() end
 			clock = t
 			nfq._set_now(clock)
 		end
 		inputs[i] = { input = input, bytes = bytes, mark = type(input) == "table" and input.mark or nil }
 		push(i, input, bytes, inputs[i].mark)
-		batch_len = batch_len + 1
 	end
 	dispatch()
 	local drain_end = clock + DRAIN_SECONDS
