@@ -14,8 +14,9 @@
 # bench/go_accept (make -C bench go_accept).
 #
 # Knobs (environment): RUNS (5 rounds; a round measures one window of each
-# consumer in turn), WARM (0.2 s before each window), WINDOW (1.2 s),
-# SIZES ("64 1400"), GSO (1: the GSO table), MAXLEN (1024, queue length for
+# consumer in turn), WARM (0.2 s before each window), WINDOW (1.0 s),
+# SIZES ("64 1400"), POST (1: the POSTROUTING table), GSO (1: the GSO table),
+# MAXLEN (1024, queue length for
 # every consumer), GEN_BATCH (64), GEN_SNDBUF (64 MiB), GEN_CPU (0), CONS_CPU (1),
 # SINK_CPU (CONS_CPU), GSO_SINK_CPU (GEN_CPU), PORT (9999), BENCH_ONLY (regex
 # on consumer ids), OUT.
@@ -27,8 +28,9 @@ cd "$ROOT"
 
 RUNS=${RUNS:-5}
 WARM=${WARM:-0.2}
-WINDOW=${WINDOW:-1.2}
+WINDOW=${WINDOW:-1.0}
 SIZES=${SIZES:-64 1400}
+POST=${POST:-1}
 GSO=${GSO:-1}
 MAXLEN=${MAXLEN:-1024}
 GEN_BATCH=${GEN_BATCH:-64}
@@ -61,6 +63,12 @@ CONSUMERS=(
 CONSUMER_PKGS=(
 	"ruby|ruby ruby-nfqueue"
 	"go|golang-go golang-github-chifflier-nfqueue-go-dev pkg-config"
+)
+# The same marks after routing (the queue in mangle POSTROUTING, where a new
+# mark does not make the kernel route the packet again), ratios to the first.
+POST_CONSUMERS=(
+	"post-ref|C reference, queue in POSTROUTING|bench/ref_consumer -q $QUEUE -m $MAXLEN"
+	"post-filter|nfqlua bench/filter.lua (parse IPv4+UDP, mark), queue in POSTROUTING|./nfqlua bench/filter.lua --queue $QUEUE --max-len $MAXLEN"
 )
 # The GSO table, "id|consumer|generator flags|command": the reference with
 # NFQA_CFG_F_GSO, and without it (-G, as python-netfilterqueue runs), fed by a
@@ -107,7 +115,13 @@ fi
 
 # --- Inside the namespace. -----------------------------------------------
 ip link set lo up
-iptables -w -A OUTPUT -o lo -p udp --dport "$PORT" -j NFQUEUE --queue-num "$QUEUE"
+# queue_at TABLE CHAIN: the run's one NFQUEUE rule, in that table's chain.
+queue_at() {
+	iptables -w -F OUTPUT
+	iptables -w -t mangle -F POSTROUTING
+	iptables -w -t "$1" -A "$2" -o lo -p udp --dport "$PORT" -j NFQUEUE --queue-num "$QUEUE"
+}
+queue_at filter OUTPUT
 
 TMP=$(mktemp -d /tmp/nfq-bench.XXXXXX)
 SINK_PID=
@@ -282,32 +296,40 @@ pkg_version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo '?'; }
 fmt() { [[ $1 == - ]] && { echo -; return; }; awk -v n="$1" 'BEGIN {s = sprintf("%.0f", n); o = ""; while (length(s) > 3) {o = "," substr(s, length(s) - 2) o; s = substr(s, 1, length(s) - 3)} print s o}'; }
 fmtk() { [[ $1 == - ]] && { echo -; return; }; awk -v n="$1" 'BEGIN {printf "%.0fk", n / 1000}'; }
 
-for size in $SIZES; do
-	for ((round = 1; round <= RUNS; round++)); do
-		for entry in "${CONSUMERS[@]}"; do
-			IFS='|' read -r id label cmd <<<"$entry"
-			selected "$id" && measure "$id/$size" "$cmd" "$size" ""
+# rounds ARRAY: RUNS interleaved rounds over the consumers of that array at
+# each size. Entries are "id|label|command" or, with generator flags,
+# "id|label|flags|command".
+rounds() {
+	local -n list=$1
+	local size round entry id label a b
+	for size in $SIZES; do
+		for ((round = 1; round <= RUNS; round++)); do
+			for entry in "${list[@]}"; do
+				IFS='|' read -r id label a b <<<"$entry"
+				if [[ $entry == *'|'*'|'*'|'* ]]; then
+					selected "$id" && measure "$id/$size" "$b" "$size" "$a"
+				else
+					selected "$id" && measure "$id/$size" "$a" "$size" ""
+				fi
+			done
+		done
+		for entry in "${list[@]}"; do
+			summarize "${entry%%|*}/$size" "$size"
 		done
 	done
-	for entry in "${CONSUMERS[@]}"; do
-		summarize "${entry%%|*}/$size" "$size"
-	done
-done
+}
+
+rounds CONSUMERS
+if ((POST)); then
+	queue_at mangle POSTROUTING
+	rounds POST_CONSUMERS
+	queue_at filter OUTPUT
+fi
 # With GSO the sink receives 32 datagrams per queued packet: on the consumer's
 # CPU it would cap the gain, and the GSO sender leaves its own CPU mostly idle.
 if ((GSO)); then
 	taskset -pc "$GSO_SINK_CPU" "$SINK_PID" >/dev/null
-	for size in $SIZES; do
-		for ((round = 1; round <= RUNS; round++)); do
-			for entry in "${GSO_CONSUMERS[@]}"; do
-				IFS='|' read -r id label gflags cmd <<<"$entry"
-				selected "$id" && measure "$id/$size" "$cmd" "$size" "$gflags"
-			done
-		done
-		for entry in "${GSO_CONSUMERS[@]}"; do
-			summarize "${entry%%|*}/$size" "$size"
-		done
-	done
+	rounds GSO_CONSUMERS
 fi
 
 # The Lua side alone, without the kernel: dispatch and verdict code on a
@@ -316,6 +338,33 @@ DISPATCH_COST=$(LUA_PATH='lua/?.lua;spec/?.lua;;' LUA_CPATH='lua/?.so;;' taskset
 	DISPATCH_COST="bench/dispatch_cost.lua failed: $DISPATCH_COST"
 
 # --- The report. ---------------------------------------------------------
+table_header() {
+	echo "| payload | consumer | verdicts/s (median) | min–max | vs C ref | vs marking C ref | CPU µs/pkt | consumer CPU busy | kernel drops (queue full / socket full) | peak RSS |"
+	echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+}
+# consumer_row ENTRY SIZE REF_ID: one consumer's line, ratios to REF_ID's.
+consumer_row() {
+	local id label cmd k ratio ratio_mark mk drops_pct
+	IFS='|' read -r id label cmd <<<"$1"
+	k="$id/$2"
+	selected "$id" || return 0
+	if [[ -n ${R_NOTE[$k]:-} ]]; then
+		echo "| $2 B | $label | — | — | — | — | — | — | ${R_NOTE[$k]} | — |"
+		return
+	fi
+	ratio="—"
+	[[ -n ${R_PPS[$3/$2]:-} && ${R_PPS[$3/$2]} != 0 ]] &&
+		ratio=$(awk -v a="${R_PPS[$k]}" -v b="${R_PPS[$3/$2]}" 'BEGIN {printf "%.2f", a / b}')
+	# The marking filters against the C reference that marks too: the
+	# kernel re-routes a packet whose mark changed, for either consumer.
+	ratio_mark="—"
+	mk="ref-mark/$2"
+	[[ $id == filter || $id == lib ]] && [[ -n ${R_PPS[$mk]:-} && ${R_PPS[$mk]} != 0 ]] &&
+		ratio_mark=$(awk -v a="${R_PPS[$k]}" -v b="${R_PPS[$mk]}" 'BEGIN {printf "%.2f", a / b}')
+	drops_pct=$(awk -v d=$((R_QDROP[$k] + R_UDROP[$k])) -v s="${R_SENT[$k]}" 'BEGIN {printf "%.0f", s ? 100 * d / s : 0}')
+	echo "| $2 B | $label | $(fmt "${R_PPS[$k]}") | $(fmtk "${R_MIN[$k]}")–$(fmtk "${R_MAX[$k]}") | $ratio | $ratio_mark | ${R_CPU[$k]} | ${R_BUSY[$k]}% | ${R_QDROP[$k]} / ${R_UDROP[$k]} (${drops_pct}% of sent) | ${R_RSS[$k]} MB |"
+}
+
 # make soak and make bench-scale append their own sections: keep them.
 APPENDED=$(awk '/^## (Soak|Scaling)/ {keep = 1} keep' "$OUT" 2>/dev/null || true)
 ELAPSED=$(awk -v a="$T0" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.0f", b - a}')
@@ -325,35 +374,31 @@ ref_id=$(cut -d'|' -f1 <<<"${CONSUMERS[0]}")
 	echo "# nfqlua benchmark"
 	echo
 	echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs ($CPU_MODEL); kernel $(uname -r); $(luajit -v 2>/dev/null | cut -d' ' -f1-2)."
-	echo "Generated by \`bench/run.sh\` in ${ELAPSED} s: UDP over loopback in a private namespace, generator (sendmmsg, batch $GEN_BATCH) on CPU $GEN_CPU,"
+	echo "Generated by \`bench/run.sh\` in ${ELAPSED} s: UDP over loopback in a private namespace, queued in OUTPUT (\`-o lo\`), generator (sendmmsg, batch $GEN_BATCH) on CPU $GEN_CPU,"
 	echo "consumer on CPU $CONS_CPU, queue length $MAXLEN for every consumer. Each figure: $RUNS windows of ${WINDOW} s after ${WARM} s of warm-up, one per round; each round runs every consumer once, so slow drift of the machine reaches all of them."
 	((IDLE_OK)) || echo "**Warning:** the machine was not idle when the run started ($BUSY_BEFORE busy with other work); these figures are not representative."
 	echo
-	echo "| payload | consumer | verdicts/s (median) | min–max | vs C ref | vs marking C ref | CPU µs/pkt | consumer CPU busy | kernel drops (queue full / socket full) | peak RSS |"
-	echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+	table_header
 	for size in $SIZES; do
 		for entry in "${CONSUMERS[@]}"; do
-			IFS='|' read -r id label cmd <<<"$entry"
-			k="$id/$size"
-			selected "$id" || continue
-			if [[ -n ${R_NOTE[$k]:-} ]]; then
-				echo "| $size B | $label | — | — | — | — | — | — | ${R_NOTE[$k]} | — |"
-				continue
-			fi
-			ratio="—"
-			rk="$ref_id/$size"
-			[[ -n ${R_PPS[$rk]:-} && ${R_PPS[$rk]} != 0 ]] &&
-				ratio=$(awk -v a="${R_PPS[$k]}" -v b="${R_PPS[$rk]}" 'BEGIN {printf "%.2f", a / b}')
-			# The marking filters against the C reference that marks too: the
-			# kernel re-routes a packet whose mark changed, for either consumer.
-			ratio_mark="—"
-			mk="ref-mark/$size"
-			[[ $id == filter || $id == lib ]] && [[ -n ${R_PPS[$mk]:-} && ${R_PPS[$mk]} != 0 ]] &&
-				ratio_mark=$(awk -v a="${R_PPS[$k]}" -v b="${R_PPS[$mk]}" 'BEGIN {printf "%.2f", a / b}')
-			drops_pct=$(awk -v d=$((R_QDROP[$k] + R_UDROP[$k])) -v s="${R_SENT[$k]}" 'BEGIN {printf "%.0f", s ? 100 * d / s : 0}')
-			echo "| $size B | $label | $(fmt "${R_PPS[$k]}") | $(fmtk "${R_MIN[$k]}")–$(fmtk "${R_MAX[$k]}") | $ratio | $ratio_mark | ${R_CPU[$k]} | ${R_BUSY[$k]}% | ${R_QDROP[$k]} / ${R_UDROP[$k]} (${drops_pct}% of sent) | ${R_RSS[$k]} MB |"
+			consumer_row "$entry" "$size" "$ref_id"
 		done
 	done
+	post_ref=$(cut -d'|' -f1 <<<"${POST_CONSUMERS[0]}")
+	if ((POST)) && [[ -n ${R_PPS[$post_ref/${SIZES%% *}]:-} ]]; then
+		echo
+		echo "Where the queue sits: in OUTPUT, a packet whose mark changed is routed again when its verdict comes (\`ip_route_me_harder\`:"
+		echo "route and xfrm lookups), for any consumer; that is what the marking C reference above pays. After routing"
+		echo "(\`-t mangle -A POSTROUTING\`) a mark does not re-route: the same filter, marking every packet, against the C reference"
+		echo "on that hook, in rounds of their own:"
+		echo
+		table_header
+		for size in $SIZES; do
+			for entry in "${POST_CONSUMERS[@]}"; do
+				consumer_row "$entry" "$size" "$post_ref"
+			done
+		done
+	fi
 	gso_base=$(cut -d'|' -f1 <<<"${GSO_CONSUMERS[0]}")
 	if ((GSO)) && [[ -n ${!R_DPS[*]} ]]; then
 		echo
