@@ -6,10 +6,13 @@ LUAJIT ?= luajit
 BUSTED ?= busted
 PKG_CONFIG ?= pkg-config
 
-DEB_PACKAGES = build-essential pkg-config libnetfilter-queue-dev libnfnetlink-dev \
-	libmnl-dev libluajit2-5.1-dev luajit2 libev-dev lua-busted iptables iproute2 \
-	libpcap-dev tcpdump valgrind lua-check lua-luv lua-cqueues luarocks \
+# Debian packages: what building and running nfqlua needs (make demo, bench,
+# soak), what the tests add (make test), what fuzzing adds (make fuzz).
+BUILD_PACKAGES = build-essential pkg-config libnetfilter-queue-dev libnfnetlink-dev \
+	libmnl-dev libluajit2-5.1-dev luajit2 libev-dev libpcap-dev iptables iproute2
+TEST_PACKAGES = lua-busted lua-check tcpdump valgrind lua-luv lua-cqueues luarocks \
 	nginx libnginx-mod-http-lua
+FUZZ_PACKAGES = clang
 CORE_PKGS = libnetfilter_queue libmnl
 LUA_PKG = luajit
 
@@ -52,7 +55,7 @@ FUZZ_SECONDS ?= 600
 FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZ_TARGETS = packet headers
 
-.PHONY: all lib asan deps lint test unit demo bench bench-scale soak install uninstall clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
+.PHONY: all lib asan deps deps-build deps-fuzz lint test unit demo bench bench-scale soak install uninstall clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
 
 all: nfqlua lua/nfq/core.so lib
 
@@ -66,10 +69,11 @@ $(BUILD)/libnfqlua.a: $(CORE_OBJ) $(ENGINE_OBJ) $(LUA_BC_OBJ)
 $(BUILD)/libnfqlua.so: $(CORE_OBJ) $(ENGINE_OBJ) $(LUA_BC_OBJ)
 	$(CC) -shared -o $@ $^ $(CORE_LIBS) $(LUA_LIBS) $(EV_LIBS) -lpthread
 
-# Debian's nginx package starts a web server on port 80 when installed: a
-# policy-rc.d (Debian's switch for this) holds every service back meanwhile.
-deps:
-	@missing=""; for p in $(DEB_PACKAGES); do \
+# install_missing PACKAGES: apt-get install those not installed yet. Debian's
+# nginx package starts a web server on port 80 when installed: a policy-rc.d
+# (Debian's switch for this) holds every service back meanwhile.
+define install_missing
+	@missing=""; for p in $(1); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -80,6 +84,14 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 		rc=$$?; [ -z "$$held" ] || rm -f /usr/sbin/policy-rc.d; exit $$rc; \
 	fi
+endef
+
+deps-build:
+	$(call install_missing,$(BUILD_PACKAGES))
+deps:
+	$(call install_missing,$(BUILD_PACKAGES) $(TEST_PACKAGES))
+deps-fuzz:
+	$(call install_missing,$(BUILD_PACKAGES) $(FUZZ_PACKAGES))
 
 lua/nfq/cdef.lua: src/nfq_core.h
 	@mkdir -p $(@D)
@@ -127,23 +139,23 @@ test: deps
 unit: all fuzz-replay-build
 	$(SPEC_ENV) $(BUSTED) --lua=$(LUAJIT) --exclude-tags=kernel spec
 
-demo: deps
+demo: deps-build
 	$(MAKE) all
 	./scripts/demo.sh
 
 # Figures, not assertions: writes bench/RESULTS.md (about 3 minutes, as root).
-bench: deps
+bench: deps-build
 	$(MAKE) all
 	bench/run.sh
 
 # nfqlua --queue 0-1 against one queue, two senders: appends to bench/RESULTS.md.
-bench-scale: deps
+bench-scale: deps-build
 	$(MAKE) all
 	bench/scale.sh
 
 # 10 minutes under load with reloads, reordering and script errors; appends
 # its figures to bench/RESULTS.md (SOAK_SECONDS to change the length).
-soak: deps
+soak: deps-build
 	$(MAKE) all
 	bench/soak.sh
 
@@ -168,7 +180,7 @@ $(BUILD)/fuzz_packet: spec/fuzz/fuzz_packet.c $(CORE_SRC) src/nfq_core.h | $(BUI
 $(BUILD)/fuzz_headers: spec/fuzz/fuzz_headers.c $(CORE_SRC) lua/nfq/cdef.lua | $(BUILD)
 	$(FUZZ_CC) $(FUZZ_FLAGS) $(CORE_CFLAGS) $(LUA_CFLAGS) -Wl,-E -o $@ $< $(CORE_SRC) $(CORE_LIBS) $(LUA_LIBS)
 
-fuzz: deps $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%)
+fuzz: deps-fuzz $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%)
 	for t in $(FUZZ_TARGETS); do \
 		mkdir -p $(BUILD)/corpus_$$t; \
 		ASAN_OPTIONS=detect_leaks=0 $(BUILD)/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
