@@ -13,6 +13,16 @@ local function with_env(env, fn)
 	assert(ok, err)
 end
 
+-- Run fn with print recorded instead of written: fn's result and the lines.
+local function printed_by(fn)
+	local lines = {}
+	local fake = stub(_G, "print", function(line) lines[#lines + 1] = line end)
+	local ok, r = pcall(fn)
+	fake:revert()
+	assert(ok, r)
+	return r, lines
+end
+
 describe("nfq.testing", function()
 	it("builds packets with correct checksums", function()
 		local p = testing.packet {
@@ -49,10 +59,15 @@ describe("nfq.testing", function()
 		assert.is_true(by[6].fallback)
 	end)
 
-	it("drop_word.lua drops by content", function()
-		local r = testing.run(example("drop_word.lua"), {
+	it("drop_word.lua drops by content and says so on start and stop", function()
+		local stderr, lines = io.stderr, {}
+		io.stderr = { write = function(_, s) lines[#lines + 1] = s end } -- luacheck: ignore 122
+		local ok, r = pcall(testing.run, example("drop_word.lua"), {
 			testing.packet { payload = "fine" }, testing.packet { payload = "please DROP" } })
+		io.stderr = stderr -- luacheck: ignore 122
+		assert(ok, r)
 		assert.same({ "accept", "drop" }, { r.by_id[1].verdict, r.by_id[2].verdict })
+		assert.same({ 'drop_word: dropping packets that contain "DROP"\n', "drop_word: dropped 1 packets\n" }, lines)
 	end)
 
 	it("port_firewall.lua blocks its ports for TCP and UDP", function()
@@ -70,9 +85,12 @@ describe("nfq.testing", function()
 			local function query(name)
 				return testing.packet { dport = 53, payload = H.dns_query(name) }
 			end
-			local r = testing.run(example("dns_filter.lua"), { query("x.ads.example"), query("good.example"),
-				testing.packet { dport = 53, payload = "\0\1" } })
+			local r, printed = printed_by(function()
+				return testing.run(example("dns_filter.lua"), { query("x.ads.example"), query("good.example"),
+					testing.packet { dport = 53, payload = "\0\1" } })
+			end)
 			assert.same({ "drop", "accept", "accept" }, { r.by_id[1].verdict, r.by_id[2].verdict, r.by_id[3].verdict })
+			assert.same({ "blocked DNS query for x.ads.example" }, printed)
 		end)
 	end)
 
@@ -156,9 +174,12 @@ describe("nfq.testing", function()
 		end, "nfq.testing: unknown hook outptu (prerouting, input, forward, output, postrouting or 0-4)")
 	end)
 
-	it("accept_all.lua and print_and_accept.lua accept", function()
-		for _, name in ipairs { "accept_all.lua", "print_and_accept.lua" } do
-			assert.equal("accept", testing.run(example(name), { testing.packet {} })[1].verdict)
-		end
+	it("accept_all.lua accepts; print_and_accept.lua describes the packet and accepts", function()
+		assert.equal("accept", testing.run(example("accept_all.lua"), { testing.packet {} })[1].verdict)
+		local r, printed = printed_by(function()
+			return testing.run(example("print_and_accept.lua"), { testing.packet {} })
+		end)
+		assert.equal("accept", r[1].verdict)
+		assert.same({ "#1 INPUT       UDP packet, 28 bytes" }, printed)
 	end)
 end)
