@@ -390,7 +390,8 @@ ref_id=$(cut -d'|' -f1 <<<"${CONSUMERS[0]}")
 		echo "Where the queue sits: in OUTPUT, a packet whose mark changed is routed again when its verdict comes (\`ip_route_me_harder\`:"
 		echo "route and xfrm lookups), for any consumer; that is what the marking C reference above pays. After routing"
 		echo "(\`-t mangle -A POSTROUTING\`) a mark does not re-route: the same filter, marking every packet, against the C reference"
-		echo "on that hook, in rounds of their own:"
+		echo "on that hook, in rounds of their own. A consumer that keeps up with the sender (no queue-full drops to speak of)"
+		echo "gets the sender's rate, so there CPU µs/pkt shows what the filter costs more than C:"
 		echo
 		table_header
 		for size in $SIZES; do
