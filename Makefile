@@ -148,12 +148,12 @@ bench: deps-build
 	$(MAKE) all
 	bench/run.sh
 
-# nfqlua --queue 0-1 against one queue, two senders: appends to bench/RESULTS.md.
+# nfqlua --queue 0-1 against one queue, two senders: its section of bench/RESULTS.md.
 bench-scale: deps-build
 	$(MAKE) all
 	bench/scale.sh
 
-# 10 minutes under load with reloads, reordering and script errors; appends
+# 10 minutes under load with reloads, reordering and script errors; writes
 # its figures to bench/RESULTS.md (SOAK_SECONDS to change the length).
 soak: deps-build
 	$(MAKE) all

@@ -2,7 +2,7 @@
 # NFQUEUE benchmark: how many packets per second each consumer verdicts, next
 # to the hand-written C reference measured in the same run.
 #
-#   sudo bench/run.sh                  # everything, about 2.8 minutes
+#   sudo bench/run.sh                  # everything, under 3 minutes (about 170 s)
 #   sudo BENCH_ONLY='ref|accept' bench/run.sh
 #
 # It re-executes itself in a private network namespace (unshare -n), so the
@@ -16,10 +16,9 @@
 # Knobs (environment): RUNS (5 rounds; a round measures one window of each
 # consumer in turn), WARM (0.2 s before each window), WINDOW (1.0 s),
 # SIZES ("64 1400"), POST (1: the POSTROUTING table), GSO (1: the GSO table),
-# MAXLEN (1024, queue length for
-# every consumer), GEN_BATCH (64), GEN_SNDBUF (64 MiB), GEN_CPU (0), CONS_CPU (1),
-# SINK_CPU (CONS_CPU), GSO_SINK_CPU (GEN_CPU), PORT (9999), BENCH_ONLY (regex
-# on consumer ids), OUT.
+# MAXLEN (1024, queue length for every consumer), GEN_BATCH (64), GEN_SNDBUF
+# (64 MiB), GEN_CPU (0), CONS_CPU (1), SINK_CPU (CONS_CPU), GSO_SINK_CPU
+# (GEN_CPU), PORT (9999), BENCH_ONLY (regex on consumer ids), OUT.
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
