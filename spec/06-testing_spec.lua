@@ -163,6 +163,17 @@ describe("nfq.testing", function()
 		assert.is_true(r[1].time >= 60)
 	end)
 
+	it("runs a table script's on_start before its packets and on_stop after them, as the daemon does", function()
+		local calls = {}
+		local r = testing.run({
+			on_start = function() calls[#calls + 1] = "start" end,
+			on_packet = function(pkt) calls[#calls + 1] = "packet " .. pkt.id pkt:accept() end,
+			on_stop = function() calls[#calls + 1] = "stop" end,
+		}, { testing.packet {}, testing.packet {} })
+		assert.equal(2, #r)
+		assert.same({ "start", "packet 1", "packet 2", "stop" }, calls)
+	end)
+
 	it("takes a packet's hook by name or number, and names a bad one", function()
 		local hooks = {}
 		testing.run(function(pkt) hooks[#hooks + 1] = pkt.hook; pkt:accept() end, {

@@ -105,14 +105,12 @@ local function hook_number(hook)
 	return n
 end
 
+-- A path or a table has the daemon's contract: on_start runs first.
 local function callback_of(script)
-	if type(script) == "string" then
-		local hooks_table = engine.load(script)
-		if hooks_table.on_start then hooks_table.on_start() end
-		return hooks_table.on_packet, hooks_table
-	end
-	if type(script) == "table" then return script.on_packet, script end
-	return script, {}
+	if type(script) ~= "string" and type(script) ~= "table" then return script, {} end
+	local hooks_table = type(script) == "string" and engine.load(script) or script
+	if hooks_table.on_start then hooks_table.on_start() end
+	return hooks_table.on_packet, hooks_table
 end
 
 local function run_offline(script, packets, opts, clock)
