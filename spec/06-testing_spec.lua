@@ -13,14 +13,17 @@ local function with_env(env, fn)
 	assert(ok, err)
 end
 
--- Run fn with print recorded instead of written: fn's result and the lines.
-local function printed_by(fn)
-	local lines = {}
-	local fake = stub(_G, "print", function(line) lines[#lines + 1] = line end)
+-- Run fn with what examples print or write to stderr recorded instead of
+-- written: fn's result and the strings, in order.
+local function output_of(fn)
+	local out, stderr = {}, io.stderr
+	local fake = stub(_G, "print", function(line) out[#out + 1] = line end)
+	io.stderr = { write = function(_, s) out[#out + 1] = s end } -- luacheck: ignore 122
 	local ok, r = pcall(fn)
 	fake:revert()
+	io.stderr = stderr -- luacheck: ignore 122
 	assert(ok, r)
-	return r, lines
+	return r, out
 end
 
 describe("nfq.testing", function()
@@ -60,14 +63,12 @@ describe("nfq.testing", function()
 	end)
 
 	it("drop_word.lua drops by content and says so on start and stop", function()
-		local stderr, lines = io.stderr, {}
-		io.stderr = { write = function(_, s) lines[#lines + 1] = s end } -- luacheck: ignore 122
-		local ok, r = pcall(testing.run, example("drop_word.lua"), {
-			testing.packet { payload = "fine" }, testing.packet { payload = "please DROP" } })
-		io.stderr = stderr -- luacheck: ignore 122
-		assert(ok, r)
+		local r, written = output_of(function()
+			return testing.run(example("drop_word.lua"), {
+				testing.packet { payload = "fine" }, testing.packet { payload = "please DROP" } })
+		end)
 		assert.same({ "accept", "drop" }, { r.by_id[1].verdict, r.by_id[2].verdict })
-		assert.same({ 'drop_word: dropping packets that contain "DROP"\n', "drop_word: dropped 1 packets\n" }, lines)
+		assert.same({ 'drop_word: dropping packets that contain "DROP"\n', "drop_word: dropped 1 packets\n" }, written)
 	end)
 
 	it("port_firewall.lua blocks its ports for TCP and UDP", function()
@@ -85,7 +86,7 @@ describe("nfq.testing", function()
 			local function query(name)
 				return testing.packet { dport = 53, payload = H.dns_query(name) }
 			end
-			local r, printed = printed_by(function()
+			local r, printed = output_of(function()
 				return testing.run(example("dns_filter.lua"), { query("x.ads.example"), query("good.example"),
 					testing.packet { dport = 53, payload = "\0\1" } })
 			end)
@@ -187,7 +188,7 @@ describe("nfq.testing", function()
 
 	it("accept_all.lua accepts; print_and_accept.lua describes the packet and accepts", function()
 		assert.equal("accept", testing.run(example("accept_all.lua"), { testing.packet {} })[1].verdict)
-		local r, printed = printed_by(function()
+		local r, printed = output_of(function()
 			return testing.run(example("print_and_accept.lua"), { testing.packet {} })
 		end)
 		assert.equal("accept", r[1].verdict)
