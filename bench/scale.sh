@@ -3,7 +3,8 @@
 # more packets than one queue on this machine? Two generators, one pinned to
 # each CPU, send 64-byte UDP; the rule spreads by CPU (--queue-balance 0:1
 # --queue-cpu-fanout) or sends all to queue 0. Verdicts/s come from the
-# kernel's id sequences; medians of RUNS runs. Puts its section in bench/RESULTS.md, in place of the last run's.
+# kernel's id sequences; medians of RUNS runs. Puts its section in
+# bench/RESULTS.md, in place of the last run's.
 set -euo pipefail
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$(dirname "$BENCH_DIR")"

@@ -2,7 +2,8 @@
 # make soak: nfqlua under steady load for SOAK_SECONDS (default 600) with a
 # SIGHUP every few seconds, a script that holds and reorders packets and
 # raises now and then. Reports packets sent vs accounted for, and RSS, fds and
-# Lua heap at the start and the end; puts the figures in bench/RESULTS.md, in place of the last run's.
+# Lua heap at the start and the end; puts the figures in bench/RESULTS.md,
+# in place of the last run's.
 # Runs as root in a private network namespace, traffic on 127.0.0.1 only.
 set -euo pipefail
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -19,7 +19,6 @@
 enum { NF_DROP, NF_ACCEPT, NF_STOLEN, NF_QUEUE, NF_REPEAT, NF_STOP };
 #define NF_VERDICT_MASK 0xffff
 
-
 /* A packet read from the capture, kept until its final verdict. */
 struct replayed {
 	struct nfq_packet meta;
