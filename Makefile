@@ -59,7 +59,7 @@ FUZZ_TARGETS = packet headers
 
 all: nfqlua lua/nfq/core.so lib
 
-# libnfqlua: the engine for C hosts (nfqlua.h). A host linked statically must
+# libnfqlua: the engine for C hosts (nfq_engine.h). A host linked statically must
 # export the library's symbols (-Wl,-E) so that the Lua module finds them.
 lib: $(BUILD)/libnfqlua.a $(BUILD)/libnfqlua.so
 
@@ -121,7 +121,7 @@ lua/nfq/core.so: $(CORE_OBJ)
 	$(CC) -shared -o $@ $^ $(CORE_LIBS) -lpthread
 
 # -Wl,-E exports the core's functions, so the module's FFI finds them in ffi.C.
-nfqlua: $(CORE_OBJ) $(ENGINE_OBJ) $(BUILD)/nfqlua.o $(BUILD)/nfq_replay.o $(LUA_BC_OBJ)
+nfqlua: $(CORE_OBJ) $(ENGINE_OBJ) $(BUILD)/nfq_daemon.o $(BUILD)/nfq_replay.o $(LUA_BC_OBJ)
 	$(CC) -o $@ $^ -Wl,-E $(CORE_LIBS) $(LUA_LIBS) $(EV_LIBS) $(PCAP_LIBS) -lpthread -ldl -lm
 
 # Static checks of the Lua code (settings in .luacheckrc).
@@ -162,7 +162,7 @@ soak: deps-build
 # The daemon with AddressSanitizer and UBSan: make test runs the daemon specs on it.
 ASAN_FLAGS = -g -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 ASAN_OBJ = $(CORE_SRC:src/%.c=$(BUILD)/asan/%.o) $(ENGINE_SRC:src/%.c=$(BUILD)/asan/%.o) \
-	$(BUILD)/asan/nfqlua.o $(BUILD)/asan/nfq_replay.o
+	$(BUILD)/asan/nfq_daemon.o $(BUILD)/asan/nfq_replay.o
 
 $(BUILD)/asan/%.o: src/%.c src/nfq_core.h src/nfq_internal.h
 	@mkdir -p $(@D)
@@ -206,7 +206,7 @@ fuzz-replay: fuzz-replay-build
 INSTALLED = $(BINDIR)/nfqlua $(MANDIR)/man1/nfqlua.1 \
 	$(LUA_FILES:%=$(LUA_MODULE_DIR)/%) $(LUA_CMODULE_DIR)/nfq/core.so \
 	$(LIBDIR)/libnfqlua.a $(LIBDIR)/libnfqlua.so \
-	$(INCLUDEDIR)/nfqlua.h $(INCLUDEDIR)/nfq_core.h \
+	$(INCLUDEDIR)/nfq_engine.h $(INCLUDEDIR)/nfq_core.h \
 	$(EXAMPLES:scripts/examples/%=$(DOCDIR)/examples/%) $(SYSTEMD_DIR)/nfqlua@.service
 
 install: all
@@ -216,7 +216,7 @@ install: all
 	install -D -m 755 lua/nfq/core.so $(DESTDIR)$(LUA_CMODULE_DIR)/nfq/core.so
 	install -D -m 644 $(BUILD)/libnfqlua.a $(DESTDIR)$(LIBDIR)/libnfqlua.a
 	install -D -m 755 $(BUILD)/libnfqlua.so $(DESTDIR)$(LIBDIR)/libnfqlua.so
-	install -D -m 644 src/nfqlua.h $(DESTDIR)$(INCLUDEDIR)/nfqlua.h
+	install -D -m 644 src/nfq_engine.h $(DESTDIR)$(INCLUDEDIR)/nfq_engine.h
 	install -D -m 644 src/nfq_core.h $(DESTDIR)$(INCLUDEDIR)/nfq_core.h
 	for f in $(EXAMPLES); do install -D -m 644 $$f $(DESTDIR)$(DOCDIR)/examples/$${f#scripts/examples/}; done
 	sed 's#/usr/local/bin/#$(BINDIR)/#g' scripts/systemd/nfqlua@.service > nfqlua@.service.tmp

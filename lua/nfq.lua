@@ -48,15 +48,15 @@ end
 local _M = {
 	_VERSION = "0.1.0",
 	_C = C, -- the core's FFI namespace, for specs and tools; not a public API
-	COPY_NONE = 0,
-	COPY_META = 1,
-	COPY_PACKET = 2,
-	DROP = 0,
-	ACCEPT = 1,
-	REPEAT = 4,
+	COPY_NONE = C.NFQ_COPY_NONE,
+	COPY_META = C.NFQ_COPY_META,
+	COPY_PACKET = C.NFQ_COPY_PACKET,
+	DROP = C.NFQ_DROP,
+	ACCEPT = C.NFQ_ACCEPT,
+	REPEAT = C.NFQ_REPEAT,
 }
 
-local NF_DROP, NF_ACCEPT, NF_REPEAT = 0, 1, 4
+local NF_DROP, NF_ACCEPT, NF_REPEAT = C.NFQ_DROP, C.NFQ_ACCEPT, C.NFQ_REPEAT
 local EINTR, EALREADY, EMSGSIZE = 4, 114, 90
 
 local PKT_PENDING = C.NFQ_PKT_PENDING
@@ -66,7 +66,8 @@ local PF_UID, PF_GID, PF_CT, PF_CT_INFO = C.NFQ_PF_UID, C.NFQ_PF_GID, C.NFQ_PF_C
 local PF_VLAN, PF_SKBINFO, PF_PRIORITY = C.NFQ_PF_VLAN, C.NFQ_PF_SKBINFO, C.NFQ_PF_PRIORITY
 local PF_CONNMARK_SET = C.NFQ_PF_CONNMARK_SET
 local FLAG_CONNTRACK = C.NFQ_FLAG_CONNTRACK
-local NF_QUEUE, NF_STOP, NF_QUEUE_BYPASS = 3, 5, 0x8000
+local NF_QUEUE, NF_STOP, NF_QUEUE_BYPASS = C.NFQ_QUEUE, C.NFQ_STOP, C.NFQ_QUEUE_BYPASS
+local QUEUE_NUM_SCALE = 2 ^ C.NFQ_QUEUE_SHIFT
 
 local queue_ptr_t = ffi.typeof("struct nfq_queue *")
 local packet_ptr_t = ffi.typeof("struct nfq_packet *")
@@ -271,7 +272,7 @@ function Packet:stop() give_verdict(self, NF_STOP) end
 -- listens there.
 function Packet:queue(queue_num, bypass)
 	check_int(queue_num, 0, 65535, "queue_num", 2)
-	give_verdict(self, NF_QUEUE + queue_num * 65536 + (bypass and NF_QUEUE_BYPASS or 0))
+	give_verdict(self, NF_QUEUE + queue_num * QUEUE_NUM_SCALE + (bypass and NF_QUEUE_BYPASS or 0))
 end
 
 --- Set the connection's mark with the verdict (the queue needs conntrack = true).

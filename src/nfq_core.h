@@ -13,6 +13,40 @@
 #include <stdint.h>
 
 /* BEGIN CDEF */
+/*
+ * Verdicts, as the kernel numbers them (NF_* in linux/netfilter.h). Only the
+ * low byte is the verdict (NFQ_VERDICT_MASK); NFQ_QUEUE carries the target
+ * queue in the high 16 bits, and NFQ_QUEUE_BYPASS accepts when nobody
+ * listens there.
+ */
+enum {
+	NFQ_DROP = 0,
+	NFQ_ACCEPT = 1,
+	NFQ_STOLEN = 2,
+	NFQ_QUEUE = 3,
+	NFQ_REPEAT = 4,
+	NFQ_STOP = 5,
+	NFQ_VERDICT_MASK = 0xff,
+	NFQ_QUEUE_BYPASS = 0x8000,
+	NFQ_QUEUE_SHIFT = 16
+};
+
+/* Copy modes (NFQNL_COPY_*): COPY_NONE is refused, it delivers nothing. */
+enum {
+	NFQ_COPY_NONE = 0,
+	NFQ_COPY_META = 1,
+	NFQ_COPY_PACKET = 2
+};
+
+/* Netfilter hooks (NF_INET_*), as packets report them. */
+enum {
+	NFQ_HOOK_PREROUTING = 0,
+	NFQ_HOOK_INPUT = 1,
+	NFQ_HOOK_FORWARD = 2,
+	NFQ_HOOK_OUTPUT = 3,
+	NFQ_HOOK_POSTROUTING = 4
+};
+
 enum {
 	NFQ_PKT_PENDING = 1,	/* waiting for a verdict */
 	NFQ_PKT_VERDICTED = 2,	/* verdict given (or fallback applied) */

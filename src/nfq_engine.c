@@ -19,7 +19,7 @@
 
 #include "nfq_internal.h"
 #include "nfq_log.h"
-#include "nfqlua.h"
+#include "nfq_engine.h"
 
 /* Batches handled per wakeup before the loop gets a chance to run timers and signals. */
 #define BATCHES_PER_WAKEUP 16

@@ -2,7 +2,7 @@
 #ifndef NFQ_REPLAY_H
 #define NFQ_REPLAY_H
 
-#include "nfqlua.h"
+#include "nfq_engine.h"
 
 struct nfq_replay_opts {
 	struct nfq_engine_opts engine;	/* script, mode, range, fallback, flags */

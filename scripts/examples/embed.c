@@ -13,7 +13,7 @@
 
 #include <ev.h>
 
-#include "nfqlua.h"
+#include "nfq_engine.h"
 
 static struct nfq_engine *engine;
 
@@ -53,10 +53,10 @@ int main(int argc, char **argv)
 	struct nfq_engine_opts opts = {
 		.script = argv[1],
 		.queue_num = (uint32_t)atoi(argv[2]),
-		.mode = 2,		/* COPY_PACKET */
+		.mode = NFQ_COPY_PACKET,
 		.range = 65535,
 		.max_len = 1024,
-		.fallback = 1,		/* accept */
+		.fallback = NFQ_ACCEPT,
 		.flags = NFQ_FLAG_GSO,
 	};
 	struct ev_loop *loop = EV_DEFAULT;

@@ -1,13 +1,13 @@
 /*
- * nfqlua.h: the nfqlua engine, for C programs that run a libev loop.
+ * nfq_engine.h: the nfqlua engine, for C programs that run a libev loop.
  *
  * An engine is one bound queue, one Lua state running a filter script, one
  * ev_io watcher on the caller's loop, and an ev_timer there when the script
  * has on_timer. All calls must come from the
  * thread that runs that loop. The nfqlua daemon is a main() over this API.
  */
-#ifndef NFQLUA_H
-#define NFQLUA_H
+#ifndef NFQ_ENGINE_H
+#define NFQ_ENGINE_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -20,11 +20,11 @@ struct nfq_engine;
 struct nfq_engine_opts {
 	const char *script;	/* path of the filter script */
 	uint32_t queue_num;	/* 0..65535 */
-	uint32_t mode;		/* 1 = COPY_META, 2 = COPY_PACKET */
+	uint32_t mode;		/* NFQ_COPY_META or NFQ_COPY_PACKET */
 	uint32_t range;		/* bytes copied per packet, 1..65535 */
 	uint32_t max_len;	/* kernel queue length */
 	uint32_t sock_len;	/* receive buffer bytes, 0 = sized from max_len */
-	uint32_t fallback;	/* verdict for packets left without one: 0 drop, 1 accept */
+	uint32_t fallback;	/* verdict for packets left without one: NFQ_DROP or NFQ_ACCEPT */
 	uint32_t flags;		/* NFQ_FLAG_* queue flags */
 	int offline;		/* no kernel: packets come from nfq_engine_queue() pushes */
 	size_t lua_mem_limit;	/* bytes each script's Lua state may use, 0 = no limit */

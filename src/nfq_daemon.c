@@ -1,5 +1,5 @@
 /*
- * nfqlua.c: the daemon: flags, signals and logging over the engine.
+ * nfq_daemon.c: the daemon: flags, signals and logging over the engine.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -22,7 +22,7 @@
 
 #include "nfq_log.h"
 #include "nfq_replay.h"
-#include "nfqlua.h"
+#include "nfq_engine.h"
 
 #define NFQLUA_VERSION "0.1.0"
 
@@ -168,12 +168,12 @@ static void parse_args(int argc, char **argv, struct cli *cli)
 		{ 0 }
 	};
 	struct nfq_engine_opts *o = &cli->engine;
-	o->mode = 2;
+	o->mode = NFQ_COPY_PACKET;
 	o->range = 65535;
 	o->max_len = 1024;
-	o->fallback = 1;
+	o->fallback = NFQ_ACCEPT;
 	o->flags = NFQ_FLAG_GSO;
-	cli->replay.hook = 1;	/* INPUT */
+	cli->replay.hook = NFQ_HOOK_INPUT;
 	opterr = 0;
 	int c;
 	while ((c = getopt_long(argc, argv, ":q:vh", options, NULL)) != -1) {
@@ -199,9 +199,9 @@ static void parse_args(int argc, char **argv, struct cli *cli)
 			break;
 		case OPT_MODE:
 			if (strcmp(optarg, "packet") == 0)
-				o->mode = 2;
+				o->mode = NFQ_COPY_PACKET;
 			else if (strcmp(optarg, "meta") == 0)
-				o->mode = 1;
+				o->mode = NFQ_COPY_META;
 			else
 				usage_error("--mode must be 'packet' or 'meta', got '%s'", optarg);
 			break;
@@ -213,9 +213,9 @@ static void parse_args(int argc, char **argv, struct cli *cli)
 			break;
 		case OPT_FALLBACK:
 			if (strcmp(optarg, "accept") == 0)
-				o->fallback = 1;
+				o->fallback = NFQ_ACCEPT;
 			else if (strcmp(optarg, "drop") == 0)
-				o->fallback = 0;
+				o->fallback = NFQ_DROP;
 			else
 				usage_error("--fallback must be 'accept' or 'drop', got '%s'", optarg);
 			break;
@@ -607,7 +607,7 @@ int main(int argc, char **argv)
 	}
 	for (unsigned i = 0; i < n_workers; i++)
 		nfq_log(NFQ_LOG_INFO, "queue %u bound (mode %s, range %u, max-len %u, fallback %s), running %s",
-			workers[i].opts.queue_num, cli.engine.mode == 1 ? "meta" : "packet",
+			workers[i].opts.queue_num, cli.engine.mode == NFQ_COPY_META ? "meta" : "packet",
 			cli.engine.range, cli.engine.max_len,
 			cli.engine.fallback ? "accept" : "drop", cli.engine.script);
 	ev_run(loop, 0);
