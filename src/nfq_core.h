@@ -38,6 +38,15 @@ enum {
 	NFQ_COPY_PACKET = 2
 };
 
+/*
+ * The most bytes of a packet the kernel copies to a queue
+ * (NFQNL_MAX_COPY_RANGE: 65535 less an attribute header); a larger packet
+ * arrives truncated.
+ */
+enum {
+	NFQ_MAX_COPY_RANGE = 65531
+};
+
 /* Netfilter hooks (NF_INET_*), as packets report them. */
 enum {
 	NFQ_HOOK_PREROUTING = 0,
