@@ -42,7 +42,9 @@ EXAMPLES = $(wildcard scripts/examples/*.lua) scripts/examples/embed.c \
 
 BUILD = build
 CORE_SRC = src/nfq_queue.c src/nfq_packet.c src/nfq_headers.c
-ENGINE_SRC = src/nfq_engine.c src/nfq_log.c
+ENGINE_SRC = src/nfq_engine.c
+# The daemon: main() and flags, its workers, its log, --replay.
+DAEMON_SRC = src/nfq_daemon.c src/nfq_workers.c src/nfq_log.c src/nfq_replay.c
 CORE_OBJ = $(CORE_SRC:src/%.c=$(BUILD)/%.o)
 ENGINE_OBJ = $(ENGINE_SRC:src/%.c=$(BUILD)/%.o)
 # Module bytecode linked into the binary: require finds luaJIT_BC_<name>.
@@ -121,7 +123,7 @@ lua/nfq/core.so: $(CORE_OBJ)
 	$(CC) -shared -o $@ $^ $(CORE_LIBS) -lpthread
 
 # -Wl,-E exports the core's functions, so the module's FFI finds them in ffi.C.
-nfqlua: $(CORE_OBJ) $(ENGINE_OBJ) $(BUILD)/nfq_daemon.o $(BUILD)/nfq_replay.o $(LUA_BC_OBJ)
+nfqlua: $(CORE_OBJ) $(ENGINE_OBJ) $(DAEMON_SRC:src/%.c=$(BUILD)/%.o) $(LUA_BC_OBJ)
 	$(CC) -o $@ $^ -Wl,-E $(CORE_LIBS) $(LUA_LIBS) $(EV_LIBS) $(PCAP_LIBS) -lpthread -ldl -lm
 
 # Static checks of the Lua code (settings in .luacheckrc).
@@ -162,7 +164,7 @@ soak: deps-build
 # The daemon with AddressSanitizer and UBSan: make test runs the daemon specs on it.
 ASAN_FLAGS = -g -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 ASAN_OBJ = $(CORE_SRC:src/%.c=$(BUILD)/asan/%.o) $(ENGINE_SRC:src/%.c=$(BUILD)/asan/%.o) \
-	$(BUILD)/asan/nfq_daemon.o $(BUILD)/asan/nfq_replay.o
+	$(DAEMON_SRC:src/%.c=$(BUILD)/asan/%.o)
 
 $(BUILD)/asan/%.o: src/%.c src/nfq_core.h src/nfq_internal.h
 	@mkdir -p $(@D)

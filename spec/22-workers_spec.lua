@@ -22,8 +22,8 @@ describe("queue ranges #kernel", function()
 		end
 		assert.equal(total, #rx:recv_all(0.5))
 		d:signal("HUP")
-		d:wait_output("queue 0: reloaded")
-		d:wait_output("queue 1: reloaded")
+		-- One line for the whole reload, which swapped both workers.
+		d:wait_output("queues 0-1: reloaded " .. script .. ": version 2 runs now")
 		d:signal("USR1")
 		d:wait_output("queue 1: received=")
 		d:wait_output("queue 0: received=")

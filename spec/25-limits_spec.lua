@@ -23,7 +23,7 @@ end]], ".lua")
 		tx:sendto("grow", "127.0.0.1", 9800)
 		tx:sendto("normal", "127.0.0.1", 9800)
 		assert.same({ "grow", "normal" }, rx:recv_all(0.5))
-		d:wait_output("not enough memory")
+		d:wait_output("out of memory: " .. script .. " reached its Lua memory limit of 16777216 bytes (--lua-mem-limit)")
 		d:signal("USR1")
 		d:wait_output("fallback=1 script_errors=1")
 		-- The failed call's garbage is collected at once, not left to fail

@@ -210,7 +210,7 @@ mount --bind /dev/null %s/dev/null && mount --bind %s/dev /dev && exec "$@"
 				assert.truthy(line:match("^<27>"), "facility daemon, priority err: " .. line)
 				errors = errors + 1
 			end
-			local n = line:match("queue 1: (%d+) more lines like the above suppressed")
+			local n = line:match("queue 1: (%d+) more script error lines? suppressed")
 			suppressed = suppressed + (tonumber(n) or 0)
 		end
 		local text = table.concat(all, "\n")

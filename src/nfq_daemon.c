@@ -22,6 +22,7 @@
 
 #include "nfq_log.h"
 #include "nfq_replay.h"
+#include "nfq_workers.h"
 #include "nfq_engine.h"
 
 #define NFQLUA_VERSION "0.1.0"
@@ -73,9 +74,6 @@ static const char usage[] =
 	"stays); SIGUSR1 logs the counters; SIGINT and SIGTERM stop after giving held\n"
 	"packets the fallback verdict (a second one exits at once).\n";
 
-/* Queues a daemon serves at most: one worker thread each. */
-#define MAX_WORKERS 64
-
 struct cli {
 	struct nfq_engine_opts engine;
 	int check;
@@ -87,27 +85,8 @@ struct cli {
 	struct nfq_replay_opts replay;	/* with --replay */
 };
 
-/*
- * One worker per queue: its own thread, libev loop, engine and Lua state.
- * The main thread only takes signals and passes them on with ev_async.
- */
-struct worker {
-	pthread_t thread;
-	struct ev_loop *loop;
-	struct nfq_engine_opts opts;
-	struct nfq_engine *engine;
-	ev_async reload, stats, stop;
-	int started;		/* 1 running, -1 failed: set under start_lock */
-	int kernel_stats_fd;	/* opened before --user gave up root, or -1 */
-	char err[1024];
-};
-
-static struct worker workers[MAX_WORKERS];
-static unsigned n_workers;
 static const char *pidfile;
 static FILE *pidfile_stream;	/* opened before giving up root, written once running */
-static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t start_cond = PTHREAD_COND_INITIALIZER;
 
 static void usage_error(const char *fmt, const char *arg)
 {
@@ -185,7 +164,7 @@ static void parse_args(int argc, char **argv, struct cli *cli)
 				snprintf(first, sizeof first, "%.*s", (int)(dash - optarg), optarg);
 				o->queue_num = parse_number("--queue", first, 0, 65535);
 				cli->last_queue = parse_number("--queue", dash + 1, 0, 65535);
-				if (cli->last_queue < o->queue_num || cli->last_queue - o->queue_num >= MAX_WORKERS)
+				if (cli->last_queue < o->queue_num || cli->last_queue - o->queue_num >= NFQ_MAX_WORKERS)
 					usage_error("--queue A-B needs A <= B and at most 64 queues, got '%s'", optarg);
 			} else {
 				o->queue_num = parse_number("--queue", optarg, 0, 65535);
@@ -313,82 +292,11 @@ static void parse_args(int argc, char **argv, struct cli *cli)
 		usage_error("--queue N is required%s", "");
 }
 
-static void on_reload_async(struct ev_loop *loop, ev_async *w, int revents)
-{
-	(void)loop;
-	(void)revents;
-	struct worker *wk = w->data;
-	nfq_engine_reload(wk->engine);
-}
-
-static void log_stats(const struct worker *wk)
-{
-	char line[1024];
-	nfq_engine_format_stats(wk->engine, line, sizeof line);
-	nfq_log(NFQ_LOG_INFO, "queue %u: %s", wk->opts.queue_num, line);
-}
-
-static void on_stats_async(struct ev_loop *loop, ev_async *w, int revents)
-{
-	(void)loop;
-	(void)revents;
-	log_stats(w->data);
-}
-
-static void on_stop_async(struct ev_loop *loop, ev_async *w, int revents)
-{
-	(void)w;
-	(void)revents;
-	ev_break(loop, EVBREAK_ALL);
-}
-
-static void report_start(struct worker *wk, int started)
-{
-	pthread_mutex_lock(&start_lock);
-	wk->started = started;
-	pthread_cond_broadcast(&start_cond);
-	pthread_mutex_unlock(&start_lock);
-}
-
-static void *worker_main(void *arg)
-{
-	struct worker *wk = arg;
-	wk->engine = nfq_engine_new(wk->loop, &wk->opts, wk->err, sizeof wk->err);
-	if (!wk->engine) {
-		if (wk->kernel_stats_fd >= 0)
-			close(wk->kernel_stats_fd);
-		wk->kernel_stats_fd = -1;
-		report_start(wk, -1);
-		return NULL;
-	}
-	if (wk->kernel_stats_fd >= 0)
-		nfq_engine_set_kernel_stats_fd(wk->engine, wk->kernel_stats_fd);
-	wk->kernel_stats_fd = -1;
-	ev_async *asyncs[] = { &wk->reload, &wk->stats, &wk->stop };
-	for (unsigned i = 0; i < 3; i++) {
-		asyncs[i]->data = wk;
-		ev_async_start(wk->loop, asyncs[i]);
-	}
-	report_start(wk, 1);
-	ev_run(wk->loop, 0);
-	nfq_engine_stop(wk->engine);
-	log_stats(wk);
-	nfq_engine_free(wk->engine);
-	wk->engine = NULL;
-	return NULL;
-}
-
-static void send_to_workers(size_t offset)
-{
-	for (unsigned i = 0; i < n_workers; i++)
-		if (workers[i].started == 1)
-			ev_async_send(workers[i].loop, (ev_async *)((char *)&workers[i] + offset));
-}
-
 static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
 {
 	(void)revents;
 	nfq_log(NFQ_LOG_INFO, "got %s, stopping", strsignal(w->signum));
+	nfq_workers_request_stop();
 	ev_break(loop, EVBREAK_ALL);
 }
 
@@ -397,8 +305,7 @@ static void on_reload_signal(struct ev_loop *loop, ev_signal *w, int revents)
 	(void)loop;
 	(void)w;
 	(void)revents;
-	nfq_log(NFQ_LOG_INFO, "got SIGHUP, reloading");
-	send_to_workers(offsetof(struct worker, reload));
+	nfq_workers_reload();
 }
 
 static void on_stats_signal(struct ev_loop *loop, ev_signal *w, int revents)
@@ -406,7 +313,14 @@ static void on_stats_signal(struct ev_loop *loop, ev_signal *w, int revents)
 	(void)loop;
 	(void)w;
 	(void)revents;
-	send_to_workers(offsetof(struct worker, stats));
+	nfq_workers_log_stats();
+}
+
+/* The engines' lines go through the daemon's log. */
+static void log_line(void *ud, int level, const char *line)
+{
+	(void)ud;
+	nfq_log(level, "%s", line);
 }
 
 /* A second SIGINT or SIGTERM while draining: leave now. */
@@ -493,56 +407,6 @@ fail:
 	return -1;
 }
 
-/* Start a worker per queue; 0 once all run, or -1 with the first failure printed. */
-static int start_workers(const struct cli *cli)
-{
-	/* Workers block the signals: they reach the main thread's loop. */
-	sigset_t all, old;
-	sigfillset(&all);
-	pthread_sigmask(SIG_BLOCK, &all, &old);
-	n_workers = cli->last_queue - cli->engine.queue_num + 1;
-	int rc = 0;
-	for (unsigned i = 0; i < n_workers; i++) {
-		struct worker *wk = &workers[i];
-		wk->opts = cli->engine;
-		wk->opts.queue_num = cli->engine.queue_num + i;
-		wk->opts.own_thread = 1;
-		wk->loop = ev_loop_new(EVFLAG_AUTO);
-		ev_async_init(&wk->reload, on_reload_async);
-		ev_async_init(&wk->stats, on_stats_async);
-		ev_async_init(&wk->stop, on_stop_async);
-		if (!wk->loop || pthread_create(&wk->thread, NULL, worker_main, wk) != 0) {
-			snprintf(wk->err, sizeof wk->err, "cannot start a worker for queue %u", wk->opts.queue_num);
-			wk->started = -1;
-			n_workers = i + 1;
-			break;
-		}
-	}
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	pthread_mutex_lock(&start_lock);
-	for (unsigned i = 0; i < n_workers; i++) {
-		while (workers[i].started == 0)
-			pthread_cond_wait(&start_cond, &start_lock);
-		if (workers[i].started < 0 && rc == 0) {
-			fprintf(stderr, "nfqlua: %s\n", workers[i].err);
-			rc = -1;
-		}
-	}
-	pthread_mutex_unlock(&start_lock);
-	return rc;
-}
-
-static void stop_workers(void)
-{
-	send_to_workers(offsetof(struct worker, stop));
-	for (unsigned i = 0; i < n_workers; i++) {
-		if (workers[i].thread)
-			pthread_join(workers[i].thread, NULL);
-		if (workers[i].loop)
-			ev_loop_destroy(workers[i].loop);
-	}
-}
-
 int main(int argc, char **argv)
 {
 	struct cli cli = { 0 };
@@ -556,9 +420,10 @@ int main(int argc, char **argv)
 	if (cli.pidfile && live && open_pidfile(cli.pidfile) < 0)
 		return 1;
 	/* The kernel's per-queue counters are root's alone: keep them readable. */
-	for (unsigned i = 0; i < MAX_WORKERS; i++)
-		workers[i].kernel_stats_fd = cli.user && live && i <= cli.last_queue - cli.engine.queue_num
-			? open(NFQ_KERNEL_STATS_PATH, O_RDONLY | O_CLOEXEC) : -1;
+	unsigned n_queues = cli.last_queue - cli.engine.queue_num + 1;
+	int kernel_stats_fds[NFQ_MAX_WORKERS];
+	for (unsigned i = 0; i < n_queues; i++)
+		kernel_stats_fds[i] = cli.user && live ? open(NFQ_KERNEL_STATS_PATH, O_RDONLY | O_CLOEXEC) : -1;
 	/* From here on, the script is only read as the user it runs as. */
 	if (cli.user && drop_privileges(cli.user) < 0)
 		goto fail;
@@ -573,8 +438,9 @@ int main(int argc, char **argv)
 	}
 	fclose(f);
 
+	cli.engine.log = log_line;
 	if (cli.check) {
-		if (nfq_engine_check_script(cli.engine.script, err, sizeof err) < 0) {
+		if (nfq_engine_check_script(&cli.engine, err, sizeof err) < 0) {
 			fprintf(stderr, "nfqlua: %s\n", err);
 			return 1;
 		}
@@ -601,24 +467,30 @@ int main(int argc, char **argv)
 	ev_signal_start(loop, &sighup);
 	ev_signal_start(loop, &sigusr1);
 
-	if (start_workers(&cli) < 0 || (pidfile && write_pidfile() < 0)) {
-		stop_workers();
-		goto fail;
+	int started = nfq_workers_start(loop, &cli.engine, n_queues, kernel_stats_fds);
+	if (started == 0 && pidfile && write_pidfile() < 0)
+		started = -1;
+	if (started == 0) {
+		for (unsigned i = 0; i < n_queues; i++)
+			nfq_log(NFQ_LOG_INFO, "queue %u bound (mode %s, range %u, max-len %u, fallback %s), running %s",
+				cli.engine.queue_num + i, cli.engine.mode == NFQ_COPY_META ? "meta" : "packet",
+				cli.engine.range, cli.engine.max_len,
+				cli.engine.fallback ? "accept" : "drop", cli.engine.script);
+		ev_run(loop, 0);
 	}
-	for (unsigned i = 0; i < n_workers; i++)
-		nfq_log(NFQ_LOG_INFO, "queue %u bound (mode %s, range %u, max-len %u, fallback %s), running %s",
-			workers[i].opts.queue_num, cli.engine.mode == NFQ_COPY_META ? "meta" : "packet",
-			cli.engine.range, cli.engine.max_len,
-			cli.engine.fallback ? "accept" : "drop", cli.engine.script);
-	ev_run(loop, 0);
 
 	ev_signal_stop(loop, &sigint);
 	ev_signal_stop(loop, &sigterm);
 	signal(SIGINT, exit_now);
 	signal(SIGTERM, exit_now);
-	stop_workers();
+	nfq_workers_stop();
 	if (pidfile)
 		remove_pidfile();
+	int exit_status = nfq_workers_exit_status();
+	if (exit_status >= 0)
+		return exit_status;
+	if (started < 0)
+		return 1;
 	nfq_log(NFQ_LOG_INFO, "all queues unbound, exiting");
 	return 0;
 fail:

@@ -1,10 +1,15 @@
 /*
  * nfq_engine.c: one queue, one Lua state running a filter script, and the
  * libev watcher that feeds it: the engine behind the nfqlua daemon.
+ *
+ * Every call into a script, from loading it to on_stop, goes through
+ * guarded_call(): a protected call with a traceback, under the memory
+ * limit, the watchdog and the host's stop.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,7 +23,6 @@
 #include <lualib.h>
 
 #include "nfq_internal.h"
-#include "nfq_log.h"
 #include "nfq_engine.h"
 
 /* Batches handled per wakeup before the loop gets a chance to run timers and signals. */
@@ -27,6 +31,9 @@
 #define BUSY_WAIT_MS 10
 /* How deep a table handed from one script version to the next may nest. */
 #define STATE_MAX_DEPTH 32
+/* Lines that can repeat per packet: at most LOG_BURST per LOG_WINDOW_MS. */
+#define LOG_BURST 10
+#define LOG_WINDOW_MS 5000
 
 /* What a Lua state may allocate, counted by its allocator. */
 struct lua_budget {
@@ -36,12 +43,9 @@ struct lua_budget {
 
 /* One loaded version of the script: its own Lua state. */
 struct script_state {
-	const char *tag;	/* "queue N", for log lines */
-	void *engine_ptr;	/* the engine, for the timeout hook */
 	struct lua_budget *budget;	/* freed with the state */
 	lua_State *L;
 	int engine_ref;		/* the nfq.engine module */
-	int traceback_ref;	/* traceback(), made once: each push would allocate */
 	int hooks_ref;		/* what the script returned */
 	int dispatch_ref;	/* the per-batch function */
 	int redeliver_ref;	/* the per-packet function for handed-over packets */
@@ -49,117 +53,267 @@ struct script_state {
 	double timer_interval;	/* seconds, 0 without on_timer */
 };
 
+/* What a call into the script is: a stop interrupts every kind but on_stop. */
+enum call_kind { CALL_SCRIPT, CALL_ON_STOP };
+
+/* Why the hook set on a running call interrupts it. */
+enum interrupt_reason { INTERRUPT_NONE, INTERRUPT_TIMEOUT, INTERRUPT_STOP };
+
+/*
+ * The call into a script running now. The loop's thread begins and ends
+ * calls; the watchdog and nfq_engine_interrupt() set the hook that
+ * interrupts one, from other threads. All of it is under lock, so that no
+ * hook is ever set on a state that has been closed meanwhile.
+ */
+struct watch {
+	pthread_mutex_t lock;
+	pthread_cond_t wake;	/* the watchdog's tick, cut short to end it */
+	lua_State *L;		/* NULL between calls */
+	long long since_ms;
+	enum call_kind kind;
+	enum interrupt_reason armed;
+	int watchdog_stop;
+};
+
+/* Kinds of lines that can repeat per packet, each counted when held back. */
+enum { LIMIT_SCRIPT_ERROR, LIMIT_RECEIVE_ERROR, LIMIT_KINDS };
+
+struct log_limit {
+	long long window_start_ms;
+	unsigned logged;
+	unsigned long long suppressed[LIMIT_KINDS];
+};
+
 struct nfq_engine {
 	struct ev_loop *loop;
 	ev_io io;
 	ev_timer timer;		/* runs the script's on_timer */
 	ev_idle busy;		/* own_thread under load: receives instead of io */
-	int own_thread;
+	int watching;		/* the watchers above are set up */
+	struct nfq_engine_opts opts;	/* opts.script points to script */
+	char script[4096];
 	struct nfq_queue *q;
 	struct script_state cur;
+	struct script_state next;	/* a reload prepared and not yet committed */
 	unsigned version;	/* 1 for the script loaded at start, +1 per reload */
+	int started;		/* on_start succeeded: on_stop is owed */
 	struct nfq_kernel_stats kernel;	/* last read while the queue was bound */
 	int lua_kb;		/* the script's heap when it was stopped */
 	char tag[16];		/* "queue N", for log lines */
-	size_t mem_limit;	/* per Lua state, 0: none */
-	/* The watchdog thread and what it watches: see nfq_engine_opts. */
-	unsigned timeout_ms;
+	struct watch watch;
 	pthread_t watchdog;
 	int watchdog_running;
-	atomic_int watchdog_stop;
-	atomic_llong busy_since_ms;	/* when the current call into Lua began, 0 if none */
-	atomic_llong hook_armed_for;	/* busy_since_ms of the call the hook is for */
-	struct nfq_log_limit packet_log;	/* lines that can repeat per packet */
-	char script[4096];
+	atomic_int stopping;	/* nfq_engine_interrupt() was called */
+	int exit_status;	/* os.exit's status while the call that asked unwinds, or -1 */
+	struct log_limit packet_log;
 };
 
-/* The engine whose state runs a hook: kept in the state's registry. */
+/* The engine a state belongs to: kept in the state's registry. */
 static const char engine_key = 'e';
+/* The state's traceback function, made once: each push would allocate. */
+static const char traceback_key = 't';
 
-static void timeout_hook(lua_State *L, lua_Debug *ar)
+/* A call into the script that ended in os.exit(): logged, not an error. */
+#define CALL_EXITED (-2)
+
+static void default_log(void *ud, int level, const char *line)
 {
-	(void)ar;
-	lua_sethook(L, NULL, 0, 0);
+	static const char *const names[] = { "error", "warning", "info", "debug" };
+	(void)ud;
+	if (level <= NFQ_LOG_INFO)
+		fprintf(stderr, "nfqlua: %s: %s\n", names[level], line);
+}
+
+static void elog(const struct nfq_engine *e, int level, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void elog(const struct nfq_engine *e, int level, const char *fmt, ...)
+{
+	char line[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof line, fmt, ap);
+	va_end(ap);
+	if (e->opts.log)
+		e->opts.log(e->opts.log_ud, level, line);
+	else
+		default_log(NULL, level, line);
+}
+
+static const char *const limit_names[LIMIT_KINDS] = { "script error", "receive error" };
+
+/* Report the lines held back so far, if any, naming what they were. */
+static void log_flush(struct nfq_engine *e)
+{
+	struct log_limit *l = &e->packet_log;
+	char what[160] = "";
+	size_t n = 0;
+	for (int k = 0; k < LIMIT_KINDS; k++) {
+		if (!l->suppressed[k] || n >= sizeof what)
+			continue;
+		n += (size_t)snprintf(what + n, sizeof what - n, "%s%llu more %s line%s", n ? " and " : "",
+				      l->suppressed[k], limit_names[k], l->suppressed[k] == 1 ? "" : "s");
+		l->suppressed[k] = 0;
+	}
+	if (n)
+		elog(e, NFQ_LOG_WARN, "%s: %s suppressed (at most %d lines per %d s; the counters have them all)",
+		     e->tag, what, LOG_BURST, LOG_WINDOW_MS / 1000);
+}
+
+/* 1 if a line of this kind may be logged now, 0 if it is held back. */
+static int log_allow(struct nfq_engine *e, int kind)
+{
+	struct log_limit *l = &e->packet_log;
+	long long now = nfq_now_ms();
+	if (now - l->window_start_ms >= LOG_WINDOW_MS) {
+		log_flush(e);
+		l->window_start_ms = now;
+		l->logged = 0;
+	}
+	if (l->logged < LOG_BURST) {
+		l->logged++;
+		return 1;
+	}
+	l->suppressed[kind]++;
+	return 0;
+}
+
+static struct nfq_engine *engine_of(lua_State *L)
+{
 	lua_pushlightuserdata(L, (void *)&engine_key);
 	lua_rawget(L, LUA_REGISTRYINDEX);
 	struct nfq_engine *e = lua_touserdata(L, -1);
 	lua_pop(L, 1);
-	long long since = e ? atomic_load(&e->busy_since_ms) : 0;
-	/* Armed for an earlier call that has ended meanwhile: nothing to stop. */
-	if (!e || since == 0 || since != atomic_load(&e->hook_armed_for))
-		return;
-	e->q->stats.script_timeouts++;
-	luaL_error(L, "script timeout: the call ran longer than %d ms", (int)e->timeout_ms);
+	return e;
+}
+
+/* Runs in the script's thread at its next instruction once armed. */
+static void interrupt_hook(lua_State *L, lua_Debug *ar)
+{
+	(void)ar;
+	struct nfq_engine *e = engine_of(L);
+	pthread_mutex_lock(&e->watch.lock);
+	enum interrupt_reason why = e->watch.L == L ? e->watch.armed : INTERRUPT_NONE;
+	pthread_mutex_unlock(&e->watch.lock);
+	lua_sethook(L, NULL, 0, 0);
+	if (why == INTERRUPT_TIMEOUT) {
+		if (e->q)
+			e->q->stats.script_timeouts++;
+		luaL_error(L, "script timeout: the call ran longer than %d ms (--script-timeout)",
+			   (int)e->opts.script_timeout_ms);
+	}
+	if (why == INTERRUPT_STOP)
+		luaL_error(L, "interrupted: nfqlua is stopping");
+}
+
+/* With the watch locked: interrupt the running call. lua_sethook is safe
+ * from another thread, as from a signal handler. */
+static void arm(struct nfq_engine *e, enum interrupt_reason why)
+{
+	e->watch.armed = why;
+	lua_sethook(e->watch.L, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
+/* A call that began earlier and is still running, for nested calls. */
+struct watch_outer {
+	lua_State *L;
+	long long since_ms;
+	enum call_kind kind;
+	enum interrupt_reason armed;
+};
+
+/* A call into L begins; -1 if the engine is stopping and kind may not run. */
+static int watch_begin(struct nfq_engine *e, lua_State *L, enum call_kind kind,
+		       struct watch_outer *outer)
+{
+	struct watch *w = &e->watch;
+	pthread_mutex_lock(&w->lock);
+	*outer = (struct watch_outer){ w->L, w->since_ms, w->kind, w->armed };
+	w->L = L;
+	w->since_ms = e->watchdog_running ? nfq_now_ms() : 0;
+	w->kind = kind;
+	w->armed = INTERRUPT_NONE;
+	pthread_mutex_unlock(&w->lock);
+	/* Read after publishing the call: nfq_engine_interrupt() sets the flag
+	 * before it looks for a call, so one of the two sees the other. */
+	if (kind != CALL_ON_STOP && atomic_load(&e->stopping))
+		return -1;
+	return 0;
+}
+
+static void watch_end(struct nfq_engine *e, const struct watch_outer *outer)
+{
+	struct watch *w = &e->watch;
+	pthread_mutex_lock(&w->lock);
+	if (w->armed != INTERRUPT_NONE)
+		lua_sethook(w->L, NULL, 0, 0);
+	w->L = outer->L;
+	w->since_ms = outer->since_ms;
+	w->kind = outer->kind;
+	w->armed = outer->armed;
+	pthread_mutex_unlock(&w->lock);
 }
 
 static void *watchdog_main(void *arg)
 {
 	struct nfq_engine *e = arg;
-	unsigned tick = e->timeout_ms / 4 ? e->timeout_ms / 4 : 1;
-	while (!atomic_load(&e->watchdog_stop)) {
-		usleep(tick * 1000);
-		long long since = atomic_load(&e->busy_since_ms);
-		if (since == 0)
-			continue;
-		long long busy = nfq_now_ms() - since;
-		if (busy > 3 * (long long)e->timeout_ms) {
+	struct watch *w = &e->watch;
+	long long timeout = e->opts.script_timeout_ms;
+	long long tick = timeout / 4 ? timeout / 4 : 1;
+	pthread_mutex_lock(&w->lock);
+	while (!w->watchdog_stop) {
+		struct timespec until;
+		clock_gettime(CLOCK_MONOTONIC, &until);
+		until.tv_sec += tick / 1000;
+		until.tv_nsec += (tick % 1000) * 1000000;
+		if (until.tv_nsec >= 1000000000) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000;
+		}
+		pthread_cond_timedwait(&w->wake, &w->lock, &until);
+		long long busy = w->L ? nfq_now_ms() - w->since_ms : 0;
+		if (busy > 3 * timeout) {
 			/* LuaJIT checks no hook inside a compiled loop: only leaving helps. */
-			nfq_log(NFQ_LOG_ERROR, "%s: script stuck for %lld ms where it cannot be interrupted (a JIT-compiled loop); exiting so that a supervisor restarts nfqlua",
-				e->tag, busy);
+			elog(e, NFQ_LOG_ERROR, "%s: script stuck for %lld ms where it cannot be interrupted (a JIT-compiled loop); exiting so that a supervisor restarts nfqlua",
+			     e->tag, busy);
 			_exit(70);
 		}
-		if (busy > (long long)e->timeout_ms && atomic_load(&e->hook_armed_for) != since) {
-			atomic_store(&e->hook_armed_for, since);
-			/* Safe from another thread, as from a signal handler. */
-			lua_sethook(e->cur.L, timeout_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
-		}
+		if (busy > timeout && w->armed == INTERRUPT_NONE)
+			arm(e, INTERRUPT_TIMEOUT);
 	}
+	pthread_mutex_unlock(&w->lock);
 	return NULL;
 }
 
+void nfq_engine_interrupt(struct nfq_engine *e)
+{
+	atomic_store(&e->stopping, 1);
+	pthread_mutex_lock(&e->watch.lock);
+	if (e->watch.L && e->watch.kind != CALL_ON_STOP && e->watch.armed == INTERRUPT_NONE)
+		arm(e, INTERRUPT_STOP);
+	pthread_mutex_unlock(&e->watch.lock);
+}
+
+/*
+ * The message handler of every call: the error with a traceback. An error
+ * object that is not a string says what it is: its __tostring if that
+ * works, else its type and where it was raised.
+ */
 static int traceback(lua_State *L)
 {
 	const char *msg = lua_tostring(L, 1);
-	if (!msg)
-		msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+	if (!msg && luaL_getmetafield(L, 1, "__tostring")) {
+		lua_pushvalue(L, 1);
+		if (lua_pcall(L, 1, 1, 0) == 0 && lua_type(L, -1) == LUA_TSTRING)
+			msg = lua_tostring(L, -1);
+	}
+	if (!msg) {
+		luaL_where(L, 2);
+		msg = lua_pushfstring(L, "%serror object is a %s value", lua_tostring(L, -1),
+				      luaL_typename(L, 1));
+	}
 	luaL_traceback(L, L, msg, 1);
 	return 1;
-}
-
-/* Log a Lua error: its first line as an error, the traceback for debugging. */
-static void log_lua_error(const char *tag, const char *what, const char *msg)
-{
-	const char *nl = strchr(msg, '\n');
-	int first = nl ? (int)(nl - msg) : (int)strlen(msg);
-	nfq_log(NFQ_LOG_ERROR, "%s: %s: %.*s", tag, what, first, msg);
-	if (nl)
-		nfq_log(NFQ_LOG_DEBUG, "%s", nl + 1);
-}
-
-static void copy_error(char *err, size_t errlen, const char *msg)
-{
-	if (err && errlen)
-		snprintf(err, errlen, "%s", msg ? msg : "unknown error");
-}
-
-/* Call nfq.engine[fn] with the nargs values on the stack; 0 or -1. */
-static int call_engine(lua_State *L, int engine_ref, const char *fn, int nargs,
-		       int nresults, int with_traceback, char *err, size_t errlen)
-{
-	int base = lua_gettop(L) - nargs;
-	lua_pushcfunction(L, traceback);
-	lua_rawgeti(L, LUA_REGISTRYINDEX, engine_ref);
-	lua_getfield(L, -1, fn);
-	lua_remove(L, -2);
-	lua_insert(L, base + 1);
-	lua_insert(L, base + 1);
-	if (lua_pcall(L, nargs, nresults, with_traceback ? base + 1 : 0) != 0) {
-		copy_error(err, errlen, lua_tostring(L, -1));
-		lua_settop(L, base);
-		return -1;
-	}
-	lua_remove(L, base + 1);
-	return 0;
 }
 
 /* The allocator of every script state: refuses growth past the budget, so
@@ -182,99 +336,182 @@ static void *budget_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 }
 
 /*
- * Run as root, a script that someone else can change is a way to root, so
+ * Call the function below the nargs values on top of L's stack, guarded.
+ * 0 with nresults values on the stack; -1 with the error (a string with
+ * its traceback) on the stack instead; CALL_EXITED, likewise, after the
+ * script called os.exit(), which this reports to the host.
+ */
+static int guarded_call(struct nfq_engine *e, lua_State *L, enum call_kind kind,
+			int nargs, int nresults)
+{
+	int fn = lua_gettop(L) - nargs;
+	struct watch_outer outer;
+	lua_pushlightuserdata(L, (void *)&traceback_key);
+	lua_rawget(L, LUA_REGISTRYINDEX);
+	lua_insert(L, fn);
+	if (watch_begin(e, L, kind, &outer) < 0) {
+		watch_end(e, &outer);
+		lua_settop(L, fn - 1);
+		lua_pushliteral(L, "interrupted: nfqlua is stopping");
+		return -1;
+	}
+	int rc = lua_pcall(L, nargs, nresults, fn);
+	watch_end(e, &outer);
+	lua_remove(L, fn);
+	if (rc == 0)
+		return 0;
+	if (rc == LUA_ERRMEM) {
+		/* LuaJIT has no emergency collection: without this, what the failed
+		 * call left unreachable keeps the next calls failing too. */
+		lua_gc(L, LUA_GCCOLLECT, 0);
+		void *ud;
+		lua_getallocf(L, &ud);
+		size_t limit = ((struct lua_budget *)ud)->limit;
+		if (limit) {
+			char msg[sizeof e->script + 256];
+			snprintf(msg, sizeof msg, "out of memory: %s reached its Lua memory limit of %zu bytes (--lua-mem-limit); keep less in Lua or raise the limit",
+				 e->script, limit);
+			lua_pop(L, 1);
+			lua_pushstring(L, msg);
+		}
+	}
+	if (e->exit_status >= 0) {
+		int status = e->exit_status;
+		e->exit_status = -1;
+		elog(e, NFQ_LOG_INFO, "%s: %s called os.exit(%d): stopping", e->tag, e->script, status);
+		e->opts.on_exit(e->opts.on_exit_ud, status);
+		return CALL_EXITED;
+	}
+	return -1;
+}
+
+/* Lua: engine.guarded_call(fn, ...) -> true, ... | false, err: a call
+ * nested in another (the offline driver's batches) under the same guard. */
+static int lua_guarded_call(lua_State *L)
+{
+	luaL_checktype(L, 1, LUA_TFUNCTION);
+	int nargs = lua_gettop(L) - 1;
+	if (guarded_call(engine_of(L), L, CALL_SCRIPT, nargs, LUA_MULTRET) != 0) {
+		lua_pushboolean(L, 0);
+		lua_insert(L, -2);
+		return 2;
+	}
+	lua_pushboolean(L, 1);
+	lua_insert(L, 1);
+	return lua_gettop(L);
+}
+
+/* Lua: os.exit(status) in a script asks the host to stop cleanly. */
+static int script_exit(lua_State *L)
+{
+	struct nfq_engine *e = engine_of(L);
+	int status = lua_isboolean(L, 1) ? !lua_toboolean(L, 1) : (int)luaL_optinteger(L, 1, 0);
+	if (!e->opts.on_exit)
+		return luaL_error(L, "os.exit(%d) is not available here: packets must get their verdicts; return from the script instead", status);
+	e->exit_status = status;
+	return luaL_error(L, "os.exit(%d): nfqlua stops", status);
+}
+
+/*
+ * The error on top of L's stack, popped: its first line goes to err after
+ * prefix, or to the log as an error when log_as names what failed; its
+ * traceback goes to the debug log.
+ */
+static void take_error(struct nfq_engine *e, lua_State *L, const char *prefix,
+		       char *err, size_t errlen, const char *log_as)
+{
+	const char *msg = lua_tostring(L, -1);
+	if (!msg)
+		msg = "unknown error";
+	const char *nl = strchr(msg, '\n');
+	int first = nl ? (int)(nl - msg) : (int)strlen(msg);
+	if (err && errlen)
+		snprintf(err, errlen, "%s%.*s", prefix, first, msg);
+	if (log_as)
+		elog(e, NFQ_LOG_ERROR, "%s: %s: %.*s", e->tag, log_as, first, msg);
+	if (nl)
+		elog(e, NFQ_LOG_DEBUG, "%s: %s%.*s:%s", e->tag, prefix, first, msg, nl);
+	lua_pop(L, 1);
+}
+
+/*
+ * Call nfq.engine[fn] with the nargs values on top of the stack, guarded:
+ * 0 with nresults values, or -1 with the reason in err.
+ */
+static int call_engine(struct nfq_engine *e, struct script_state *st, enum call_kind kind,
+		       const char *fn, int nargs, int nresults, const char *prefix,
+		       char *err, size_t errlen)
+{
+	lua_State *L = st->L;
+	lua_rawgeti(L, LUA_REGISTRYINDEX, st->engine_ref);
+	lua_getfield(L, -1, fn);
+	lua_remove(L, -2);
+	lua_insert(L, -1 - nargs);
+	if (guarded_call(e, L, kind, nargs, nresults) != 0) {
+		take_error(e, L, prefix, err, errlen, NULL);
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * Run as root, a file that someone else can change is a way to root, so
  * it is refused, as sshd and sudo refuse their files: it must belong to
  * root, not be writable by group or others, and sit in a directory that
  * others cannot write to (unless it is sticky, like /tmp). 0 or -1 and err.
  */
-static int check_script_owner(const char *script, char *err, size_t errlen)
+static int check_file_owner(const char *path, char *err, size_t errlen)
 {
 	struct stat st;
-	if (stat(script, &st) < 0)
+	if (stat(path, &st) < 0)
 		return 0;	/* loading it reports why it cannot be read */
 	if (st.st_uid != 0) {
 		snprintf(err, errlen, "refusing to run '%s' as root: it belongs to uid %ld, who could change it; chown root '%s', or run with --user",
-			 script, (long)st.st_uid, script);
+			 path, (long)st.st_uid, path);
 		return -1;
 	}
 	if (st.st_mode & (S_IWGRP | S_IWOTH)) {
 		snprintf(err, errlen, "refusing to run '%s' as root: it is writable by %s (mode %04o); chmod go-w '%s'",
-			 script, st.st_mode & S_IWOTH ? "others" : "its group",
-			 (unsigned)(st.st_mode & 07777), script);
+			 path, st.st_mode & S_IWOTH ? "others" : "its group",
+			 (unsigned)(st.st_mode & 07777), path);
 		return -1;
 	}
 	char dir[4096];
-	const char *slash = strrchr(script, '/');
-	snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - script) + (slash == script) : 1,
-		 slash ? script : ".");
+	const char *slash = strrchr(path, '/');
+	snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) + (slash == path) : 1,
+		 slash ? path : ".");
 	if (stat(dir, &st) == 0 && (st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX)) {
 		snprintf(err, errlen, "refusing to run '%s' as root: its directory '%s' is writable by %s (mode %04o), who could replace it; chmod go-w '%s'",
-			 script, dir, st.st_mode & S_IWOTH ? "others" : "its group",
+			 path, dir, st.st_mode & S_IWOTH ? "others" : "its group",
 			 (unsigned)(st.st_mode & 07777), dir);
 		return -1;
 	}
 	return 0;
 }
 
-/* Open a Lua state with the nfq modules and load the script into it. */
-static int state_open(struct script_state *st, const char *tag, size_t mem_limit,
-		      const char *script, char *err, size_t errlen)
+/* Lua: check_owner(path) -> true | nil, err, for every file a root script loads. */
+static int lua_check_owner(lua_State *L)
 {
-	memset(st, 0, sizeof *st);
-	st->tag = tag;
-	if (geteuid() == 0 && check_script_owner(script, err, errlen) < 0)
-		return -1;
-	st->budget = calloc(1, sizeof *st->budget);
-	lua_State *L = st->budget ? lua_newstate(budget_alloc, st->budget) : NULL;
-	if (!L) {
-		copy_error(err, errlen, "cannot create a Lua state: out of memory");
-		return -1;
+	char err[1024];
+	if (check_file_owner(luaL_checkstring(L, 1), err, sizeof err) < 0) {
+		lua_pushnil(L);
+		lua_pushstring(L, err);
+		return 2;
 	}
-	st->budget->limit = mem_limit;
-	st->L = L;
-	luaL_openlibs(L);
-	/* Modules next to the script can be required. */
-	const char *slash = strrchr(script, '/');
-	size_t dirlen = slash ? (size_t)(slash - script) : 1;
-	lua_getglobal(L, "package");
-	lua_pushlstring(L, slash ? script : ".", dirlen);
-	lua_pushliteral(L, "/?.lua;");
-	lua_getfield(L, -3, "path");
-	lua_concat(L, 3);
-	lua_setfield(L, -2, "path");
-	lua_settop(L, 0);
-	lua_getglobal(L, "require");
-	lua_pushliteral(L, "nfq.engine");
-	if (lua_pcall(L, 1, 1, 0) != 0) {
-		copy_error(err, errlen, lua_tostring(L, -1));
-		return -1;
-	}
-	st->engine_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-	lua_pushcfunction(L, traceback);
-	st->traceback_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-	lua_pushstring(L, script);
-	if (call_engine(L, st->engine_ref, "load", 1, 1, 0, err, errlen) < 0)
-		return -1;
-	st->hooks_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-	return 0;
+	lua_pushboolean(L, 1);
+	return 1;
 }
 
-/* Give the state the queue: it returns its dispatch and redeliver functions. */
-static int state_attach(struct script_state *st, struct nfq_queue *q, char *err,
-			size_t errlen)
+/* Under lua_cpcall: the standard libraries, os.exit replaced. */
+static int open_libs(lua_State *L)
 {
-	lua_pushlightuserdata(st->L, (void *)&engine_key);
-	lua_pushlightuserdata(st->L, st->engine_ptr);
-	lua_rawset(st->L, LUA_REGISTRYINDEX);
-	lua_pushlightuserdata(st->L, q);
-	lua_rawgeti(st->L, LUA_REGISTRYINDEX, st->hooks_ref);
-	if (call_engine(st->L, st->engine_ref, "attach", 2, 4, 0, err, errlen) < 0)
-		return -1;
-	st->timer_interval = lua_tonumber(st->L, -1);
-	lua_pop(st->L, 1);
-	st->timer_ref = lua_isnil(st->L, -1) ? (lua_pop(st->L, 1), LUA_NOREF) : luaL_ref(st->L, LUA_REGISTRYINDEX);
-	st->redeliver_ref = luaL_ref(st->L, LUA_REGISTRYINDEX);
-	st->dispatch_ref = luaL_ref(st->L, LUA_REGISTRYINDEX);
+	luaL_openlibs(L);
+	lua_getglobal(L, "os");
+	lua_pushcfunction(L, script_exit);
+	lua_setfield(L, -2, "exit");
+	lua_pushlightuserdata(L, (void *)&traceback_key);
+	lua_pushcfunction(L, traceback);
+	lua_rawset(L, LUA_REGISTRYINDEX);
 	return 0;
 }
 
@@ -283,77 +520,125 @@ static void state_close(struct script_state *st)
 {
 	if (st->L)
 		lua_close(st->L);
-	st->L = NULL;
 	free(st->budget);
-	st->budget = NULL;
+	memset(st, 0, sizeof *st);
 }
 
-/* Call a hook with the nargs values on the stack; log its failure. */
-static int call_hook(struct script_state *st, const char *name, int nargs,
-		     char *err, size_t errlen)
+/*
+ * Open a Lua state with the nfq modules and run the script's top level in
+ * it, all under the state's memory limit and the watchdog.
+ */
+static int state_open(struct nfq_engine *e, struct script_state *st, char *err, size_t errlen)
+{
+	memset(st, 0, sizeof *st);
+	int as_root = geteuid() == 0;
+	if (as_root && check_file_owner(e->script, err, errlen) < 0)
+		return -1;
+	st->budget = calloc(1, sizeof *st->budget);
+	lua_State *L = st->budget ? lua_newstate(budget_alloc, st->budget) : NULL;
+	if (!L) {
+		snprintf(err, errlen, "cannot create a Lua state: out of memory");
+		return -1;
+	}
+	st->L = L;
+	st->budget->limit = e->opts.lua_mem_limit;
+	lua_pushlightuserdata(L, (void *)&engine_key);
+	lua_pushlightuserdata(L, e);
+	lua_rawset(L, LUA_REGISTRYINDEX);
+	if (lua_cpcall(L, open_libs, NULL) != 0) {
+		snprintf(err, errlen, "cannot open the Lua libraries: %s", lua_tostring(L, -1));
+		return -1;
+	}
+	lua_getglobal(L, "require");
+	lua_pushliteral(L, "nfq.engine");
+	if (guarded_call(e, L, CALL_SCRIPT, 1, 1) != 0) {
+		take_error(e, L, "", err, errlen, NULL);
+		return -1;
+	}
+	lua_pushcfunction(L, lua_guarded_call);
+	lua_setfield(L, -2, "guarded_call");
+	st->engine_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	lua_pushstring(L, e->script);
+	if (as_root)
+		lua_pushcfunction(L, lua_check_owner);
+	else
+		lua_pushnil(L);
+	if (call_engine(e, st, CALL_SCRIPT, "load", 2, 2, "", err, errlen) < 0)
+		return -1;
+	if (lua_isstring(L, -1))
+		elog(e, NFQ_LOG_WARN, "%s: %s", e->tag, lua_tostring(L, -1));
+	lua_pop(L, 1);
+	st->hooks_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	return 0;
+}
+
+/* Give the state the queue: it returns its dispatch and redeliver functions. */
+static int state_attach(struct nfq_engine *e, struct script_state *st, char *err, size_t errlen)
 {
 	lua_State *L = st->L;
+	lua_pushlightuserdata(L, e->q);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, st->hooks_ref);
+	if (call_engine(e, st, CALL_SCRIPT, "attach", 2, 4, "", err, errlen) < 0)
+		return -1;
+	st->timer_interval = lua_tonumber(L, -1);
+	lua_pop(L, 1);
+	st->timer_ref = lua_isnil(L, -1) ? (lua_pop(L, 1), LUA_NOREF) : luaL_ref(L, LUA_REGISTRYINDEX);
+	st->redeliver_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	st->dispatch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	return 0;
+}
+
+/* Call the script's hook `name` with the nargs values on top of the stack. */
+static int call_hook(struct nfq_engine *e, struct script_state *st, enum call_kind kind,
+		     const char *name, int nargs, char *err, size_t errlen)
+{
+	lua_State *L = st->L;
+	char prefix[64];
+	snprintf(prefix, sizeof prefix, "%s failed: ", name);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, st->hooks_ref);
 	lua_pushstring(L, name);
 	lua_insert(L, -2 - nargs);
 	lua_insert(L, -2 - nargs);
-	if (call_engine(L, st->engine_ref, "call_hook", 2 + nargs, 0, 1, err, errlen) < 0) {
-		char what[64];
-		snprintf(what, sizeof what, "%s failed", name);
-		log_lua_error(st->tag, what, err);
-		return -1;
-	}
-	return 0;
+	return call_engine(e, st, kind, "call_hook", 2 + nargs, 0, prefix, err, errlen);
 }
 
-int nfq_engine_check_script(const char *path, char *err, size_t errlen)
-{
-	struct script_state st;
-	int rc = state_open(&st, "check", 0, path, err, errlen);
-	state_close(&st);
-	return rc;
-}
-
-/* Call a per-packet Lua function until it returns normally; errors are logged. */
-static int call_packet_function(struct nfq_engine *e, int ref, void *arg)
+/* Call a per-packet Lua function (a batch, on_timer, a handed-over packet);
+ * its error is logged and counted, its packet left for the caller. */
+static int call_packets(struct nfq_engine *e, int ref, void *arg)
 {
 	lua_State *L = e->cur.L;
-	lua_rawgeti(L, LUA_REGISTRYINDEX, e->cur.traceback_ref);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
-	int nargs = 0;
-	if (arg) {
+	if (arg)
 		lua_pushlightuserdata(L, arg);
-		nargs = 1;
-	}
-	if (e->timeout_ms)
-		atomic_store(&e->busy_since_ms, nfq_now_ms());
-	int rc = lua_pcall(L, nargs, 0, -2 - nargs);
-	if (e->timeout_ms) {
-		atomic_store(&e->busy_since_ms, 0);
-		if (atomic_load(&e->hook_armed_for))
-			lua_sethook(L, NULL, 0, 0);
-		atomic_store(&e->hook_armed_for, 0);
-	}
-	if (rc == LUA_ERRMEM)
-		/* LuaJIT has no emergency collection: without this, what the failed
-		 * call left unreachable keeps the next packets failing too. */
-		lua_gc(L, LUA_GCCOLLECT, 0);
-	if (rc != 0) {
+	int rc = guarded_call(e, L, CALL_SCRIPT, arg ? 1 : 0, 0);
+	if (rc == -1) {
 		e->q->stats.script_errors++;
-		if (nfq_log_allow(&e->packet_log, e->tag))
-			log_lua_error(e->tag, "script error", lua_tostring(L, -1));
-		lua_pop(L, 1);
+		if (log_allow(e, LIMIT_SCRIPT_ERROR))
+			take_error(e, L, "", NULL, 0, "script error");
+		else
+			lua_pop(L, 1);
 	}
-	lua_pop(L, 1);
 	return rc;
 }
 
+/*
+ * Give the batch to the script. A failed call leaves its packet to the
+ * fallback verdict and goes on with the next; a call that could not start
+ * (the engine is stopping) leaves the whole rest to it.
+ */
 static void run_batch(struct nfq_engine *e)
 {
 	struct nfq_queue *q = e->q;
-	while (q->pos < q->count)
-		if (call_packet_function(e, e->cur.dispatch_ref, NULL) != 0)
+	while (q->pos < q->count) {
+		uint32_t before = q->pos;
+		if (call_packets(e, e->cur.dispatch_ref, NULL) == 0)
+			continue;
+		if (q->pos == before)
+			while (q->pos < q->count)
+				nfq_packet_finish(&q->pkts[q->pos++]);
+		else
 			nfq_queue_finish_current(q);
+	}
 	nfq_queue_flush(q);
 }
 
@@ -374,8 +659,8 @@ static void on_busy(struct ev_loop *loop, ev_idle *w, int revents)
 	}
 	for (int i = 0; i < BATCHES_PER_WAKEUP; i++) {
 		int n = nfq_queue_receive_in_recv(e->q, wait_ms);
-		if (n < 0 && nfq_log_allow(&e->packet_log, e->tag))
-			nfq_log(NFQ_LOG_WARN, "%s: %s", e->tag, e->q->errmsg);
+		if (n < 0 && log_allow(e, LIMIT_RECEIVE_ERROR))
+			elog(e, NFQ_LOG_WARN, "%s: %s", e->tag, e->q->errmsg);
 		if (n <= 0) {
 			ev_idle_stop(loop, &e->busy);
 			ev_io_start(loop, &e->io);
@@ -392,14 +677,14 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
 	for (int i = 0; i < BATCHES_PER_WAKEUP; i++) {
 		int n = nfq_queue_receive(e->q, 0);
 		if (n < 0) {
-			if (nfq_log_allow(&e->packet_log, e->tag))
-				nfq_log(NFQ_LOG_WARN, "%s: %s", e->tag, e->q->errmsg);
+			if (log_allow(e, LIMIT_RECEIVE_ERROR))
+				elog(e, NFQ_LOG_WARN, "%s: %s", e->tag, e->q->errmsg);
 			break;
 		}
 		if (n == 0)
 			break;
 		run_batch(e);
-		if (e->own_thread && n == NFQ_BATCH_SLOTS) {
+		if (e->opts.own_thread && n == NFQ_BATCH_SLOTS) {
 			ev_io_stop(loop, &e->io);
 			ev_idle_start(loop, &e->busy);
 			return;
@@ -411,7 +696,7 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
 static void run_timer(struct nfq_engine *e)
 {
 	e->q->in_dispatch = 1;
-	call_packet_function(e, e->cur.timer_ref, NULL);
+	call_packets(e, e->cur.timer_ref, NULL);
 	nfq_queue_flush(e->q);
 }
 
@@ -426,7 +711,7 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
  * off a live queue. */
 static void arm_timer(struct nfq_engine *e)
 {
-	if (!e->io.data)
+	if (!e->watching)
 		return;
 	ev_timer_stop(e->loop, &e->timer);
 	if (e->cur.timer_ref == LUA_NOREF)
@@ -484,19 +769,51 @@ static int copy_value(lua_State *from, int idx, lua_State *to, int depth,
 	}
 }
 
-/* Copy the old version's on_reload() state onto the new state's stack. */
-static int hand_state(struct script_state *from, struct script_state *to,
+/* What copy_into runs with: a copy can fail for memory in the new state. */
+struct state_copy {
+	lua_State *from;
+	char *err;
+	size_t errlen;
+	int rc;
+};
+
+static const char handed_state_key = 'h';
+
+/* Under lua_cpcall on the new state: copy the old state's top value into
+ * the new state's registry. */
+static int copy_into(lua_State *to)
+{
+	struct state_copy *c = lua_touserdata(to, 1);
+	lua_pushlightuserdata(to, (void *)&handed_state_key);
+	c->rc = copy_value(c->from, -1, to, 0, c->err, c->errlen);
+	if (c->rc == 0)
+		lua_rawset(to, LUA_REGISTRYINDEX);
+	return 0;
+}
+
+/* Push onto the new state the old version's on_reload() state. */
+static int hand_state(struct nfq_engine *e, struct script_state *from, struct script_state *to,
 		      char *err, size_t errlen)
 {
-	int from_top = lua_gettop(from->L), to_top = lua_gettop(to->L);
+	int from_top = lua_gettop(from->L);
 	lua_rawgeti(from->L, LUA_REGISTRYINDEX, from->hooks_ref);
-	if (call_engine(from->L, from->engine_ref, "save_state", 1, 1, 1, err, errlen) < 0)
+	if (call_engine(e, from, CALL_SCRIPT, "save_state", 1, 1, "", err, errlen) < 0)
 		return -1;
-	int rc = copy_value(from->L, -1, to->L, 0, err, errlen);
+	struct state_copy c = { from->L, err, errlen, -1 };
+	if (lua_cpcall(to->L, copy_into, &c) != 0) {
+		snprintf(err, errlen, "on_reload: the state does not fit in the new version's Lua memory limit");
+		lua_pop(to->L, 1);
+		c.rc = -1;
+	}
 	lua_settop(from->L, from_top);
-	if (rc < 0)
-		lua_settop(to->L, to_top);
-	return rc;
+	if (c.rc < 0)
+		return -1;
+	lua_pushlightuserdata(to->L, (void *)&handed_state_key);
+	lua_rawget(to->L, LUA_REGISTRYINDEX);
+	lua_pushlightuserdata(to->L, (void *)&handed_state_key);
+	lua_pushnil(to->L);
+	lua_rawset(to->L, LUA_REGISTRYINDEX);
+	return 0;
 }
 
 /* Give the new version the packets the old one held, in arrival order. */
@@ -511,136 +828,177 @@ static int hand_over_packets(struct nfq_engine *e)
 	n = nfq_queue_hand_over(e->q, held, n);
 	e->q->in_dispatch = 1;
 	for (int i = 0; i < n; i++)
-		call_packet_function(e, e->cur.redeliver_ref, held[i]);
+		call_packets(e, e->cur.redeliver_ref, held[i]);
 	nfq_queue_flush(e->q);
 	free(held);
 	return n;
 }
 
-int nfq_engine_reload(struct nfq_engine *e)
+int nfq_engine_reload_prepare(struct nfq_engine *e, char *err, size_t errlen)
 {
-	struct script_state next;
-	char err[1024];
-
+	state_close(&e->next);
 	/* Everything that can fail happens before the swap: a failure keeps the old version. */
-	if (state_open(&next, e->tag, e->mem_limit, e->script, err, sizeof err) < 0)
-		goto fail;
-	next.engine_ptr = e;
-	if (state_attach(&next, e->q, err, sizeof err) < 0)
-		goto fail;
-	if (hand_state(&e->cur, &next, err, sizeof err) < 0)
-		goto fail;
-	if (call_hook(&next, "on_start", 1, err, sizeof err) < 0)
-		goto fail;
+	if (state_open(e, &e->next, err, errlen) < 0 ||
+	    state_attach(e, &e->next, err, errlen) < 0 ||
+	    hand_state(e, &e->cur, &e->next, err, errlen) < 0 ||
+	    call_hook(e, &e->next, CALL_SCRIPT, "on_start", 1, err, errlen) < 0) {
+		state_close(&e->next);
+		return -1;
+	}
+	return 0;
+}
 
+int nfq_engine_reload_commit(struct nfq_engine *e)
+{
+	if (!e->next.L)
+		return -1;
 	struct script_state old = e->cur;
-	e->cur = next;
+	e->cur = e->next;
+	memset(&e->next, 0, sizeof e->next);
 	arm_timer(e);
 	int n_held = hand_over_packets(e);
 	/* Only husks are left in the old state: closing it verdicts nothing. */
 	state_close(&old);
 	e->version++;
 	e->q->stats.reloads++;
-	nfq_log(NFQ_LOG_INFO, "%s: reloaded %s: version %u runs now, %d held packets handed to it",
-		e->tag, e->script, e->version, n_held < 0 ? 0 : n_held);
-	return 0;
-fail:
-	e->q->stats.reload_failures++;
-	nfq_log(NFQ_LOG_ERROR, "%s: reload of %s failed, version %u keeps running: %s",
-		e->tag, e->script, e->version, err);
-	state_close(&next);
-	return -1;
+	return n_held < 0 ? 0 : n_held;
 }
 
-struct nfq_engine *nfq_engine_new(struct ev_loop *loop,
-				  const struct nfq_engine_opts *opts,
-				  char *err, size_t errlen)
+void nfq_engine_reload_abort(struct nfq_engine *e)
 {
+	state_close(&e->next);
+	e->q->stats.reload_failures++;
+}
+
+int nfq_engine_reload(struct nfq_engine *e)
+{
+	char err[1024];
+	if (nfq_engine_reload_prepare(e, err, sizeof err) < 0) {
+		nfq_engine_reload_abort(e);
+		elog(e, NFQ_LOG_ERROR, "%s: reload of %s failed, version %u keeps running: %s",
+		     e->tag, e->script, e->version, err);
+		return -1;
+	}
+	int n_held = nfq_engine_reload_commit(e);
+	elog(e, NFQ_LOG_INFO, "%s: reloaded %s: version %u runs now, %d held packets handed to it",
+	     e->tag, e->script, e->version, n_held);
+	return 0;
+}
+
+unsigned nfq_engine_version(const struct nfq_engine *e)
+{
+	return e->version;
+}
+
+struct nfq_engine *nfq_engine_create(struct ev_loop *loop,
+				     const struct nfq_engine_opts *opts,
+				     char *err, size_t errlen)
+{
+	if (!opts->script || strlen(opts->script) >= sizeof ((struct nfq_engine *)0)->script) {
+		snprintf(err, errlen, "the script path is missing or longer than 4095 bytes");
+		return NULL;
+	}
 	struct nfq_engine *e = calloc(1, sizeof *e);
 	if (!e) {
-		copy_error(err, errlen, "out of memory");
+		snprintf(err, errlen, "out of memory");
 		return NULL;
 	}
 	e->loop = loop;
-	e->version = 1;
+	e->opts = *opts;
 	snprintf(e->script, sizeof e->script, "%s", opts->script);
+	e->opts.script = e->script;
+	e->version = 1;
+	e->exit_status = -1;
 	snprintf(e->tag, sizeof e->tag, "queue %u", opts->queue_num);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&e->watch.wake, &ca);
+	pthread_condattr_destroy(&ca);
+	pthread_mutex_init(&e->watch.lock, NULL);
+	if (opts->script_timeout_ms) {
+		if (pthread_create(&e->watchdog, NULL, watchdog_main, e) != 0) {
+			snprintf(err, errlen, "cannot start the script watchdog");
+			nfq_engine_free(e);
+			return NULL;
+		}
+		e->watchdog_running = 1;
+	}
+	return e;
+}
 
+int nfq_engine_start(struct nfq_engine *e, char *err, size_t errlen)
+{
+	const struct nfq_engine_opts *opts = &e->opts;
 	/* The script loads before the queue binds: a broken script never takes traffic. */
-	e->mem_limit = opts->lua_mem_limit;
-	if (state_open(&e->cur, e->tag, e->mem_limit, opts->script, err, errlen) < 0)
-		goto fail;
+	if (state_open(e, &e->cur, err, errlen) < 0)
+		return -1;
 	if (opts->offline) {
 		e->q = nfq_queue_open_offline(opts->mode, opts->range);
 		if (!e->q) {
 			snprintf(err, errlen, "cannot open an offline queue: %s", strerror(errno));
-			goto fail;
+			return -1;
 		}
 		e->q->flags = opts->flags;
 	} else {
 		e->q = nfq_queue_open(-1);
 		if (!e->q) {
 			snprintf(err, errlen, "cannot open a netfilter netlink socket: %s", strerror(errno));
-			goto fail;
+			return -1;
 		}
 		if (nfq_queue_bind(e->q, opts->queue_num, opts->mode, opts->range,
 				   opts->max_len, opts->sock_len, opts->flags) < 0) {
-			copy_error(err, errlen, e->q->errmsg);
-			goto fail;
+			snprintf(err, errlen, "%s", e->q->errmsg);
+			return -1;
 		}
 	}
 	e->q->fallback = opts->fallback;
-	e->cur.engine_ptr = e;
-	if (state_attach(&e->cur, e->q, err, errlen) < 0)
-		goto fail;
-	e->timeout_ms = opts->script_timeout_ms;
-	if (e->timeout_ms) {
-		if (pthread_create(&e->watchdog, NULL, watchdog_main, e) != 0) {
-			copy_error(err, errlen, "cannot start the script watchdog");
-			goto fail;
-		}
-		e->watchdog_running = 1;
-	}
-	char hook_err[1024];
-	if (call_hook(&e->cur, "on_start", 0, hook_err, sizeof hook_err) < 0) {
-		snprintf(err, errlen, "on_start failed: %s", hook_err);
-		goto fail;
-	}
+	if (state_attach(e, &e->cur, err, errlen) < 0 ||
+	    call_hook(e, &e->cur, CALL_SCRIPT, "on_start", 0, err, errlen) < 0)
+		return -1;
+	e->started = 1;
 	if (!opts->offline) {
 		ev_io_init(&e->io, on_readable, e->q->fd, EV_READ);
 		e->io.data = e;
-		ev_io_start(loop, &e->io);
-		arm_timer(e);
-		e->own_thread = opts->own_thread;
+		ev_io_start(e->loop, &e->io);
 		ev_idle_init(&e->busy, on_busy);
 		e->busy.data = e;
+		e->watching = 1;
+		arm_timer(e);
 	}
 	/* Packets that arrived while binding are already in the batch. */
 	run_batch(e);
+	return 0;
+}
+
+struct nfq_engine *nfq_engine_new(struct ev_loop *loop,
+				  const struct nfq_engine_opts *opts,
+				  char *err, size_t errlen)
+{
+	struct nfq_engine *e = nfq_engine_create(loop, opts, err, errlen);
+	if (e && nfq_engine_start(e, err, errlen) < 0) {
+		nfq_engine_free(e);
+		return NULL;
+	}
 	return e;
-fail:
-	nfq_engine_free(e);
-	return NULL;
 }
 
 void nfq_engine_stop(struct nfq_engine *e)
 {
 	if (!e)
 		return;
-	if (e->watchdog_running) {
-		atomic_store(&e->watchdog_stop, 1);
-		pthread_join(e->watchdog, NULL);
-		e->watchdog_running = 0;
-	}
-	if (e->io.data) {
+	if (e->watching) {
 		ev_io_stop(e->loop, &e->io);
 		ev_idle_stop(e->loop, &e->busy);
 		ev_timer_stop(e->loop, &e->timer);
+		e->watching = 0;
 	}
-	e->io.data = NULL;
-	if (e->cur.L && e->cur.dispatch_ref) {
+	state_close(&e->next);
+	if (e->started) {
 		char err[1024];
-		call_hook(&e->cur, "on_stop", 0, err, sizeof err);
+		e->started = 0;
+		if (call_hook(e, &e->cur, CALL_ON_STOP, "on_stop", 0, err, sizeof err) < 0)
+			elog(e, NFQ_LOG_ERROR, "%s: %s", e->tag, err);
 	}
 	/* Packets the script still holds get the fallback verdict, oldest first. */
 	if (e->q) {
@@ -650,7 +1008,7 @@ void nfq_engine_stop(struct nfq_engine *e)
 	if (e->cur.L)
 		e->lua_kb = lua_gc(e->cur.L, LUA_GCCOUNT, 0);
 	state_close(&e->cur);
-	nfq_log_flush(&e->packet_log, e->tag);
+	log_flush(e);
 }
 
 void nfq_engine_free(struct nfq_engine *e)
@@ -658,8 +1016,28 @@ void nfq_engine_free(struct nfq_engine *e)
 	if (!e)
 		return;
 	nfq_engine_stop(e);
+	if (e->watchdog_running) {
+		pthread_mutex_lock(&e->watch.lock);
+		e->watch.watchdog_stop = 1;
+		pthread_cond_signal(&e->watch.wake);
+		pthread_mutex_unlock(&e->watch.lock);
+		pthread_join(e->watchdog, NULL);
+	}
+	pthread_cond_destroy(&e->watch.wake);
+	pthread_mutex_destroy(&e->watch.lock);
 	nfq_queue_close(e->q);
 	free(e);
+}
+
+int nfq_engine_check_script(const struct nfq_engine_opts *opts, char *err, size_t errlen)
+{
+	struct nfq_engine *e = nfq_engine_create(NULL, opts, err, errlen);
+	if (!e)
+		return -1;
+	snprintf(e->tag, sizeof e->tag, "check");
+	int rc = state_open(e, &e->cur, err, errlen);
+	nfq_engine_free(e);
+	return rc;
 }
 
 void nfq_engine_set_kernel_stats_fd(struct nfq_engine *e, int fd)
@@ -679,9 +1057,10 @@ void nfq_engine_dispatch(struct nfq_engine *e)
 
 void nfq_engine_set_time(struct nfq_engine *e, double now)
 {
+	char err[256];
 	lua_pushnumber(e->cur.L, now);
-	if (call_engine(e->cur.L, e->cur.engine_ref, "set_now", 1, 0, 0, NULL, 0) < 0)
-		nfq_log(NFQ_LOG_ERROR, "%s: cannot set the script's clock", e->tag);
+	if (call_engine(e, &e->cur, CALL_SCRIPT, "set_now", 1, 0, "", err, sizeof err) < 0)
+		elog(e, NFQ_LOG_ERROR, "%s: cannot set the script's clock: %s", e->tag, err);
 }
 
 void nfq_engine_run_timer(struct nfq_engine *e)

@@ -3,8 +3,8 @@
  *
  * An engine is one bound queue, one Lua state running a filter script, one
  * ev_io watcher on the caller's loop, and an ev_timer there when the script
- * has on_timer. All calls must come from the
- * thread that runs that loop. The nfqlua daemon is a main() over this API.
+ * has on_timer. All calls must come from the thread that runs that loop,
+ * except nfq_engine_interrupt(). The nfqlua daemon is a main() over this API.
  */
 #ifndef NFQ_ENGINE_H
 #define NFQ_ENGINE_H
@@ -16,6 +16,9 @@
 
 struct ev_loop;
 struct nfq_engine;
+
+/* Levels of the lines an engine logs. */
+enum { NFQ_LOG_ERROR, NFQ_LOG_WARN, NFQ_LOG_INFO, NFQ_LOG_DEBUG };
 
 struct nfq_engine_opts {
 	const char *script;	/* path of the filter script */
@@ -29,10 +32,10 @@ struct nfq_engine_opts {
 	int offline;		/* no kernel: packets come from nfq_engine_queue() pushes */
 	size_t lua_mem_limit;	/* bytes each script's Lua state may use, 0 = no limit */
 	/*
-	 * A call into the script (a batch) that runs longer than this many ms is
-	 * interrupted with a Lua error; one stuck in JIT-compiled code, where
-	 * LuaJIT checks no hooks, makes the process exit with status 70 after
-	 * three times as long. 0 = no watchdog.
+	 * A call into the script (loading it, a hook, a batch) that runs longer
+	 * than this many ms is interrupted with a Lua error; one stuck in
+	 * JIT-compiled code, where LuaJIT checks no hooks, makes the process exit
+	 * with status 70 after three times as long. 0 = no watchdog.
 	 */
 	unsigned script_timeout_ms;
 	/*
@@ -43,15 +46,49 @@ struct nfq_engine_opts {
 	 * does less work per packet, and other watchers may wait that long.
 	 */
 	int own_thread;
+	/*
+	 * Where the engine's lines go, one line per call without a newline,
+	 * from the loop's thread (and from the watchdog's just before it ends
+	 * the process). NULL: levels up to NFQ_LOG_INFO on stderr.
+	 */
+	void (*log)(void *log_ud, int level, const char *line);
+	void *log_ud;
+	/*
+	 * A script called os.exit(status): the engine has logged it, and the
+	 * host is expected to stop (nfq_engine_stop) and exit with status. Called
+	 * on the loop's thread. NULL: os.exit raises an error in scripts.
+	 */
+	void (*on_exit)(void *on_exit_ud, int status);
+	void *on_exit_ud;
 };
 
 /*
  * Load the script, bind the queue, run on_start and start watching the
- * socket on loop. NULL on failure, with a one-line reason in err.
+ * socket on loop: nfq_engine_create() then nfq_engine_start(). NULL on
+ * failure, with a one-line reason in err.
  */
 struct nfq_engine *nfq_engine_new(struct ev_loop *loop,
 				  const struct nfq_engine_opts *opts,
 				  char *err, size_t errlen);
+
+/*
+ * The two halves of nfq_engine_new(), for a host that must be able to
+ * interrupt a slow start from another thread: create checks and copies
+ * opts (no Lua, no kernel yet); start does the rest, and on failure leaves
+ * an engine to be freed with nfq_engine_free().
+ */
+struct nfq_engine *nfq_engine_create(struct ev_loop *loop,
+				     const struct nfq_engine_opts *opts,
+				     char *err, size_t errlen);
+int nfq_engine_start(struct nfq_engine *e, char *err, size_t errlen);
+
+/*
+ * The host is stopping: interrupt the call into the script that is running
+ * now (a slow load, on_start, reload or batch) and refuse every later one
+ * but on_stop, so that the engine's packets get the fallback verdict. The
+ * only call that is safe from any thread.
+ */
+void nfq_engine_interrupt(struct nfq_engine *e);
 
 /*
  * Stop reading, run on_stop, give every packet still held the fallback
@@ -67,9 +104,23 @@ void nfq_engine_free(struct nfq_engine *e);
  * batches. A version that fails to load, attach or start leaves the running
  * one untouched. The old version's on_reload() table is copied to the new
  * on_start(state); packets it held are given to the new on_packet first.
- * 0, or -1 (the failure is logged and counted).
+ * 0, or -1; either way one line is logged and the counters say it.
  */
 int nfq_engine_reload(struct nfq_engine *e);
+
+/*
+ * nfq_engine_reload() in two steps, so that a host running several engines
+ * swaps all or none: prepare loads and starts the new version beside the
+ * running one (0, or -1 with a one-line reason); then commit swaps it in
+ * (the number of held packets handed to it) or abort drops it (counted as
+ * a failed reload). The running version serves until then.
+ */
+int nfq_engine_reload_prepare(struct nfq_engine *e, char *err, size_t errlen);
+int nfq_engine_reload_commit(struct nfq_engine *e);
+void nfq_engine_reload_abort(struct nfq_engine *e);
+
+/* The script version running: 1 at start, +1 per reload. */
+unsigned nfq_engine_version(const struct nfq_engine *e);
 
 /* The engine's queue; offline, the caller pushes packets into it. */
 struct nfq_queue *nfq_engine_queue(const struct nfq_engine *e);
@@ -101,7 +152,11 @@ int nfq_engine_format_stats(const struct nfq_engine *e, char *buf, size_t len);
  */
 void nfq_engine_set_kernel_stats_fd(struct nfq_engine *e, int fd);
 
-/* Load and compile a script without touching the kernel: 0, or -1 and err. */
-int nfq_engine_check_script(const char *path, char *err, size_t errlen);
+/*
+ * Load and run a script's top level as nfq_engine_start() would, under
+ * opts' memory limit and timeout, without touching the kernel: 0, or -1
+ * and err.
+ */
+int nfq_engine_check_script(const struct nfq_engine_opts *opts, char *err, size_t errlen);
 
 #endif

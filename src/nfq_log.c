@@ -1,9 +1,8 @@
-/* nfq_log.c: leveled log lines on stderr or to syslog, and their rate limit. */
+/* nfq_log.c: the daemon's leveled log lines, on stderr or to syslog. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <syslog.h>
 
-#include "nfq_internal.h"
 #include "nfq_log.h"
 
 int nfq_log_level = NFQ_LOG_INFO;
@@ -32,28 +31,4 @@ void nfq_log(int level, const char *fmt, ...)
 		syslog(syslog_priorities[level], "%s: %s", level_names[level], line);
 	else
 		fprintf(stderr, "nfqlua: %s: %s\n", level_names[level], line);
-}
-
-void nfq_log_flush(struct nfq_log_limit *limit, const char *tag)
-{
-	if (limit->suppressed)
-		nfq_log(NFQ_LOG_WARN, "%s: %llu more lines like the above suppressed (at most %d per %d s; the counters have them all)",
-			tag, limit->suppressed, NFQ_LOG_BURST, NFQ_LOG_WINDOW_MS / 1000);
-	limit->suppressed = 0;
-}
-
-int nfq_log_allow(struct nfq_log_limit *limit, const char *tag)
-{
-	long long now = nfq_now_ms();
-	if (now - limit->window_start_ms >= NFQ_LOG_WINDOW_MS) {
-		nfq_log_flush(limit, tag);
-		limit->window_start_ms = now;
-		limit->logged = 0;
-	}
-	if (limit->logged < NFQ_LOG_BURST) {
-		limit->logged++;
-		return 1;
-	}
-	limit->suppressed++;
-	return 0;
 }
