@@ -18,6 +18,10 @@ LUA_PKG = luajit
 
 CFLAGS ?= -O2 -g
 override CFLAGS += -std=gnu11 -Wall -Wextra -Wshadow -fPIC
+# Every object also writes the headers it read to a .d file beside it
+# (included at the end), so that editing a header rebuilds what includes it;
+# objects depend on this Makefile too, for its flags.
+DEPFLAGS = -MMD -MP
 # Resolved lazily so that `make deps` can install pkg-config data first.
 CORE_CFLAGS = $(shell $(PKG_CONFIG) --cflags $(CORE_PKGS))
 CORE_LIBS = $(shell $(PKG_CONFIG) --libs $(CORE_PKGS))
@@ -36,7 +40,10 @@ DOCDIR ?= $(PREFIX)/share/doc/nfqlua
 LUA_MODULE_DIR ?= $(PREFIX)/share/lua/5.1
 LUA_CMODULE_DIR ?= $(PREFIX)/lib/lua/5.1
 SYSTEMD_DIR ?= $(PREFIX)/lib/systemd/system
+# The Lua modules, installed under LUA_MODULE_DIR. All but nfq.testing (for
+# busted specs of scripts) are also compiled into nfqlua and libnfqlua.
 LUA_FILES = nfq.lua nfq/cdef.lua nfq/engine.lua nfq/headers.lua nfq/testing.lua
+LUA_EMBEDDED = $(filter-out nfq/testing.lua,$(LUA_FILES))
 EXAMPLES = $(wildcard scripts/examples/*.lua) scripts/examples/embed.c \
 	$(wildcard scripts/examples/openresty/*)
 
@@ -46,7 +53,7 @@ ENGINE_SRC = src/nfq_engine.c src/nfq_log.c
 CORE_OBJ = $(CORE_SRC:src/%.c=$(BUILD)/%.o)
 ENGINE_OBJ = $(ENGINE_SRC:src/%.c=$(BUILD)/%.o)
 # Module bytecode linked into the binary: require finds luaJIT_BC_<name>.
-LUA_BC_OBJ = $(BUILD)/bc_nfq.o $(BUILD)/bc_nfq_cdef.o $(BUILD)/bc_nfq_engine.o $(BUILD)/bc_nfq_headers.o
+LUA_BC_OBJ = $(LUA_EMBEDDED:%.lua=$(BUILD)/bc/%.o)
 
 SPEC_ENV = NFQ_ROOT=$(CURDIR) LUA_PATH='lua/?.lua;lua/?/init.lua;spec/?.lua;;' LUA_CPATH='lua/?.so;;'
 
@@ -63,7 +70,9 @@ all: nfqlua lua/nfq/core.so lib
 # export the library's symbols (-Wl,-E) so that the Lua module finds them.
 lib: $(BUILD)/libnfqlua.a $(BUILD)/libnfqlua.so
 
+# Made afresh: ar would keep members that a rename left behind.
 $(BUILD)/libnfqlua.a: $(CORE_OBJ) $(ENGINE_OBJ) $(LUA_BC_OBJ)
+	rm -f $@
 	$(AR) rcs $@ $^
 
 $(BUILD)/libnfqlua.so: $(CORE_OBJ) $(ENGINE_OBJ) $(LUA_BC_OBJ)
@@ -102,20 +111,14 @@ lua/nfq/cdef.lua: src/nfq_core.h
 	  sed -n '/BEGIN CDEF/,/END CDEF/p' $< | grep -v 'CDEF'; \
 	  echo ']]'; echo 'return true'; } > $@
 
-$(BUILD)/%.o: src/%.c src/nfq_core.h src/nfq_internal.h | $(BUILD)
-	$(CC) $(CFLAGS) $(CORE_CFLAGS) $(LUA_CFLAGS) -c -o $@ $<
+$(BUILD)/%.o: src/%.c Makefile
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(DEPFLAGS) $(CORE_CFLAGS) $(LUA_CFLAGS) -c -o $@ $<
 
-$(BUILD)/bc_nfq.o: lua/nfq.lua | $(BUILD)
-	$(LUAJIT) -b -n nfq $< $@
-$(BUILD)/bc_nfq_cdef.o: lua/nfq/cdef.lua | $(BUILD)
-	$(LUAJIT) -b -n nfq.cdef $< $@
-$(BUILD)/bc_nfq_engine.o: lua/nfq/engine.lua | $(BUILD)
-	$(LUAJIT) -b -n nfq.engine $< $@
-$(BUILD)/bc_nfq_headers.o: lua/nfq/headers.lua | $(BUILD)
-	$(LUAJIT) -b -n nfq.headers $< $@
-
-$(BUILD):
-	mkdir -p $@
+# lua/nfq/cdef.lua becomes build/bc/nfq/cdef.o, module nfq.cdef.
+$(BUILD)/bc/%.o: lua/%.lua
+	@mkdir -p $(@D)
+	$(LUAJIT) -b -n $(subst /,.,$*) $< $@
 
 lua/nfq/core.so: $(CORE_OBJ)
 	$(CC) -shared -o $@ $^ $(CORE_LIBS) -lpthread
@@ -164,9 +167,9 @@ ASAN_FLAGS = -g -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sa
 ASAN_OBJ = $(CORE_SRC:src/%.c=$(BUILD)/asan/%.o) $(ENGINE_SRC:src/%.c=$(BUILD)/asan/%.o) \
 	$(BUILD)/asan/nfq_daemon.o $(BUILD)/asan/nfq_replay.o
 
-$(BUILD)/asan/%.o: src/%.c src/nfq_core.h src/nfq_internal.h
+$(BUILD)/asan/%.o: src/%.c Makefile
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(ASAN_FLAGS) $(CORE_CFLAGS) $(LUA_CFLAGS) -c -o $@ $<
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(ASAN_FLAGS) $(DEPFLAGS) $(CORE_CFLAGS) $(LUA_CFLAGS) -c -o $@ $<
 
 $(BUILD)/asan/nfqlua: $(ASAN_OBJ) $(LUA_BC_OBJ)
 	$(CC) $(ASAN_FLAGS) -o $@ $^ -Wl,-E $(CORE_LIBS) $(LUA_LIBS) $(EV_LIBS) $(PCAP_LIBS) -lpthread -ldl -lm
@@ -175,10 +178,19 @@ asan: $(BUILD)/asan/nfqlua
 
 # Fuzzing (clang's libFuzzer with ASan and UBSan). New inputs go to
 # build/corpus_<target>; fuzz-merge folds the useful ones into spec/fuzz/corpus.
-$(BUILD)/fuzz_packet: spec/fuzz/fuzz_packet.c $(CORE_SRC) src/nfq_core.h | $(BUILD)
-	$(FUZZ_CC) $(FUZZ_FLAGS) $(CORE_CFLAGS) -o $@ $< $(CORE_SRC) $(CORE_LIBS)
-$(BUILD)/fuzz_headers: spec/fuzz/fuzz_headers.c $(CORE_SRC) lua/nfq/cdef.lua | $(BUILD)
-	$(FUZZ_CC) $(FUZZ_FLAGS) $(CORE_CFLAGS) $(LUA_CFLAGS) -Wl,-E -o $@ $< $(CORE_SRC) $(CORE_LIBS) $(LUA_LIBS)
+FUZZ_CORE_OBJ = $(CORE_SRC:src/%.c=$(BUILD)/fuzz/%.o)
+
+$(BUILD)/fuzz/%.o: src/%.c Makefile
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_FLAGS) $(DEPFLAGS) $(CORE_CFLAGS) -c -o $@ $<
+$(BUILD)/fuzz/%.o: spec/fuzz/%.c Makefile
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_FLAGS) $(DEPFLAGS) -Isrc $(CORE_CFLAGS) $(LUA_CFLAGS) -c -o $@ $<
+
+$(BUILD)/fuzz_packet: $(BUILD)/fuzz/fuzz_packet.o $(FUZZ_CORE_OBJ)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ $(CORE_LIBS)
+$(BUILD)/fuzz_headers: $(BUILD)/fuzz/fuzz_headers.o $(FUZZ_CORE_OBJ) lua/nfq/cdef.lua
+	$(FUZZ_CC) $(FUZZ_FLAGS) -Wl,-E -o $@ $(filter %.o,$^) $(CORE_LIBS) $(LUA_LIBS)
 
 fuzz: deps-fuzz $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%)
 	for t in $(FUZZ_TARGETS); do \
@@ -192,10 +204,15 @@ fuzz-merge: $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%)
 		ASAN_OPTIONS=detect_leaks=0 $(BUILD)/fuzz_$$t -merge=1 spec/fuzz/corpus/$$t $(BUILD)/corpus_$$t; \
 	done
 
-# The corpus replayed with the ordinary compiler: part of make test.
-$(BUILD)/replay_%: spec/fuzz/fuzz_%.c spec/fuzz/replay.c $(CORE_SRC) lua/nfq/cdef.lua | $(BUILD)
-	$(CC) $(CFLAGS) -O1 $(CORE_CFLAGS) $(LUA_CFLAGS) -Wl,-E -o $@ $< spec/fuzz/replay.c $(CORE_SRC) \
-		$(CORE_LIBS) $(LUA_LIBS) -lpthread
+# The corpus replayed with the ordinary compiler, over the core's objects
+# that ship: part of make test.
+$(BUILD)/replay/%.o: spec/fuzz/%.c Makefile
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(DEPFLAGS) -Isrc $(CORE_CFLAGS) $(LUA_CFLAGS) -c -o $@ $<
+
+$(FUZZ_TARGETS:%=$(BUILD)/replay_%): $(BUILD)/replay_%: $(BUILD)/replay/fuzz_%.o $(BUILD)/replay/replay.o \
+		$(CORE_OBJ) lua/nfq/cdef.lua
+	$(CC) -Wl,-E -o $@ $(filter %.o,$^) $(CORE_LIBS) $(LUA_LIBS) -lpthread
 
 fuzz-replay-build: $(FUZZ_TARGETS:%=$(BUILD)/replay_%)
 
@@ -230,3 +247,5 @@ uninstall:
 
 clean:
 	rm -rf $(BUILD) nfqlua lua/nfq/core.so lua/nfq/cdef.lua
+
+-include $(wildcard $(BUILD)/*.d $(BUILD)/*/*.d)
