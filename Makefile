@@ -17,7 +17,10 @@ CORE_PKGS = libnetfilter_queue libmnl
 LUA_PKG = luajit
 
 CFLAGS ?= -O2 -g
-override CFLAGS += -std=gnu11 -Wall -Wextra -Wshadow -fPIC
+# Symbols are hidden unless a header exports them: the FFI entry points
+# (nfq_core.h) and the engine's API (nfq_engine.h) are declared under
+# `#pragma GCC visibility push(default)`.
+override CFLAGS += -std=gnu11 -Wall -Wextra -Wshadow -fPIC -fvisibility=hidden
 # Every object also writes the headers it read to a .d file beside it
 # (included at the end), so that editing a header rebuilds what includes it;
 # objects depend on this Makefile too, for its flags.
@@ -59,7 +62,7 @@ SPEC_ENV = NFQ_ROOT=$(CURDIR) LUA_PATH='lua/?.lua;lua/?/init.lua;spec/?.lua;;' L
 
 FUZZ_CC ?= clang
 FUZZ_SECONDS ?= 600
-FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -fvisibility=hidden
 FUZZ_TARGETS = packet headers
 
 .PHONY: all lib asan deps deps-build deps-fuzz lint test unit demo bench bench-scale soak install uninstall clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
