@@ -16,6 +16,11 @@ FUZZ_PACKAGES = clang
 CORE_PKGS = libnetfilter_queue libmnl
 LUA_PKG = luajit
 
+# The release, written once in the file VERSION: nfq_version() in the C core,
+# nfqlua --version and the Lua module's _VERSION (through the generated
+# lua/nfq/cdef.lua) all come from it.
+VERSION := $(shell cat VERSION)
+
 CFLAGS ?= -O2 -g
 # Symbols are hidden unless a header exports them: the FFI entry points
 # (nfq_core.h) and the engine's API (nfq_engine.h) are declared under
@@ -51,7 +56,7 @@ EXAMPLES = $(wildcard scripts/examples/*.lua) scripts/examples/embed.c \
 	$(wildcard scripts/examples/openresty/*)
 
 BUILD = build
-CORE_SRC = src/nfq_queue.c src/nfq_packet.c src/nfq_headers.c
+CORE_SRC = src/nfq_queue.c src/nfq_packet.c src/nfq_headers.c src/nfq_version.c
 ENGINE_SRC = src/nfq_engine.c src/nfq_log.c
 CORE_OBJ = $(CORE_SRC:src/%.c=$(BUILD)/%.o)
 ENGINE_OBJ = $(ENGINE_SRC:src/%.c=$(BUILD)/%.o)
@@ -105,18 +110,26 @@ deps:
 deps-fuzz:
 	$(call install_missing,$(BUILD_PACKAGES) $(FUZZ_PACKAGES))
 
-lua/nfq/cdef.lua: src/nfq_core.h
+# VERSION is the version of the Lua modules too: nfq.lua checks the core's
+# nfq_version() against it.
+lua/nfq/cdef.lua: src/nfq_core.h VERSION
 	@mkdir -p $(@D)
-	{ echo '-- Generated from src/nfq_core.h by make: do not edit.'; \
+	{ echo '-- Generated from src/nfq_core.h and VERSION by make: do not edit.'; \
 	  echo 'local ffi = require "ffi"'; \
-	  echo 'if pcall(ffi.typeof, "struct nfq_packet") then return true end'; \
+	  echo 'local cdef = { VERSION = "$(VERSION)" }'; \
+	  echo 'if pcall(ffi.typeof, "struct nfq_packet") then return cdef end'; \
 	  echo 'ffi.cdef [['; \
 	  sed -n '/BEGIN CDEF/,/END CDEF/p' $< | grep -v 'CDEF'; \
-	  echo ']]'; echo 'return true'; } > $@
+	  echo ']]'; echo 'return cdef'; } > $@
 
 $(BUILD)/%.o: src/%.c Makefile
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(DEPFLAGS) $(CORE_CFLAGS) $(LUA_CFLAGS) -c -o $@ $<
+
+# The core's version, in every build of it (plain, sanitizers, fuzzing).
+VERSION_OBJ = $(BUILD)/nfq_version.o $(BUILD)/asan/nfq_version.o $(BUILD)/fuzz/nfq_version.o
+$(VERSION_OBJ): VERSION
+$(VERSION_OBJ): CPPFLAGS += -DNFQ_VERSION='"$(VERSION)"'
 
 # lua/nfq/cdef.lua becomes build/bc/nfq/cdef.o, module nfq.cdef.
 $(BUILD)/bc/%.o: lua/%.lua

@@ -301,6 +301,8 @@ int nfq_packet_verdict(struct nfq_packet *p, uint32_t verdict);
 int nfq_packet_set_payload(struct nfq_packet *p, const void *data, size_t len);
 struct nfq_packet *nfq_packet_retain(struct nfq_packet *p);
 void nfq_packet_release(struct nfq_packet *p);
+/* The core's version ("0.1.0"): lua/nfq.lua refuses a core of another one. */
+const char *nfq_version(void);
 /* END CDEF */
 #pragma GCC visibility pop
 

@@ -24,7 +24,7 @@
 #include "nfq_replay.h"
 #include "nfq_engine.h"
 
-#define NFQLUA_VERSION "0.1.0"
+#define NFQLUA_VERSION nfq_version()
 
 enum { EXIT_USAGE = 2 };
 
