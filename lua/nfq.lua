@@ -52,7 +52,8 @@ do
 	local found, core_version = pcall(function() return ffi_string(C.nfq_version()) end)
 	if not found or core_version ~= cdef.VERSION then
 		local core = core_path and "nfq/core.so at " .. core_path or "the C core linked into this program"
-		local fix = core_path and "rebuild with make, or fix LUA_CPATH" or "rebuild it against this version's libnfqlua"
+		local fix = core_path and "rebuild with make, or fix LUA_CPATH"
+			or "rebuild it against this version's libnfqlua"
 		error(("nfq %s (%s) needs the C core of the same version, but %s is %s: %s"):format(cdef.VERSION,
 			debug.getinfo(1, "S").short_src, core, found and core_version or "older (it has no nfq_version)", fix), 2)
 	end

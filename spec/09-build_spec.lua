@@ -70,7 +70,9 @@ end
 -- The embedded modules as make builds them: { [module name] = lua file }.
 local function embedded()
 	local modules = {}
-	for name, file in make_n("-B build/libnfqlua.a"):gmatch("%-b %-n (%S+) lua/(%S+) ") do modules[name] = file end
+	for name, file in make_n("-B build/libnfqlua.a"):gmatch("%-b %-n (%S+) lua/(%S+) ") do
+		modules[name] = file
+	end
 	return modules
 end
 
@@ -177,7 +179,8 @@ describe("the version", function()
 	local function require_nfq_with_core(core_c)
 		local dir = H.sh("mktemp -d"):gsub("%s+$", "")
 		finally(function() os.execute("rm -rf " .. dir) end)
-		H.sh(("mkdir %s/nfq && cd %s && cc -shared -fPIC -Isrc %s -o %s/nfq/core.so"):format(dir, H.root, core_c, dir))
+		H.sh(("mkdir %s/nfq && cd %s && cc -shared -fPIC -Isrc %s -o %s/nfq/core.so")
+			:format(dir, H.root, core_c, dir))
 		local out = H.sh(("cd %s && LUA_PATH='lua/?.lua;;' LUA_CPATH='%s/?.so' luajit -e "
 			.. "'print(select(2, pcall(require, \"nfq\")))'"):format(H.root, dir))
 		return out, dir .. "/nfq/core.so"
