@@ -16,8 +16,20 @@ FUZZ_PACKAGES = clang
 CORE_PKGS = libnetfilter_queue libmnl
 LUA_PKG = luajit
 
+# The release, written once in the file VERSION: nfq_version() in the C core,
+# nfqlua --version and the Lua module's _VERSION (through the generated
+# lua/nfq/cdef.lua) all come from it.
+VERSION := $(shell cat VERSION)
+
 CFLAGS ?= -O2 -g
-override CFLAGS += -std=gnu11 -Wall -Wextra -Wshadow -fPIC
+# Symbols are hidden unless a header exports them: the FFI entry points
+# (nfq_core.h) and the engine's API (nfq_engine.h) are declared under
+# `#pragma GCC visibility push(default)`.
+override CFLAGS += -std=gnu11 -Wall -Wextra -Wshadow -fPIC -fvisibility=hidden
+# Every object also writes the headers it read to a .d file beside it
+# (included at the end), so that editing a header rebuilds what includes it;
+# objects depend on this Makefile too, for its flags.
+DEPFLAGS = -MMD -MP
 # Resolved lazily so that `make deps` can install pkg-config data first.
 CORE_CFLAGS = $(shell $(PKG_CONFIG) --cflags $(CORE_PKGS))
 CORE_LIBS = $(shell $(PKG_CONFIG) --libs $(CORE_PKGS))
@@ -36,25 +48,28 @@ DOCDIR ?= $(PREFIX)/share/doc/nfqlua
 LUA_MODULE_DIR ?= $(PREFIX)/share/lua/5.1
 LUA_CMODULE_DIR ?= $(PREFIX)/lib/lua/5.1
 SYSTEMD_DIR ?= $(PREFIX)/lib/systemd/system
+# The Lua modules, installed under LUA_MODULE_DIR. All but nfq.testing (for
+# busted specs of scripts) are also compiled into nfqlua and libnfqlua.
 LUA_FILES = nfq.lua nfq/cdef.lua nfq/engine.lua nfq/headers.lua nfq/testing.lua
+LUA_EMBEDDED = $(filter-out nfq/testing.lua,$(LUA_FILES))
 EXAMPLES = $(wildcard scripts/examples/*.lua) scripts/examples/embed.c \
 	$(wildcard scripts/examples/openresty/*)
 
 BUILD = build
-CORE_SRC = src/nfq_queue.c src/nfq_packet.c src/nfq_headers.c
+CORE_SRC = src/nfq_queue.c src/nfq_packet.c src/nfq_headers.c src/nfq_version.c
 ENGINE_SRC = src/nfq_engine.c
 # The daemon: main() and flags, its workers, its log, --replay.
 DAEMON_SRC = src/nfq_daemon.c src/nfq_workers.c src/nfq_log.c src/nfq_replay.c
 CORE_OBJ = $(CORE_SRC:src/%.c=$(BUILD)/%.o)
 ENGINE_OBJ = $(ENGINE_SRC:src/%.c=$(BUILD)/%.o)
 # Module bytecode linked into the binary: require finds luaJIT_BC_<name>.
-LUA_BC_OBJ = $(BUILD)/bc_nfq.o $(BUILD)/bc_nfq_cdef.o $(BUILD)/bc_nfq_engine.o $(BUILD)/bc_nfq_headers.o
+LUA_BC_OBJ = $(LUA_EMBEDDED:%.lua=$(BUILD)/bc/%.o)
 
 SPEC_ENV = NFQ_ROOT=$(CURDIR) LUA_PATH='lua/?.lua;lua/?/init.lua;spec/?.lua;;' LUA_CPATH='lua/?.so;;'
 
 FUZZ_CC ?= clang
 FUZZ_SECONDS ?= 600
-FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -fvisibility=hidden
 FUZZ_TARGETS = packet headers
 
 .PHONY: all lib asan deps deps-build deps-fuzz lint test unit demo bench bench-scale soak install uninstall clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
@@ -65,7 +80,9 @@ all: nfqlua lua/nfq/core.so lib
 # export the library's symbols (-Wl,-E) so that the Lua module finds them.
 lib: $(BUILD)/libnfqlua.a $(BUILD)/libnfqlua.so
 
+# Made afresh: ar would keep members that a rename left behind.
 $(BUILD)/libnfqlua.a: $(CORE_OBJ) $(ENGINE_OBJ) $(LUA_BC_OBJ)
+	rm -f $@
 	$(AR) rcs $@ $^
 
 $(BUILD)/libnfqlua.so: $(CORE_OBJ) $(ENGINE_OBJ) $(LUA_BC_OBJ)
@@ -95,29 +112,31 @@ deps:
 deps-fuzz:
 	$(call install_missing,$(BUILD_PACKAGES) $(FUZZ_PACKAGES))
 
-lua/nfq/cdef.lua: src/nfq_core.h
+# VERSION is the version of the Lua modules too: nfq.lua checks the core's
+# nfq_version() against it.
+lua/nfq/cdef.lua: src/nfq_core.h VERSION
 	@mkdir -p $(@D)
-	{ echo '-- Generated from src/nfq_core.h by make: do not edit.'; \
+	{ echo '-- Generated from src/nfq_core.h and VERSION by make: do not edit.'; \
 	  echo 'local ffi = require "ffi"'; \
-	  echo 'if pcall(ffi.typeof, "struct nfq_packet") then return true end'; \
+	  echo 'local cdef = { VERSION = "$(VERSION)" }'; \
+	  echo 'if pcall(ffi.typeof, "struct nfq_packet") then return cdef end'; \
 	  echo 'ffi.cdef [['; \
 	  sed -n '/BEGIN CDEF/,/END CDEF/p' $< | grep -v 'CDEF'; \
-	  echo ']]'; echo 'return true'; } > $@
+	  echo ']]'; echo 'return cdef'; } > $@
 
-$(BUILD)/%.o: src/%.c src/nfq_core.h src/nfq_internal.h | $(BUILD)
-	$(CC) $(CFLAGS) $(CORE_CFLAGS) $(LUA_CFLAGS) -c -o $@ $<
+$(BUILD)/%.o: src/%.c Makefile
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(DEPFLAGS) $(CORE_CFLAGS) $(LUA_CFLAGS) -c -o $@ $<
 
-$(BUILD)/bc_nfq.o: lua/nfq.lua | $(BUILD)
-	$(LUAJIT) -b -n nfq $< $@
-$(BUILD)/bc_nfq_cdef.o: lua/nfq/cdef.lua | $(BUILD)
-	$(LUAJIT) -b -n nfq.cdef $< $@
-$(BUILD)/bc_nfq_engine.o: lua/nfq/engine.lua | $(BUILD)
-	$(LUAJIT) -b -n nfq.engine $< $@
-$(BUILD)/bc_nfq_headers.o: lua/nfq/headers.lua | $(BUILD)
-	$(LUAJIT) -b -n nfq.headers $< $@
+# The core's version, in every build of it (plain, sanitizers, fuzzing).
+VERSION_OBJ = $(BUILD)/nfq_version.o $(BUILD)/asan/nfq_version.o $(BUILD)/fuzz/nfq_version.o
+$(VERSION_OBJ): VERSION
+$(VERSION_OBJ): CPPFLAGS += -DNFQ_VERSION='"$(VERSION)"'
 
-$(BUILD):
-	mkdir -p $@
+# lua/nfq/cdef.lua becomes build/bc/nfq/cdef.o, module nfq.cdef.
+$(BUILD)/bc/%.o: lua/%.lua
+	@mkdir -p $(@D)
+	$(LUAJIT) -b -n $(subst /,.,$*) $< $@
 
 lua/nfq/core.so: $(CORE_OBJ)
 	$(CC) -shared -o $@ $^ $(CORE_LIBS) -lpthread
@@ -166,9 +185,9 @@ ASAN_FLAGS = -g -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sa
 ASAN_OBJ = $(CORE_SRC:src/%.c=$(BUILD)/asan/%.o) $(ENGINE_SRC:src/%.c=$(BUILD)/asan/%.o) \
 	$(DAEMON_SRC:src/%.c=$(BUILD)/asan/%.o)
 
-$(BUILD)/asan/%.o: src/%.c src/nfq_core.h src/nfq_internal.h
+$(BUILD)/asan/%.o: src/%.c Makefile
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(ASAN_FLAGS) $(CORE_CFLAGS) $(LUA_CFLAGS) -c -o $@ $<
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(ASAN_FLAGS) $(DEPFLAGS) $(CORE_CFLAGS) $(LUA_CFLAGS) -c -o $@ $<
 
 $(BUILD)/asan/nfqlua: $(ASAN_OBJ) $(LUA_BC_OBJ)
 	$(CC) $(ASAN_FLAGS) -o $@ $^ -Wl,-E $(CORE_LIBS) $(LUA_LIBS) $(EV_LIBS) $(PCAP_LIBS) -lpthread -ldl -lm
@@ -177,10 +196,19 @@ asan: $(BUILD)/asan/nfqlua
 
 # Fuzzing (clang's libFuzzer with ASan and UBSan). New inputs go to
 # build/corpus_<target>; fuzz-merge folds the useful ones into spec/fuzz/corpus.
-$(BUILD)/fuzz_packet: spec/fuzz/fuzz_packet.c $(CORE_SRC) src/nfq_core.h | $(BUILD)
-	$(FUZZ_CC) $(FUZZ_FLAGS) $(CORE_CFLAGS) -o $@ $< $(CORE_SRC) $(CORE_LIBS)
-$(BUILD)/fuzz_headers: spec/fuzz/fuzz_headers.c $(CORE_SRC) lua/nfq/cdef.lua | $(BUILD)
-	$(FUZZ_CC) $(FUZZ_FLAGS) $(CORE_CFLAGS) $(LUA_CFLAGS) -Wl,-E -o $@ $< $(CORE_SRC) $(CORE_LIBS) $(LUA_LIBS)
+FUZZ_CORE_OBJ = $(CORE_SRC:src/%.c=$(BUILD)/fuzz/%.o)
+
+$(BUILD)/fuzz/%.o: src/%.c Makefile
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_FLAGS) $(DEPFLAGS) $(CORE_CFLAGS) -c -o $@ $<
+$(BUILD)/fuzz/%.o: spec/fuzz/%.c Makefile
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_FLAGS) $(DEPFLAGS) -Isrc $(CORE_CFLAGS) $(LUA_CFLAGS) -c -o $@ $<
+
+$(BUILD)/fuzz_packet: $(BUILD)/fuzz/fuzz_packet.o $(FUZZ_CORE_OBJ)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ $(CORE_LIBS)
+$(BUILD)/fuzz_headers: $(BUILD)/fuzz/fuzz_headers.o $(FUZZ_CORE_OBJ) lua/nfq/cdef.lua
+	$(FUZZ_CC) $(FUZZ_FLAGS) -Wl,-E -o $@ $(filter %.o,$^) $(CORE_LIBS) $(LUA_LIBS)
 
 fuzz: deps-fuzz $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%)
 	for t in $(FUZZ_TARGETS); do \
@@ -194,10 +222,15 @@ fuzz-merge: $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%)
 		ASAN_OPTIONS=detect_leaks=0 $(BUILD)/fuzz_$$t -merge=1 spec/fuzz/corpus/$$t $(BUILD)/corpus_$$t; \
 	done
 
-# The corpus replayed with the ordinary compiler: part of make test.
-$(BUILD)/replay_%: spec/fuzz/fuzz_%.c spec/fuzz/replay.c $(CORE_SRC) lua/nfq/cdef.lua | $(BUILD)
-	$(CC) $(CFLAGS) -O1 $(CORE_CFLAGS) $(LUA_CFLAGS) -Wl,-E -o $@ $< spec/fuzz/replay.c $(CORE_SRC) \
-		$(CORE_LIBS) $(LUA_LIBS) -lpthread
+# The corpus replayed with the ordinary compiler, over the core's objects
+# that ship: part of make test.
+$(BUILD)/replay/%.o: spec/fuzz/%.c Makefile
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(DEPFLAGS) -Isrc $(CORE_CFLAGS) $(LUA_CFLAGS) -c -o $@ $<
+
+$(FUZZ_TARGETS:%=$(BUILD)/replay_%): $(BUILD)/replay_%: $(BUILD)/replay/fuzz_%.o $(BUILD)/replay/replay.o \
+		$(CORE_OBJ) lua/nfq/cdef.lua
+	$(CC) -Wl,-E -o $@ $(filter %.o,$^) $(CORE_LIBS) $(LUA_LIBS) -lpthread
 
 fuzz-replay-build: $(FUZZ_TARGETS:%=$(BUILD)/replay_%)
 
@@ -232,3 +265,5 @@ uninstall:
 
 clean:
 	rm -rf $(BUILD) nfqlua lua/nfq/core.so lua/nfq/cdef.lua
+
+-include $(wildcard $(BUILD)/*.d $(BUILD)/*/*.d)

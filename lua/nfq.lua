@@ -12,7 +12,7 @@ if registry["nfq.module"] then
 	return registry["nfq.module"]
 end
 
-require "nfq.cdef"
+local cdef = require "nfq.cdef"
 local headers = require "nfq.headers"
 
 local band, bor, rshift = bit.band, bit.bor, bit.rshift
@@ -34,19 +34,33 @@ end
 -- The core is either linked into this process (the nfqlua daemon, or a C
 -- host linking libnfqlua) or loaded from package.cpath. The namespace is
 -- cached, not its functions: the JIT resolves C.fn to a constant.
-local C
+local C, core_path
 if pcall(function() return ffi.C.nfq_queue_open end) then
 	C = ffi.C
 else
-	local path = package.searchpath("nfq.core", package.cpath)
-	if not path then
+	core_path = package.searchpath("nfq.core", package.cpath)
+	if not core_path then
 		error("nfq: cannot find nfq/core.so in package.cpath; run make, or add the lua/ directory to LUA_CPATH", 2)
 	end
-	C = ffi.load(path)
+	C = ffi.load(core_path)
+end
+
+-- The structs are shared with the core as they are: a core from another
+-- build would misread them instead of failing (as lua-resty-core's base.lua
+-- checks the nginx module's version).
+do
+	local found, core_version = pcall(function() return ffi_string(C.nfq_version()) end)
+	if not found or core_version ~= cdef.VERSION then
+		local core = core_path and "nfq/core.so at " .. core_path or "the C core linked into this program"
+		local fix = core_path and "rebuild with make, or fix LUA_CPATH"
+			or "rebuild it against this version's libnfqlua"
+		error(("nfq %s (%s) needs the C core of the same version, but %s is %s: %s"):format(cdef.VERSION,
+			debug.getinfo(1, "S").short_src, core, found and core_version or "older (it has no nfq_version)", fix), 2)
+	end
 end
 
 local _M = {
-	_VERSION = "0.1.0",
+	_VERSION = cdef.VERSION,
 	_C = C, -- the core's FFI namespace, for specs and tools; not a public API
 	COPY_NONE = C.NFQ_COPY_NONE,
 	COPY_META = C.NFQ_COPY_META,

@@ -4,7 +4,10 @@
  * This file is the single source of the layout: the Makefile turns the part
  * between the CDEF markers into lua/nfq/cdef.lua for ffi.cdef. Keep that part
  * plain declarations (no macros, no includes), and give every name the nfq_
- * prefix: the FFI namespace is shared with user scripts.
+ * prefix: the FFI namespace is shared with user scripts. The functions
+ * declared there are the core's exports (the build hides everything else);
+ * spec/09-build_spec.lua checks that none collides with libnetfilter_queue,
+ * which uses the same prefix.
  */
 #ifndef NFQ_CORE_H
 #define NFQ_CORE_H
@@ -12,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#pragma GCC visibility push(default)
 /* BEGIN CDEF */
 /*
  * Verdicts, as the kernel numbers them (NF_* in linux/netfilter.h). Only the
@@ -297,7 +301,10 @@ int nfq_packet_verdict(struct nfq_packet *p, uint32_t verdict);
 int nfq_packet_set_payload(struct nfq_packet *p, const void *data, size_t len);
 struct nfq_packet *nfq_packet_retain(struct nfq_packet *p);
 void nfq_packet_release(struct nfq_packet *p);
+/* The core's version ("0.1.0"): lua/nfq.lua refuses a core of another one. */
+const char *nfq_version(void);
 /* END CDEF */
+#pragma GCC visibility pop
 
 /* Where the kernel lists the queues of the current network namespace. */
 #define NFQ_KERNEL_STATS_PATH "/proc/net/netfilter/nfnetlink_queue"

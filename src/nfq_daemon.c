@@ -25,7 +25,7 @@
 #include "nfq_workers.h"
 #include "nfq_engine.h"
 
-#define NFQLUA_VERSION "0.1.0"
+#define NFQLUA_VERSION nfq_version()
 
 enum { EXIT_USAGE = 2 };
 

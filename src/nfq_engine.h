@@ -14,6 +14,9 @@
 
 #include "nfq_core.h"
 
+/* The library's API: exported, where the build hides everything else. */
+#pragma GCC visibility push(default)
+
 struct ev_loop;
 struct nfq_engine;
 
@@ -158,5 +161,7 @@ void nfq_engine_set_kernel_stats_fd(struct nfq_engine *e, int fd);
  * and err.
  */
 int nfq_engine_check_script(const struct nfq_engine_opts *opts, char *err, size_t errlen);
+
+#pragma GCC visibility pop
 
 #endif

@@ -1,6 +1,8 @@
 /*
  * nfq_internal.h: what the C files of the core share with each other and
- * with nobody else (hidden from the shared library's symbol table).
+ * with nobody else. The build hides every symbol that nfq_core.h and
+ * nfq_engine.h do not export, so these stay out of the libraries' symbol
+ * tables.
  */
 #ifndef NFQ_INTERNAL_H
 #define NFQ_INTERNAL_H
@@ -8,8 +10,6 @@
 #include <time.h>
 
 #include "nfq_core.h"
-
-#define NFQ_INTERNAL __attribute__((visibility("hidden")))
 
 /* Milliseconds on the monotonic clock. */
 static inline long long nfq_now_ms(void)
@@ -30,21 +30,18 @@ static inline long long nfq_now_ms(void)
  * to timeout_ms (> 0) inside recvmmsg(), so the socket need not sit in an
  * epoll set, which costs the kernel work for every message queued to it.
  */
-NFQ_INTERNAL int nfq_queue_receive_in_recv(struct nfq_queue *q, int timeout_ms);
+int nfq_queue_receive_in_recv(struct nfq_queue *q, int timeout_ms);
 
 /* Read the kernel's counters through fd (an open
  * /proc/net/netfilter/nfnetlink_queue) from now on; the queue closes it. */
-NFQ_INTERNAL void nfq_queue_set_stats_fd(struct nfq_queue *q, int fd);
+void nfq_queue_set_stats_fd(struct nfq_queue *q, int fd);
 
 /* Append the verdict message for p to the queue's send buffer. */
-NFQ_INTERNAL int nfq_queue_put_verdict(struct nfq_queue *q,
-				       const struct nfq_packet *p,
-				       uint32_t verdict);
-NFQ_INTERNAL void nfq_queue_link_retained(struct nfq_queue *q,
-					  struct nfq_packet *p);
-NFQ_INTERNAL void nfq_queue_unlink_retained(struct nfq_queue *q,
-					    struct nfq_packet *p);
+int nfq_queue_put_verdict(struct nfq_queue *q, const struct nfq_packet *p,
+			  uint32_t verdict);
+void nfq_queue_link_retained(struct nfq_queue *q, struct nfq_packet *p);
+void nfq_queue_unlink_retained(struct nfq_queue *q, struct nfq_packet *p);
 /* Verdict p with its queue's fallback verdict, counting it as a fallback. */
-NFQ_INTERNAL void nfq_packet_fallback(struct nfq_packet *p);
+void nfq_packet_fallback(struct nfq_packet *p);
 
 #endif

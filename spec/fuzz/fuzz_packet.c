@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../src/nfq_core.h"
+#include "nfq_core.h"
 
 static void check_ip(const uint8_t *data, size_t len)
 {
