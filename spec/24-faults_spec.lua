@@ -4,6 +4,18 @@ local H = require "helpers.net"
 
 local accept_all = H.root .. "/scripts/examples/accept_all.lua"
 
+-- SIGSTOP returns before every thread has stopped: wait until each is.
+local function stall(d)
+	d:signal("STOP")
+	H.wait_for(function()
+		for task in H.sh("ls /proc/" .. d.pid .. "/task"):gmatch("%d+") do
+			local stat = H.read_file("/proc/" .. d.pid .. "/task/" .. task .. "/stat") or ""
+			if not stat:match("^%d+ %b() T") then return false end
+		end
+		return true
+	end, 5, "every thread of the daemon to stop")
+end
+
 local function count_line(d, key)
 	d:signal("USR1")
 	return tonumber(H.wait_for(function() return d:output():match(".*" .. key .. "=(%d+)") end, 5, key))
@@ -18,7 +30,7 @@ describe("faults #kernel", function()
 		local rx, tx = H.udp("127.0.0.1", 9700), H.udp()
 		d = H.daemon(accept_all .. " --queue 1 --max-len 4")
 		H.wait_queue_ready(1)
-		d:signal("STOP")
+		stall(d)
 		for i = 1, 20 do tx:sendto("s" .. i, "127.0.0.1", 9700) end
 		assert.is_nil(rx:recv(0.2))
 		d:signal("CONT")
@@ -33,7 +45,7 @@ describe("faults #kernel", function()
 		local rx, tx = H.udp("127.0.0.1", 9701), H.udp()
 		d = H.daemon(accept_all .. " --queue 1 --max-len 4 --fail-open")
 		H.wait_queue_ready(1)
-		d:signal("STOP")
+		stall(d)
 		for i = 1, 20 do tx:sendto("s" .. i, "127.0.0.1", 9701) end
 		assert.equal(16, #rx:recv_all(0.3))
 		d:signal("CONT")
@@ -47,7 +59,7 @@ describe("faults #kernel", function()
 		ffi.C.setsockopt(tx.fd, 1, 32, ffi.new("int[1]", 8 * 1024 * 1024), 4) -- SO_SNDBUFFORCE
 		d = H.daemon(accept_all .. " --queue 1 --sock-len 4096")
 		H.wait_queue_ready(1)
-		d:signal("STOP")
+		stall(d)
 		for i = 1, 400 do tx:sendto("f" .. i, "127.0.0.1", 9703) end
 		H.wait_for(function() return H.queue_info(1).user_dropped > 0 end, 5, "the socket to overflow")
 		d:signal("CONT")
