@@ -83,9 +83,26 @@ local function is_callable(f)
 	return type(mt) == "table" and type(mt.__call) == "function"
 end
 
+-- A value as error messages show it: its type, then the value itself for
+-- numbers, booleans and strings (quoted, and cut after 40 bytes).
+local SHOWN_BYTES = 40
+local function shown(v)
+	local t = type(v)
+	if t == "number" or t == "boolean" then
+		return t .. " " .. tostring(v)
+	elseif t == "string" then
+		local quoted = ("%q"):format(v:sub(1, SHOWN_BYTES)):gsub("\\\n", "\\n")
+		if #v > SHOWN_BYTES then
+			return ("string %s... (%d bytes)"):format(quoted, #v)
+		end
+		return "string " .. quoted
+	end
+	return t
+end
+
 local function check_int(v, lo, hi, what, level)
 	if type(v) ~= "number" or v ~= v or v ~= floor(v) or v < lo or v > hi then
-		error(("nfq: %s must be an integer from %d to %d, got %s"):format(what, lo, hi, tostring(v)), level + 1)
+		error(("nfq: %s must be an integer from %d to %d, got %s"):format(what, lo, hi, shown(v)), level + 1)
 	end
 	return v
 end
@@ -93,7 +110,7 @@ end
 local function check_opts(opts, known, what, level)
 	if opts == nil then return {} end
 	if type(opts) ~= "table" then
-		error(("nfq: %s options must be a table, got %s"):format(what, type(opts)), level + 1)
+		error(("nfq: %s options must be a table, got %s"):format(what, shown(opts)), level + 1)
 	end
 	for k in pairs(opts) do
 		if not known[k] then
@@ -103,15 +120,17 @@ local function check_opts(opts, known, what, level)
 	return opts
 end
 
--- Shared with nfq.engine, which checks what scripts return.
+-- Shared with nfq.engine, which checks what scripts return, and with
+-- nfq.testing, which checks its inputs.
 _M._is_callable = is_callable
+_M._shown = shown
 
 local fallback_verdicts = { accept = NF_ACCEPT, drop = NF_DROP }
 
 local function check_fallback(v, level)
 	local verdict = fallback_verdicts[v]
 	if not verdict then
-		error(("nfq: fallback must be \"accept\" or \"drop\", got %s"):format(tostring(v)), level + 1)
+		error(("nfq: fallback must be \"accept\" or \"drop\", got %s"):format(shown(v)), level + 1)
 	end
 	return verdict
 end
@@ -172,7 +191,7 @@ end
 function Packet:set_payload(data)
 	local p = live(self)
 	if type(data) ~= "string" then
-		error("nfq: set_payload expects a string, got " .. type(data), 2)
+		error("nfq: set_payload expects a string, got " .. shown(data), 2)
 	end
 	check_pending(self, p)
 	if C.nfq_packet_set_payload(p, data, #data) ~= 0 then
@@ -487,7 +506,7 @@ function Queue:bind(queue_num, callback, opts)
 	end
 	check_int(queue_num, 0, 65535, "queue_num", 2)
 	if not is_callable(callback) then
-		error("nfq: bind: the callback must be a function or a callable table, got " .. type(callback), 2)
+		error("nfq: bind: the callback must be a function or a callable table, got " .. shown(callback), 2)
 	end
 	opts = check_opts(opts, bind_opts, "bind", 2)
 	local max_len = check_int(opts.max_len or 1024, 1, 0xffffffff, "max_len", 2)
@@ -496,7 +515,7 @@ function Queue:bind(queue_num, callback, opts)
 		error("nfq: mode COPY_NONE delivers no packets (the kernel drops them); use COPY_META or COPY_PACKET", 2)
 	end
 	if mode ~= _M.COPY_META and mode ~= _M.COPY_PACKET then
-		error("nfq: mode must be nfq.COPY_META or nfq.COPY_PACKET, got " .. tostring(mode), 2)
+		error("nfq: mode must be nfq.COPY_META or nfq.COPY_PACKET, got " .. shown(mode), 2)
 	end
 	local range = check_int(opts.range or 65535, 1, 65535, "range", 2)
 	local sock_len = check_int(opts.sock_len or 0, 0, 0x7fffffff, "sock_len", 2)
@@ -507,7 +526,7 @@ function Queue:bind(queue_num, callback, opts)
 		local on = opts[name]
 		if on == nil then on = default end
 		if type(on) ~= "boolean" then
-			error(("nfq: %s must be true or false, got %s"):format(name, tostring(on)), 2)
+			error(("nfq: %s must be true or false, got %s"):format(name, shown(on)), 2)
 		end
 		if on then flags = bor(flags, bit_value) end
 	end
@@ -556,7 +575,7 @@ end
 --- Swap the callback; packets of the next batch go to the new one.
 function Queue:set_callback(callback)
 	if not is_callable(callback) then
-		error("nfq: set_callback: the callback must be a function or a callable table, got " .. type(callback), 2)
+		error("nfq: set_callback: the callback must be a function or a callable table, got " .. shown(callback), 2)
 	end
 	self.callback = callback
 end

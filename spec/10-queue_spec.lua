@@ -58,7 +58,8 @@ describe("queue #kernel", function()
 		assert.equal(150, seen)
 		assert.is_true(calls >= 3, "150 packets take at least 3 batches of 64, took " .. calls .. " calls")
 		assert.equal(0, H.queue_info(1).waiting)
-		assert.has_error(function() q:run(false, 0) end, "nfq: max_batches must be an integer from 1 to 2147483647, got 0")
+		assert.has_error(function() q:run(false, 0) end,
+			"nfq: max_batches must be an integer from 1 to 2147483647, got number 0")
 	end)
 
 	it("rewrites a payload with new lengths and checksums, as the peer receives it", function()
