@@ -541,6 +541,38 @@ function Queue:bind(queue_num, callback, opts)
 	return true
 end
 
+-- Inside its own callback (run() is dispatching a batch), a queue cannot go
+-- away under the packet being handled: unbind() and close() end the batch
+-- with that packet, so that dispatching stops when its callback returns, and
+-- run() then gives the rest of the batch the fallback verdict and unbinds or
+-- closes (finish_deferred). The rest wait for the current packet's verdict:
+-- a batch verdict accepts every packet up to its id.
+local function defer(self, what)
+	local q = self.q
+	if not self.deferred then
+		self.batch_end = q.count
+		q.count = q.pos
+	end
+	if self.deferred ~= "close" then self.deferred = what end
+end
+
+local function finish_deferred(self)
+	local q, what = self.q, self.deferred
+	self.deferred = nil
+	for i = q.count, self.batch_end - 1 do
+		C.nfq_packet_finish(self.pkts + i)
+	end
+	C.nfq_queue_flush(q)
+	if what == "close" then
+		self.q = nil
+		ffi_gc(q, nil)
+		C.nfq_queue_close(q)
+	elseif C.nfq_queue_unbind(q) ~= 0 then
+		return nil, ffi_string(q.errmsg)
+	end
+	return true, false
+end
+
 function Queue:unbind()
 	local q = self.q
 	if q == nil or not self.queue_num then return true end
@@ -549,6 +581,10 @@ function Queue:unbind()
 	end
 	self.queue_num = nil
 	self.callback = nil
+	if self.dispatching then
+		defer(self, "unbind")
+		return true
+	end
 	if C.nfq_queue_unbind(q) ~= 0 then
 		return nil, ffi_string(q.errmsg)
 	end
@@ -561,9 +597,13 @@ function Queue:close()
 	if self.adopted then
 		error("nfq: the daemon owns this queue; it cannot be closed from a script", 2)
 	end
-	self.q = nil
 	self.queue_num = nil
 	self.callback = nil
+	if self.dispatching then
+		defer(self, "close")
+		return
+	end
+	self.q = nil
 	ffi_gc(q, nil)
 	C.nfq_queue_close(q)
 end
@@ -583,8 +623,13 @@ end
 --- Receive and dispatch: forever when block is true (the default), or what
 -- is pending when it is false. A callback error is re-raised after its
 -- packet got the fallback verdict; calling run() again goes on with the rest.
+-- It returns once a callback has unbound or closed the queue.
 function Queue:run(block, max_batches)
 	local q = queue_of(self, 2)
+	if self.dispatching then
+		error("nfq: run: called from inside this queue's callback, which run() is already serving; "
+			.. "return from the callback and let that run() go on", 2)
+	end
 	if not self.queue_num then
 		error("nfq: run: the queue is not bound; call q:bind() first", 2)
 	end
@@ -610,14 +655,18 @@ function Queue:run(block, max_batches)
 				batches = batches + 1
 			end
 		end
+		self.dispatching = true
 		local ok, err = pcall(dispatch, self)
+		self.dispatching = false
 		if not ok then
 			q.stats.script_errors = q.stats.script_errors + 1
 			C.nfq_queue_finish_current(q)
 			C.nfq_queue_flush(q)
+			if self.deferred then finish_deferred(self) end
 			error(err, 0)
 		end
 		C.nfq_queue_flush(q)
+		if self.deferred then return finish_deferred(self) end
 	end
 end
 
