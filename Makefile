@@ -36,7 +36,7 @@ DOCDIR ?= $(PREFIX)/share/doc/nfqlua
 LUA_MODULE_DIR ?= $(PREFIX)/share/lua/5.1
 LUA_CMODULE_DIR ?= $(PREFIX)/lib/lua/5.1
 SYSTEMD_DIR ?= $(PREFIX)/lib/systemd/system
-LUA_FILES = nfq.lua nfq/cdef.lua nfq/engine.lua nfq/headers.lua nfq/testing.lua
+LUA_FILES = nfq.lua nfq/cdef.lua nfq/engine.lua nfq/headers.lua nfq/offline.lua nfq/testing.lua
 EXAMPLES = $(wildcard scripts/examples/*.lua) scripts/examples/embed.c \
 	$(wildcard scripts/examples/openresty/*)
 
@@ -46,7 +46,8 @@ ENGINE_SRC = src/nfq_engine.c src/nfq_log.c
 CORE_OBJ = $(CORE_SRC:src/%.c=$(BUILD)/%.o)
 ENGINE_OBJ = $(ENGINE_SRC:src/%.c=$(BUILD)/%.o)
 # Module bytecode linked into the binary: require finds luaJIT_BC_<name>.
-LUA_BC_OBJ = $(BUILD)/bc_nfq.o $(BUILD)/bc_nfq_cdef.o $(BUILD)/bc_nfq_engine.o $(BUILD)/bc_nfq_headers.o
+LUA_BC_OBJ = $(BUILD)/bc_nfq.o $(BUILD)/bc_nfq_cdef.o $(BUILD)/bc_nfq_engine.o $(BUILD)/bc_nfq_headers.o \
+	$(BUILD)/bc_nfq_offline.o
 
 SPEC_ENV = NFQ_ROOT=$(CURDIR) LUA_PATH='lua/?.lua;lua/?/init.lua;spec/?.lua;;' LUA_CPATH='lua/?.so;;'
 
@@ -113,6 +114,8 @@ $(BUILD)/bc_nfq_engine.o: lua/nfq/engine.lua | $(BUILD)
 	$(LUAJIT) -b -n nfq.engine $< $@
 $(BUILD)/bc_nfq_headers.o: lua/nfq/headers.lua | $(BUILD)
 	$(LUAJIT) -b -n nfq.headers $< $@
+$(BUILD)/bc_nfq_offline.o: lua/nfq/offline.lua | $(BUILD)
+	$(LUAJIT) -b -n nfq.offline $< $@
 
 $(BUILD):
 	mkdir -p $@

@@ -718,3 +718,24 @@ int nfq_engine_format_stats(const struct nfq_engine *e, char *buf, size_t len)
 		(unsigned long long)s->reload_failures, e->version,
 		(long long)k.queue_dropped, (long long)k.user_dropped, lua_kb);
 }
+
+/*
+ * nfqlua --replay: hand an offline engine's queue and script to the Lua
+ * driver (nfq.engine.run_offline), which reads the capture through source
+ * (src/nfq_replay.c's reader, by FFI) and ends the run with on_stop and the
+ * fallback verdict for what is still held. The script's state is closed
+ * then, so that stopping the engine runs on_stop no second time. 0, or -1
+ * with the reason in err.
+ */
+NFQ_INTERNAL int nfq_engine_run_offline(struct nfq_engine *e, void *source, char *err, size_t errlen)
+{
+	lua_State *L = e->cur.L;
+	lua_pushlightuserdata(L, e->q);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, e->cur.hooks_ref);
+	lua_pushlightuserdata(L, source);
+	if (call_engine(L, e->cur.engine_ref, "run_offline", 3, 0, 0, err, errlen) < 0)
+		return -1;
+	e->lua_kb = lua_gc(L, LUA_GCCOUNT, 0);
+	state_close(&e->cur);
+	return 0;
+}

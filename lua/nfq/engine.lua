@@ -69,4 +69,12 @@ function _M.save_state(hooks)
 	return state
 end
 
+--- nfqlua --replay: the offline driver (nfq.offline) over the engine's
+-- offline queue and the capture that reader (src/nfq_replay.c) reads. Calls
+-- into the script go through guarded_call, the engine's watchdog, once C
+-- has set it.
+function _M.run_offline(qptr, hooks, reader)
+	require("nfq.offline").replay(qptr, hooks, reader, _M.guarded_call or pcall)
+end
+
 return _M
