@@ -504,6 +504,9 @@ function Queue:bind(queue_num, callback, opts)
 	if self.queue_num then
 		error(("nfq: this queue object is already bound to queue %d; unbind it first"):format(self.queue_num), 2)
 	end
+	if self.deferred then
+		error("nfq: bind: the queue unbinds when this callback returns; bind it again once run() has returned", 2)
+	end
 	check_int(queue_num, 0, 65535, "queue_num", 2)
 	if not is_callable(callback) then
 		error("nfq: bind: the callback must be a function or a callable table, got " .. shown(callback), 2)

@@ -508,6 +508,8 @@ describe("queue #kernel", function()
 					held = pkt:retain()
 				elseif data == "p2" then
 					assert.is_true(q:unbind())
+					assert.has_error(function() q:bind(1, print) end,
+						"nfq: bind: the queue unbinds when this callback returns; bind it again once run() has returned")
 					pkt:drop()
 				end
 			end, { fallback = "accept" })

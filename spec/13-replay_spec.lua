@@ -190,6 +190,17 @@ describe("nfqlua --replay", function()
 		assert.matches("on_timer calls: 60001\n", out, 1, true)
 	end)
 
+	it("logs a script error, gives that packet the fallback and goes on", function()
+		local script = H.tmpfile("return function(pkt) if pkt.id == 1 then error('no good') end pkt:drop() end", ".lua")
+		local rc, out = H.run_nfqlua("--replay " .. pcap(101, { testing.packet {}, testing.packet {} }) .. " " .. script
+			.. " --fallback drop")
+		assert.equal(0, rc, out)
+		assert.matches("nfqlua: error: replay: script error: [^\n]*: no good\n", out)
+		assert.matches("#1 [%d.]+ UDP packet, 28 bytes %-> drop %(fallback%)\n", out)
+		assert.matches("#2 [%d.]+ UDP packet, 28 bytes %-> drop\n", out)
+		assert.matches("accept=0 drop=2 queue=0 stop=0 fallback=1 ", out)
+	end)
+
 	it("needs no root", function()
 		local cap = pcap(101, { testing.packet {} })
 		local script = H.tmpfile("return function(pkt) pkt:accept() end", ".lua")

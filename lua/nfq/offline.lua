@@ -235,20 +235,19 @@ local function error_text(err)
 end
 
 -- One line per final verdict, as README.md shows them.
-local function verdict_line(r, meta)
+local function write_verdict(out, r, meta)
+	local sec, usec = tonumber(meta.ts_sec), tonumber(meta.ts_usec)
 	C.nfq_describe(r.packet, #r.packet, describe_buf, 64)
-	local line = { ("#%d %d.%06d %s -> %s"):format(r.id, tonumber(meta.ts_sec), tonumber(meta.ts_usec),
-		ffi_string(describe_buf), r.verdict or "?") }
-	if r.queue_num then line[#line + 1] = " " .. r.queue_num .. (r.bypass and " bypass" or "") end
-	if r.mark then line[#line + 1] = (" mark=0x%x"):format(r.mark) end
-	if r.connmark then line[#line + 1] = (" connmark=0x%x"):format(r.connmark) end
-	if r.payload then line[#line + 1] = (" rewritten to %d bytes"):format(#r.payload) end
-	if r.fallback then line[#line + 1] = " (fallback)" end
-	if r.repeats then line[#line + 1] = (" (after %d repeats)"):format(r.repeats) end
-	local held = r.time - (tonumber(meta.ts_sec) + tonumber(meta.ts_usec) / 1e6)
-	if held >= 0.0005 then line[#line + 1] = (" (held %.3f s)"):format(held) end
-	line[#line + 1] = "\n"
-	return table.concat(line)
+	out:write("#", r.id, " ", ("%d.%06d"):format(sec, usec), " ", ffi_string(describe_buf), " -> ", r.verdict or "?")
+	if r.queue_num then out:write(" ", r.queue_num, r.bypass and " bypass" or "") end
+	if r.mark then out:write((" mark=0x%x"):format(r.mark)) end
+	if r.connmark then out:write((" connmark=0x%x"):format(r.connmark)) end
+	if r.payload then out:write(" rewritten to ", #r.payload, " bytes") end
+	if r.fallback then out:write(" (fallback)") end
+	if r.repeats then out:write(" (after ", r.repeats, " repeats)") end
+	local held = r.time - (sec + usec / 1e6)
+	if held >= 0.0005 then out:write((" (held %.3f s)"):format(held)) end
+	out:write("\n")
 end
 
 --- The --replay front end: reader is the C capture reader (a struct
@@ -273,7 +272,7 @@ function _M.replay(q, hooks, reader, call)
 			counts.repeat_loops = counts.repeat_loops + 1
 			out:write(("#%d repeated %d times: counted as a drop, as the kernel would loop\n"):format(r.id, r.repeats))
 		end
-		out:write(verdict_line(r, meta))
+		write_verdict(out, r, meta)
 		if counts[r.verdict] then counts[r.verdict] = counts[r.verdict] + 1 end
 		if r.fallback then counts.fallback = counts.fallback + 1 end
 		if r.verdict == "accept" or r.verdict == "stop" then
