@@ -190,15 +190,21 @@ describe("nfqlua --replay", function()
 		assert.matches("on_timer calls: 60001\n", out, 1, true)
 	end)
 
-	it("logs a script error, gives that packet the fallback and goes on", function()
-		local script = H.tmpfile("return function(pkt) if pkt.id == 1 then error('no good') end pkt:drop() end", ".lua")
-		local rc, out = H.run_nfqlua("--replay " .. pcap(101, { testing.packet {}, testing.packet {} }) .. " " .. script
-			.. " --fallback drop")
+	it("logs script errors, gives those packets the fallback and goes on", function()
+		local script = H.tmpfile("return function(pkt) if pkt.id <= 12 then error('no good ' .. pkt.id) end pkt:drop() end",
+			".lua")
+		local p = testing.packet {}
+		local frames = {}
+		for i = 1, 13 do frames[i] = p end
+		local rc, out = H.run_nfqlua("--replay " .. pcap(101, frames) .. " " .. script .. " --fallback drop")
 		assert.equal(0, rc, out)
-		assert.matches("nfqlua: error: replay: script error: [^\n]*: no good\n", out)
+		assert.matches("nfqlua: error: replay: script error: [^\n]*: no good 1\n", out)
+		assert.matches("nfqlua: error: replay: script error: [^\n]*: no good 10\n", out)
+		assert.is_nil(out:find("no good 11", 1, true))
+		assert.matches("nfqlua: warning: replay: 2 more script errors not logged (only the first 10 are)\n", out, 1, true)
 		assert.matches("#1 [%d.]+ UDP packet, 28 bytes %-> drop %(fallback%)\n", out)
-		assert.matches("#2 [%d.]+ UDP packet, 28 bytes %-> drop\n", out)
-		assert.matches("accept=0 drop=2 queue=0 stop=0 fallback=1 ", out)
+		assert.matches("#13 [%d.]+ UDP packet, 28 bytes %-> drop\n", out)
+		assert.matches("accept=0 drop=13 queue=0 stop=0 fallback=12 ", out)
 	end)
 
 	it("needs no root", function()

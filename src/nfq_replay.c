@@ -25,11 +25,13 @@ struct nfq_replay {
 	pcap_t *out_handle;
 	pcap_dumper_t *out;		/* --out, or NULL */
 	double started;			/* for the summary's packets/s */
-	struct nfq_log_limit script_errors;
+	unsigned long script_errors;
 	char errmsg[PCAP_ERRBUF_SIZE + 4096];
 };
 
 static const char log_tag[] = "replay";
+/* Script errors logged in full; the rest are counted in one line at the end. */
+#define SCRIPT_ERRORS_LOGGED 10
 
 static double now(void)
 {
@@ -85,7 +87,7 @@ void nfq_replay_write(struct nfq_replay *r, const uint8_t *data, uint32_t len, i
 
 void nfq_replay_script_error(struct nfq_replay *r, const char *what, const char *msg)
 {
-	if (!nfq_log_allow(&r->script_errors, log_tag))
+	if (++r->script_errors > SCRIPT_ERRORS_LOGGED)
 		return;
 	/* The first line as the error, the traceback for debugging. */
 	const char *nl = strchr(msg, '\n');
@@ -156,7 +158,9 @@ int nfq_replay_run(const struct nfq_replay_opts *o)
 	rc = 0;
 done:
 	nfq_engine_free(engine);
-	nfq_log_flush(&r.script_errors, log_tag);
+	if (r.script_errors > SCRIPT_ERRORS_LOGGED)
+		nfq_log(NFQ_LOG_WARN, "%s: %lu more script errors not logged (only the first %d are)", log_tag,
+			r.script_errors - SCRIPT_ERRORS_LOGGED, SCRIPT_ERRORS_LOGGED);
 	if (r.out)
 		pcap_dump_close(r.out);
 	if (r.out_handle)

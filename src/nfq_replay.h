@@ -42,7 +42,7 @@ NFQ_REPLAY_FFI const char *nfq_replay_error(const struct nfq_replay *r);
 /* Add a packet to the --out capture, if there is one. */
 NFQ_REPLAY_FFI void nfq_replay_write(struct nfq_replay *r, const uint8_t *data,
 				     uint32_t len, int64_t sec, int64_t usec);
-/* Log a failed call into the script, at most NFQ_LOG_BURST lines per window. */
+/* Log a failed call into the script: the first few, then only count them. */
 NFQ_REPLAY_FFI void nfq_replay_script_error(struct nfq_replay *r, const char *what,
 					    const char *msg);
 /* Log a warning about the run. */
