@@ -50,7 +50,7 @@ LUA_CMODULE_DIR ?= $(PREFIX)/lib/lua/5.1
 SYSTEMD_DIR ?= $(PREFIX)/lib/systemd/system
 # The Lua modules, installed under LUA_MODULE_DIR. All but nfq.testing (for
 # busted specs of scripts) are also compiled into nfqlua and libnfqlua.
-LUA_FILES = nfq.lua nfq/cdef.lua nfq/engine.lua nfq/headers.lua nfq/testing.lua
+LUA_FILES = nfq.lua nfq/cdef.lua nfq/engine.lua nfq/headers.lua nfq/offline.lua nfq/testing.lua
 LUA_EMBEDDED = $(filter-out nfq/testing.lua,$(LUA_FILES))
 EXAMPLES = $(wildcard scripts/examples/*.lua) scripts/examples/embed.c \
 	$(wildcard scripts/examples/openresty/*)

@@ -97,9 +97,26 @@ local function is_callable(f)
 	return type(mt) == "table" and type(mt.__call) == "function"
 end
 
+-- A value as error messages show it: its type, then the value itself for
+-- numbers, booleans and strings (quoted, and cut after 40 bytes).
+local SHOWN_BYTES = 40
+local function shown(v)
+	local t = type(v)
+	if t == "number" or t == "boolean" then
+		return t .. " " .. tostring(v)
+	elseif t == "string" then
+		local quoted = ("%q"):format(v:sub(1, SHOWN_BYTES)):gsub("\\\n", "\\n")
+		if #v > SHOWN_BYTES then
+			return ("string %s... (%d bytes)"):format(quoted, #v)
+		end
+		return "string " .. quoted
+	end
+	return t
+end
+
 local function check_int(v, lo, hi, what, level)
 	if type(v) ~= "number" or v ~= v or v ~= floor(v) or v < lo or v > hi then
-		error(("nfq: %s must be an integer from %d to %d, got %s"):format(what, lo, hi, tostring(v)), level + 1)
+		error(("nfq: %s must be an integer from %d to %d, got %s"):format(what, lo, hi, shown(v)), level + 1)
 	end
 	return v
 end
@@ -107,7 +124,7 @@ end
 local function check_opts(opts, known, what, level)
 	if opts == nil then return {} end
 	if type(opts) ~= "table" then
-		error(("nfq: %s options must be a table, got %s"):format(what, type(opts)), level + 1)
+		error(("nfq: %s options must be a table, got %s"):format(what, shown(opts)), level + 1)
 	end
 	for k in pairs(opts) do
 		if not known[k] then
@@ -117,15 +134,17 @@ local function check_opts(opts, known, what, level)
 	return opts
 end
 
--- Shared with nfq.engine, which checks what scripts return.
+-- Shared with nfq.engine, which checks what scripts return, and with
+-- nfq.testing, which checks its inputs.
 _M._is_callable = is_callable
+_M._shown = shown
 
 local fallback_verdicts = { accept = NF_ACCEPT, drop = NF_DROP }
 
 local function check_fallback(v, level)
 	local verdict = fallback_verdicts[v]
 	if not verdict then
-		error(("nfq: fallback must be \"accept\" or \"drop\", got %s"):format(tostring(v)), level + 1)
+		error(("nfq: fallback must be \"accept\" or \"drop\", got %s"):format(shown(v)), level + 1)
 	end
 	return verdict
 end
@@ -186,7 +205,7 @@ end
 function Packet:set_payload(data)
 	local p = live(self)
 	if type(data) ~= "string" then
-		error("nfq: set_payload expects a string, got " .. type(data), 2)
+		error("nfq: set_payload expects a string, got " .. shown(data), 2)
 	end
 	check_pending(self, p)
 	if C.nfq_packet_set_payload(p, data, #data) ~= 0 then
@@ -499,9 +518,12 @@ function Queue:bind(queue_num, callback, opts)
 	if self.queue_num then
 		error(("nfq: this queue object is already bound to queue %d; unbind it first"):format(self.queue_num), 2)
 	end
+	if self.deferred then
+		error("nfq: bind: the queue unbinds when this callback returns; bind it again once run() has returned", 2)
+	end
 	check_int(queue_num, 0, 65535, "queue_num", 2)
 	if not is_callable(callback) then
-		error("nfq: bind: the callback must be a function or a callable table, got " .. type(callback), 2)
+		error("nfq: bind: the callback must be a function or a callable table, got " .. shown(callback), 2)
 	end
 	opts = check_opts(opts, bind_opts, "bind", 2)
 	local max_len = check_int(opts.max_len or 1024, 1, 0xffffffff, "max_len", 2)
@@ -510,7 +532,7 @@ function Queue:bind(queue_num, callback, opts)
 		error("nfq: mode COPY_NONE delivers no packets (the kernel drops them); use COPY_META or COPY_PACKET", 2)
 	end
 	if mode ~= _M.COPY_META and mode ~= _M.COPY_PACKET then
-		error("nfq: mode must be nfq.COPY_META or nfq.COPY_PACKET, got " .. tostring(mode), 2)
+		error("nfq: mode must be nfq.COPY_META or nfq.COPY_PACKET, got " .. shown(mode), 2)
 	end
 	local range = check_int(opts.range or 65535, 1, 65535, "range", 2)
 	local sock_len = check_int(opts.sock_len or 0, 0, 0x7fffffff, "sock_len", 2)
@@ -521,7 +543,7 @@ function Queue:bind(queue_num, callback, opts)
 		local on = opts[name]
 		if on == nil then on = default end
 		if type(on) ~= "boolean" then
-			error(("nfq: %s must be true or false, got %s"):format(name, tostring(on)), 2)
+			error(("nfq: %s must be true or false, got %s"):format(name, shown(on)), 2)
 		end
 		if on then flags = bor(flags, bit_value) end
 	end
@@ -536,6 +558,38 @@ function Queue:bind(queue_num, callback, opts)
 	return true
 end
 
+-- Inside its own callback (run() is dispatching a batch), a queue cannot go
+-- away under the packet being handled: unbind() and close() end the batch
+-- with that packet, so that dispatching stops when its callback returns, and
+-- run() then gives the rest of the batch the fallback verdict and unbinds or
+-- closes (finish_deferred). The rest wait for the current packet's verdict:
+-- a batch verdict accepts every packet up to its id.
+local function defer(self, what)
+	local q = self.q
+	if not self.deferred then
+		self.batch_end = q.count
+		q.count = q.pos
+	end
+	if self.deferred ~= "close" then self.deferred = what end
+end
+
+local function finish_deferred(self)
+	local q, what = self.q, self.deferred
+	self.deferred = nil
+	for i = q.count, self.batch_end - 1 do
+		C.nfq_packet_finish(self.pkts + i)
+	end
+	C.nfq_queue_flush(q)
+	if what == "close" then
+		self.q = nil
+		ffi_gc(q, nil)
+		C.nfq_queue_close(q)
+	elseif C.nfq_queue_unbind(q) ~= 0 then
+		return nil, ffi_string(q.errmsg)
+	end
+	return true, false
+end
+
 function Queue:unbind()
 	local q = self.q
 	if q == nil or not self.queue_num then return true end
@@ -544,6 +598,10 @@ function Queue:unbind()
 	end
 	self.queue_num = nil
 	self.callback = nil
+	if self.dispatching then
+		defer(self, "unbind")
+		return true
+	end
 	if C.nfq_queue_unbind(q) ~= 0 then
 		return nil, ffi_string(q.errmsg)
 	end
@@ -556,9 +614,13 @@ function Queue:close()
 	if self.adopted then
 		error("nfq: the daemon owns this queue; it cannot be closed from a script", 2)
 	end
-	self.q = nil
 	self.queue_num = nil
 	self.callback = nil
+	if self.dispatching then
+		defer(self, "close")
+		return
+	end
+	self.q = nil
 	ffi_gc(q, nil)
 	C.nfq_queue_close(q)
 end
@@ -570,7 +632,7 @@ end
 --- Swap the callback; packets of the next batch go to the new one.
 function Queue:set_callback(callback)
 	if not is_callable(callback) then
-		error("nfq: set_callback: the callback must be a function or a callable table, got " .. type(callback), 2)
+		error("nfq: set_callback: the callback must be a function or a callable table, got " .. shown(callback), 2)
 	end
 	self.callback = callback
 end
@@ -578,8 +640,13 @@ end
 --- Receive and dispatch: forever when block is true (the default), or what
 -- is pending when it is false. A callback error is re-raised after its
 -- packet got the fallback verdict; calling run() again goes on with the rest.
+-- It returns once a callback has unbound or closed the queue.
 function Queue:run(block, max_batches)
 	local q = queue_of(self, 2)
+	if self.dispatching then
+		error("nfq: run: called from inside this queue's callback, which run() is already serving; "
+			.. "return from the callback and let that run() go on", 2)
+	end
 	if not self.queue_num then
 		error("nfq: run: the queue is not bound; call q:bind() first", 2)
 	end
@@ -605,14 +672,18 @@ function Queue:run(block, max_batches)
 				batches = batches + 1
 			end
 		end
+		self.dispatching = true
 		local ok, err = pcall(dispatch, self)
+		self.dispatching = false
 		if not ok then
 			q.stats.script_errors = q.stats.script_errors + 1
 			C.nfq_queue_finish_current(q)
 			C.nfq_queue_flush(q)
+			if self.deferred then finish_deferred(self) end
 			error(err, 0)
 		end
 		C.nfq_queue_flush(q)
+		if self.deferred then return finish_deferred(self) end
 	end
 end
 

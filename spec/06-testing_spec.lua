@@ -183,7 +183,114 @@ describe("nfq.testing", function()
 		assert.same({ 3, 2, 4 }, hooks)
 		assert.has_error(function()
 			testing.run(function(pkt) pkt:accept() end, { { bytes = testing.packet {}, hook = "outptu" } })
-		end, "nfq.testing: unknown hook outptu (prerouting, input, forward, output, postrouting or 0-4)")
+		end, "nfq.testing: packets[1].hook must be prerouting, input, forward, output, postrouting or 0-4, "
+			.. 'got string "outptu"')
+		assert.has_error(function()
+			testing.run(function(pkt) pkt:accept() end, { testing.packet {} }, { hook = 5 })
+		end, "nfq.testing: opts.hook must be prerouting, input, forward, output, postrouting or 0-4, got number 5")
+	end)
+
+	it("reports a queue verdict with bypass, the verdict being the low byte as for the kernel", function()
+		local r = testing.run(function(pkt)
+			if pkt.id == 1 then pkt:queue(5, true) else pkt:queue(65535) end
+		end, { testing.packet {}, testing.packet {} })
+		assert.same({ "queue", 5, true }, { r[1].verdict, r[1].queue_num, r[1].bypass })
+		assert.same({ "queue", 65535 }, { r[2].verdict, r[2].queue_num })
+		assert.is_nil(r[2].bypass)
+	end)
+
+	it("runs on_timer for at most a minute of a long gap in the packets' clock, then once at its end", function()
+		local ticks, at, held = 0, {}, nil
+		local r = testing.run({
+			timer_interval = 0.001,
+			on_packet = function(pkt) if pkt.id == 1 then held = pkt:retain() else ticks = #at pkt:accept() end end,
+			on_timer = function() at[#at + 1] = require("nfq").now() end,
+		}, { { bytes = testing.packet {}, time = 0 }, { bytes = testing.packet {}, time = 1700000000 } })
+		assert.is_true(ticks <= 60 / 0.001 + 1, ticks .. " calls before the second packet")
+		assert.equal(1700000000, at[ticks], "the last call before it is at the end of the gap")
+		assert.is_true(math.abs(at[ticks - 1] - 60) < 0.01, "the one before ends the first minute: " .. at[ticks - 1])
+		assert.is_true(r.timer_skipped > 1699999000 / 0.001, "skipped " .. r.timer_skipped)
+		assert.same({ 2, 1 }, { r[1].id, r[2].id })
+		assert.is_true(r[2].fallback)
+		assert.is_not_nil(held)
+		assert.equal(0, testing.run(function(pkt) pkt:accept() end, { testing.packet {} }).timer_skipped)
+	end)
+
+	describe("checks its inputs and says what is wrong", function()
+		local accept = function(pkt) pkt:accept() end
+		local function run_error(packets, opts, script)
+			local ok, err = pcall(testing.run, script or accept, packets, opts)
+			assert.is_false(ok, "no error")
+			return err
+		end
+		local function packet_error(desc)
+			local ok, err = pcall(testing.packet, desc)
+			assert.is_false(ok, "no error")
+			return err
+		end
+
+		it("in the packets given to run", function()
+			local p = testing.packet {}
+			assert.matches('packets%[2%] must be the bytes of a packet %(a string, as testing.packet{} makes%) or a table '
+				.. '{ bytes = ..., time, mark, hook, hw }, got number 5$', run_error { p, 5 })
+			assert.matches("packets%[1%].mark must be an integer from 0 to 4294967295, got number %-1$",
+				run_error { { bytes = p, mark = -1 } })
+			assert.matches('packets%[1%].mark must be an integer from 0 to 4294967295, got string "7"$',
+				run_error { { bytes = p, mark = "7" } })
+			assert.matches("packets%[1%].bytes must be a string of 1 to 65535 bytes, got 65536 bytes$",
+				run_error { { bytes = string.rep("E", 65536) } })
+			assert.matches("packets%[1%].bytes must be a string of 1 to 65535 bytes, got nil$", run_error { { mark = 1 } })
+			assert.matches("packets%[1%]: unknown field byets %(the fields are bytes, hook, hw, mark, time%)$",
+				run_error { { byets = p } })
+			assert.matches("packets%[1%].time must be a number of seconds, got number nan$",
+				run_error { { bytes = p, time = 0 / 0 } })
+			assert.matches("packets%[1%].hw must be a hardware address of 1 to 8 bytes, got string",
+				run_error { { bytes = p, hw = "123456789" } })
+			assert.matches("run: packets must be a list of packets, got string", run_error(p))
+		end)
+
+		it("in run's script and options", function()
+			local p = { testing.packet {} }
+			assert.matches("run: the script must be a path, a callback or a table with on_packet, got number 5$",
+				run_error(p, nil, 5))
+			assert.matches([[run: the script table's on_timer must be a function, got string "soon"$]],
+				run_error(p, nil, { on_packet = accept, on_timer = "soon" }))
+			assert.matches("run: timer_interval must be a number of seconds, at least 0.001, got number 0$",
+				run_error(p, nil, { on_packet = accept, on_timer = accept, timer_interval = 0 }))
+			assert.matches('opts.fallback must be "accept" or "drop", got string "reject"$',
+				run_error(p, { fallback = "reject" }))
+			assert.matches("run: opts: unknown field hooks %(the fields are fallback, hook, mode, range%)$",
+				run_error(p, { hooks = "input" }))
+			assert.matches("opts.range must be an integer from 1 to 65535, got number 0$", run_error(p, { range = 0 }))
+		end)
+
+		it("in testing.packet's fields", function()
+			assert.matches("packet: dport must be an integer from 0 to 65535, got number 70000$",
+				packet_error { dport = 70000 })
+			assert.matches('packet: sport must be an integer from 0 to 65535, got string "53"$',
+				packet_error { sport = "53" })
+			assert.matches("packet: unknown field dprot %(the fields are ack, dport, dst, icmp_code, icmp_type, id, "
+				.. "payload, proto, seq, sport, src, tcp_flags, ttl, version%)$", packet_error { dprot = 53 })
+			assert.matches('packet: dst must be an IPv4 address %(as the other fields make the packet IPv4%), '
+				.. 'got string "10.0.0.300"$', packet_error { dst = "10.0.0.300" })
+			assert.matches('packet: src must be an IPv6 address %(as the other fields make the packet IPv6%), '
+				.. 'got string "10.0.0.1"$', packet_error { src = "10.0.0.1", dst = "fd00::2" })
+			for _, bad in ipairs { "fd00::1::2", "fd00::12345", "1:2:3:4:5:6:7", "fd00::g" } do
+				assert.matches('packet: dst must be an IPv6 address .* got string "' .. bad:gsub("%p", "%%%0") .. '"$',
+					packet_error { dst = bad })
+			end
+			assert.matches("packet: dst must be an IPv4 address .* got number 10$", packet_error { dst = 10 })
+			assert.matches("packet: a payload of 65508 bytes makes an IPv4 packet of 65536 bytes, over the 65535 an IP "
+				.. "packet can have$", packet_error { payload = string.rep("x", 65508) })
+			assert.matches("packet: version must be 4 or 6, got number 5$", packet_error { version = 5 })
+			assert.matches("packet: proto must be udp, tcp, icmp, icmpv6 or a protocol number from 0 to 255, "
+				.. 'got string "sctpx"$', packet_error { proto = "sctpx" })
+			assert.matches("packet: payload must be a string, got table$", packet_error { payload = {} })
+			assert.matches("packet: the description must be a table, got string", packet_error "udp")
+			assert.equal(65535, #testing.packet { payload = string.rep("x", 65507) })
+			assert.equal(#testing.packet { dst = "fd00::2" }, #testing.packet { dst = "fd00:0:0:0:0:0:0:2" })
+			assert.equal(testing.packet { src = "::1", dst = "::" }:sub(9, 40), ("\0"):rep(15) .. "\1" .. ("\0"):rep(16))
+		end)
 	end)
 
 	it("accept_all.lua accepts; print_and_accept.lua describes the packet and accepts", function()

@@ -60,6 +60,11 @@ end
 local core_h = assert(H.read_file(H.root .. "/src/nfq_core.h"))
 local ffi_entries = declared(core_h:match("BEGIN CDEF(.-)END CDEF"), {})
 local api = declared(assert(H.read_file(H.root .. "/src/nfq_engine.h")), {})
+-- The daemon's own FFI entry points: the capture reader of --replay.
+local replay_entries = {}
+for name in assert(H.read_file(H.root .. "/src/nfq_replay.h")):gmatch("NFQ_REPLAY_FFI [%w_ ]-[%s%*]+(nfq_[%w_]+)%(") do
+	replay_entries[#replay_entries + 1] = name
+end
 
 local function exported(path)
 	local names = {}
@@ -125,12 +130,15 @@ describe("exported symbols", function()
 		assert.same(sorted_keys(set(ffi_entries)), sorted_keys(set(exported(H.root .. "/lua/nfq/core.so"))))
 	end)
 
-	it("of libnfqlua.so and nfqlua are those, the API of nfq_engine.h and the embedded bytecode", function()
+	it("of libnfqlua.so and nfqlua are those, the API of nfq_engine.h and the embedded bytecode, "
+		.. "and the daemon's replay reader", function()
 		assert.is_true(#api >= 10)
 		local expected = set(ffi_entries)
 		for _, name in ipairs(api) do expected[name] = true end
 		for name in pairs(embedded()) do expected["luaJIT_BC_" .. name:gsub("%.", "_")] = true end
 		assert.same(sorted_keys(expected), sorted_keys(set(exported(H.root .. "/build/libnfqlua.so"))))
+		assert.is_true(#replay_entries >= 5)
+		for _, name in ipairs(replay_entries) do expected[name] = true end
 		-- The toolchain's own (_start, _edata, data_start...) aside.
 		local daemon = {}
 		for _, name in ipairs(exported(H.root .. "/nfqlua")) do

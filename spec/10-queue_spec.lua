@@ -58,7 +58,8 @@ describe("queue #kernel", function()
 		assert.equal(150, seen)
 		assert.is_true(calls >= 3, "150 packets take at least 3 batches of 64, took " .. calls .. " calls")
 		assert.equal(0, H.queue_info(1).waiting)
-		assert.has_error(function() q:run(false, 0) end, "nfq: max_batches must be an integer from 1 to 2147483647, got 0")
+		assert.has_error(function() q:run(false, 0) end,
+			"nfq: max_batches must be an integer from 1 to 2147483647, got number 0")
 	end)
 
 	it("rewrites a payload with new lengths and checksums, as the peer receives it", function()
@@ -463,5 +464,96 @@ describe("queue #kernel", function()
 		pump(q, function() return seen > before end)
 		assert.equal("after the storm", rx:recv(1))
 		assert.is_true(q:stats().enobufs >= 1)
+	end)
+
+	describe("called from inside its own callback", function()
+		-- Five packets wait in the queue, so that one run() takes them as one batch.
+		local function five_waiting(port)
+			H.sh("iptables -A OUTPUT -o lo -p udp --dport " .. port .. " -j NFQUEUE --queue-num 1")
+			local rx, tx = H.udp("127.0.0.1", port), H.udp()
+			return rx, function()
+				for i = 1, 5 do tx:sendto("p" .. i, "127.0.0.1", port) end
+				H.wait_for(function() return H.queue_info(1).waiting == 5 end, 5, "5 packets to wait in the queue")
+			end
+		end
+
+		it("close() closes the queue once the batch has its verdicts: the script's, then the fallback", function()
+			local rx, send = five_waiting(5024)
+			local seen = {}
+			q = bound_queue(1, function(pkt)
+				local data = H.udp4_data(pkt:get_payload())
+				seen[#seen + 1] = data
+				if data == "p1" then
+					pkt:accept()
+				else
+					q:close()
+					assert.equal(data, H.udp4_data(pkt:get_payload()), "the packet is still there")
+					pkt:drop()
+				end
+			end)
+			send()
+			assert.same({ true, false }, { q:run(false) })
+			assert.same({ "p1", "p2" }, seen)
+			assert.same({ "p1", "p3", "p4", "p5" }, rx:recv_all(0.3))
+			assert.is_nil(H.queue_info(1))
+			assert.has_error(function() q:get_fd() end, "nfq: this queue is closed")
+		end)
+
+		it("unbind() unbinds once the batch has its verdicts, and the queue can be bound again", function()
+			local rx, send = five_waiting(5025)
+			local held
+			q = bound_queue(1, function(pkt)
+				local data = H.udp4_data(pkt:get_payload())
+				if data == "p1" then
+					held = pkt:retain()
+				elseif data == "p2" then
+					assert.is_true(q:unbind())
+					assert.has_error(function() q:bind(1, print) end,
+						"nfq: bind: the queue unbinds when this callback returns; bind it again once run() has returned")
+					pkt:drop()
+				end
+			end, { fallback = "accept" })
+			send()
+			assert.same({ true, false }, { q:run(false) })
+			-- The held packet gets its fallback at the unbind, after the batch.
+			assert.same({ "p3", "p4", "p5", "p1" }, rx:recv_all(0.3))
+			assert.is_nil(H.queue_info(1))
+			assert.matches("its queue was unbound or closed", select(2, pcall(held.drop, held)))
+			local st = q:stats()
+			assert.same({ 5, 1, 4, 4, 0 }, { st.received, st.dropped, st.accepted, st.fallback, st.verdict_errors })
+			assert.is_true(q:unbind())
+			local again
+			assert(q:bind(1, function(pkt) again = H.udp4_data(pkt:get_payload()) pkt:accept() end))
+			H.wait_queue_ready(1)
+			H.udp():sendto("bound again", "127.0.0.1", 5025)
+			pump(q, function() return again end)
+			assert.equal("bound again", rx:recv(1))
+		end)
+
+		it("run() raises, and the packet keeps the verdict the script gives it after", function()
+			local rx, send = five_waiting(5026)
+			local err
+			q = bound_queue(1, function(pkt)
+				local data = H.udp4_data(pkt:get_payload())
+				if data == "p1" then
+					err = select(2, pcall(q.run, q, false))
+					pkt:drop()
+				elseif data == "p2" then
+					q:run(false)
+				else
+					pkt:accept()
+				end
+			end, { fallback = "drop" })
+			send()
+			local ok, outer = pcall(q.run, q, false)
+			assert.is_false(ok)
+			assert.equal("nfq: run: called from inside this queue's callback, which run() is already serving; "
+				.. "return from the callback and let that run() go on", err:gsub("^.-:%d+: ", ""))
+			assert.matches("called from inside this queue's callback", outer)
+			assert.same({ true, false }, { q:run(false) })
+			assert.same({ "p3", "p4", "p5" }, rx:recv_all(0.3))
+			local st = q:stats()
+			assert.same({ 2, 3, 1, 1 }, { st.dropped, st.accepted, st.fallback, st.script_errors })
+		end)
 	end)
 end)

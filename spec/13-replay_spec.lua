@@ -160,6 +160,53 @@ describe("nfqlua --replay", function()
 		assert.matches("^#1 .* %-> accept %(fallback%) %(held 60%.000 s%)\n", out)
 	end)
 
+	it("prints a queue verdict with bypass, the verdict being the low byte as for the kernel", function()
+		local script = H.tmpfile("return function(pkt) pkt:queue(5, true) end", ".lua")
+		local rc, out = H.run_nfqlua("--replay " .. pcap(101, { testing.packet {} }) .. " " .. script)
+		assert.equal(0, rc, out)
+		assert.matches("^#1 [%d.]+ UDP packet, 28 bytes %-> queue 5 bypass\n", out)
+		assert.matches("accept=0 drop=0 queue=1 ", out)
+	end)
+
+	it("runs on_timer for at most a minute of a jump in the capture's clock, then once at its end, and says so", function()
+		-- The first record stamped 0, the next 1700000000: years of 1 ms ticks.
+		local script = H.tmpfile([[local held, calls = nil, 0
+		return {
+			timer_interval = 0.001,
+			on_packet = function(pkt) if pkt.id == 1 then held = pkt:retain() else pkt:accept() end end,
+			on_timer = function()
+				calls = calls + 1
+				if held and require("nfq").now() >= 1700000000 then held:drop() held = nil end
+			end,
+			on_stop = function() print("on_timer calls: " .. calls) end,
+		}]], ".lua")
+		local cap = pcap(101, { testing.packet {}, testing.packet {} }, { -1700000000, 0 })
+		local rc, out = H.run_nfqlua("--replay " .. cap .. " " .. script, "timeout 120 ")
+		assert.equal(0, rc, out)
+		assert.matches("nfqlua: warning: replay: on_timer: the packets' clock jumps 1700000000.000 s before packet 2; "
+			.. "on_timer ran for the first 60 s of the gap and once at its end, 1699999939999 calls skipped\n", out, 1, true)
+		assert.matches("#1 0.000000 UDP packet, 28 bytes -> drop (held 1700000000.000 s)\n", out, 1, true)
+		assert.matches("#2 1700000000.000000 UDP packet, 28 bytes -> accept\n", out, 1, true)
+		assert.matches("on_timer calls: 60001\n", out, 1, true)
+	end)
+
+	it("logs script errors, gives those packets the fallback and goes on", function()
+		local script = H.tmpfile("return function(pkt) if pkt.id <= 12 then error('no good ' .. pkt.id) end pkt:drop() end",
+			".lua")
+		local p = testing.packet {}
+		local frames = {}
+		for i = 1, 13 do frames[i] = p end
+		local rc, out = H.run_nfqlua("--replay " .. pcap(101, frames) .. " " .. script .. " --fallback drop")
+		assert.equal(0, rc, out)
+		assert.matches("nfqlua: error: replay: script error: [^\n]*: no good 1\n", out)
+		assert.matches("nfqlua: error: replay: script error: [^\n]*: no good 10\n", out)
+		assert.is_nil(out:find("no good 11", 1, true))
+		assert.matches("nfqlua: warning: replay: 2 more script errors not logged (only the first 10 are)\n", out, 1, true)
+		assert.matches("#1 [%d.]+ UDP packet, 28 bytes %-> drop %(fallback%)\n", out)
+		assert.matches("#13 [%d.]+ UDP packet, 28 bytes %-> drop\n", out)
+		assert.matches("accept=0 drop=13 queue=0 stop=0 fallback=12 ", out)
+	end)
+
 	it("needs no root", function()
 		local cap = pcap(101, { testing.packet {} })
 		local script = H.tmpfile("return function(pkt) pkt:accept() end", ".lua")

@@ -1045,35 +1045,6 @@ void nfq_engine_set_kernel_stats_fd(struct nfq_engine *e, int fd)
 	nfq_queue_set_stats_fd(e->q, fd);
 }
 
-struct nfq_queue *nfq_engine_queue(const struct nfq_engine *e)
-{
-	return e->q;
-}
-
-void nfq_engine_dispatch(struct nfq_engine *e)
-{
-	run_batch(e);
-}
-
-void nfq_engine_set_time(struct nfq_engine *e, double now)
-{
-	char err[256];
-	lua_pushnumber(e->cur.L, now);
-	if (call_engine(e, &e->cur, CALL_SCRIPT, "set_now", 1, 0, "", err, sizeof err) < 0)
-		elog(e, NFQ_LOG_ERROR, "%s: cannot set the script's clock: %s", e->tag, err);
-}
-
-void nfq_engine_run_timer(struct nfq_engine *e)
-{
-	if (e->cur.timer_ref != LUA_NOREF)
-		run_timer(e);
-}
-
-double nfq_engine_timer_interval(const struct nfq_engine *e)
-{
-	return e->cur.timer_ref != LUA_NOREF ? e->cur.timer_interval : 0;
-}
-
 const struct nfq_stats *nfq_engine_stats(const struct nfq_engine *e)
 {
 	return &e->q->stats;
@@ -1096,4 +1067,34 @@ int nfq_engine_format_stats(const struct nfq_engine *e, char *buf, size_t len)
 		(unsigned long long)s->enobufs, (unsigned long long)s->reloads,
 		(unsigned long long)s->reload_failures, e->version,
 		(long long)k.queue_dropped, (long long)k.user_dropped, lua_kb);
+}
+
+/*
+ * nfqlua --replay: hand an offline engine's queue and script to the Lua
+ * driver (nfq.engine.run_offline), which reads the capture through source
+ * (src/nfq_replay.c's reader, by FFI) and ends the run with on_stop and the
+ * fallback verdict for what is still held. Only the driver's calls into the
+ * script are guarded, each on its own, not the run as a whole. 0, or -1
+ * with the reason in err.
+ */
+int nfq_engine_run_offline(struct nfq_engine *e, void *source, char *err, size_t errlen)
+{
+	lua_State *L = e->cur.L;
+	lua_pushlightuserdata(L, (void *)&traceback_key);
+	lua_rawget(L, LUA_REGISTRYINDEX);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, e->cur.engine_ref);
+	lua_getfield(L, -1, "run_offline");
+	lua_remove(L, -2);
+	lua_pushlightuserdata(L, e->q);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, e->cur.hooks_ref);
+	lua_pushlightuserdata(L, source);
+	int rc = lua_pcall(L, 3, 0, -5);
+	if (rc != 0)
+		take_error(e, L, "", err, errlen, NULL);
+	lua_pop(L, 1);
+	if (rc != 0)
+		return -1;
+	/* The driver ran on_stop. */
+	e->started = 0;
+	return 0;
 }

@@ -32,7 +32,7 @@ struct nfq_engine_opts {
 	uint32_t sock_len;	/* receive buffer bytes, 0 = sized from max_len */
 	uint32_t fallback;	/* verdict for packets left without one: NFQ_DROP or NFQ_ACCEPT */
 	uint32_t flags;		/* NFQ_FLAG_* queue flags */
-	int offline;		/* no kernel: packets come from nfq_engine_queue() pushes */
+	int offline;		/* no kernel: nfqlua --replay feeds the queue itself */
 	size_t lua_mem_limit;	/* bytes each script's Lua state may use, 0 = no limit */
 	/*
 	 * A call into the script (loading it, a hook, a batch) that runs longer
@@ -124,22 +124,6 @@ void nfq_engine_reload_abort(struct nfq_engine *e);
 
 /* The script version running: 1 at start, +1 per reload. */
 unsigned nfq_engine_version(const struct nfq_engine *e);
-
-/* The engine's queue; offline, the caller pushes packets into it. */
-struct nfq_queue *nfq_engine_queue(const struct nfq_engine *e);
-
-/* Give the script the packets waiting in the queue's batch, then flush. */
-void nfq_engine_dispatch(struct nfq_engine *e);
-
-/*
- * Offline engines run on the packets' clock: nfq_engine_set_time() sets the
- * seconds nfq.now() returns from then on (a capture's timestamps), and
- * nfq_engine_run_timer() runs the script's on_timer once, its verdicts
- * flushed. nfq_engine_timer_interval() is 0 for a script without on_timer.
- */
-void nfq_engine_set_time(struct nfq_engine *e, double now);
-void nfq_engine_run_timer(struct nfq_engine *e);
-double nfq_engine_timer_interval(const struct nfq_engine *e);
 
 /* Counters; valid until nfq_engine_free(). */
 const struct nfq_stats *nfq_engine_stats(const struct nfq_engine *e);

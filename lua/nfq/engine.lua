@@ -114,9 +114,6 @@ function _M.attach(qptr, hooks)
 		on_timer and (hooks.timer_interval or 1) or 0
 end
 
---- Offline engines (--replay): nfq.now() follows the capture's clock.
-_M.set_now = nfq._set_now
-
 function _M.call_hook(hooks, name, ...)
 	local hook = hooks[name]
 	if hook then hook(...) end
@@ -130,6 +127,14 @@ function _M.save_state(hooks)
 		error("on_reload must return a table or nil, got " .. type(state), 0)
 	end
 	return state
+end
+
+--- nfqlua --replay: the offline driver (nfq.offline) over the engine's
+-- offline queue and the capture that reader (src/nfq_replay.c) reads. Calls
+-- into the script go through guarded_call, the engine's watchdog, once C
+-- has set it.
+function _M.run_offline(qptr, hooks, reader)
+	require("nfq.offline").replay(qptr, hooks, reader, _M.guarded_call or pcall)
 end
 
 return _M
