@@ -358,6 +358,49 @@ describe("queue #kernel", function()
 		assert.equal(replacement, rx:recv(1))
 	end)
 
+	-- Over a 1280-byte MTU the sender fragments 3000-byte datagrams, and the
+	-- queue sees each fragment (no conntrack here reassembles them first):
+	-- IPv6 on INPUT, IPv4 on PREROUTING (IPv4 reassembles before INPUT).
+	-- The first one holds the UDP header of the whole datagram: an identity
+	-- rewrite must leave its length and checksum alone.
+	it("leaves fragmented UDP datagrams intact through an identity rewrite with fix_checksums", function()
+		H.sh("ip link set lo mtu 1280")
+		H.sh("iptables -t mangle -A PREROUTING -i lo -j NFQUEUE --queue-num 1")
+		H.sh("ip6tables -A INPUT -i lo -j NFQUEUE --queue-num 1")
+		local fragments = { [4] = 0, [6] = 0 }
+		q = bound_queue(1, function(pkt)
+			local ip, ip6 = pkt:ip(), pkt:ip6()
+			if ip and (ip.more_fragments or ip.fragment_offset > 0) then
+				fragments[4] = fragments[4] + 1
+			elseif ip6 and ip6.next_header == 44 then
+				fragments[6] = fragments[6] + 1
+			end
+			pkt:set_payload(pkt:get_payload())
+			pkt:fix_checksums()
+			pkt:accept()
+		end)
+		for _, addr in ipairs { "127.0.0.1", "::1" } do
+			local rx, tx = H.udp(addr, 5019), H.udp(addr)
+			local sent = {}
+			for i = 1, 3 do
+				sent[i] = ("%d:"):format(i) .. string.rep(string.char(64 + i), 2998)
+				tx:sendto(sent[i], addr, 5019)
+			end
+			local got = {}
+			pump(q, function()
+				local d = rx:recv(0)
+				if d then got[#got + 1] = d end
+				return #got == 3
+			end)
+			for i = 1, 3 do
+				assert.is_true(got[i] == sent[i], ("datagram %d over %s arrived as %d bytes %s, sent %d"):format(
+					i, addr, #got[i], got[i]:sub(1, 3), #sent[i]))
+			end
+		end
+		assert.equal(9, fragments[4], "IPv4 fragments queued")
+		assert.equal(9, fragments[6], "IPv6 fragments queued")
+	end)
+
 	it("gives held packets the fallback verdict at unbind, and refuses verdicts after", function()
 		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5016 -j NFQUEUE --queue-num 1")
 		local rx, tx = H.udp("127.0.0.1", 5016), H.udp()
