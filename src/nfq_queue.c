@@ -36,7 +36,7 @@ struct nfq_queue_priv {
 	int own_fd;
 	int stats_fd;		/* /proc/.../nfnetlink_queue kept open, or -1 */
 	int offline;		/* no kernel: verdicts go to records */
-	uint32_t mode, range;	/* offline copy mode and range */
+	uint32_t mode;		/* offline copy mode */
 	struct nfq_verdict_record *records;
 	uint32_t n_records, records_cap;
 	uint32_t seq;
@@ -608,9 +608,17 @@ static int alloc_batch(struct nfq_queue *q, uint32_t range)
 	return 0;
 }
 
+/* The bytes the kernel copies per packet for a copy mode and range. */
+static uint32_t copy_range(uint32_t mode, uint32_t range)
+{
+	if (mode == NFQ_COPY_META)
+		return 0;
+	return range < NFQ_MAX_COPY_RANGE ? range : NFQ_MAX_COPY_RANGE;
+}
+
 struct nfq_queue *nfq_queue_open_offline(uint32_t mode, uint32_t range)
 {
-	if ((mode != NFQNL_COPY_META && mode != NFQNL_COPY_PACKET) || range < 1 || range > 65535) {
+	if ((mode != NFQ_COPY_META && mode != NFQ_COPY_PACKET) || range < 1 || range > 65535) {
 		errno = EINVAL;
 		return NULL;
 	}
@@ -620,8 +628,9 @@ struct nfq_queue *nfq_queue_open_offline(uint32_t mode, uint32_t range)
 	struct nfq_queue_priv *s = q->priv;
 	s->offline = 1;
 	s->mode = mode;
-	s->range = range;
-	if (alloc_batch(q, range) < 0) {
+	q->range = copy_range(mode, range);
+	if (alloc_batch(q, q->range) < 0) {
+		free(s->rx);
 		free(s);
 		free(q);
 		errno = ENOMEM;
@@ -664,8 +673,8 @@ int nfq_queue_offline_push(struct nfq_queue *q, const struct nfq_packet *meta,
 	p->cap_len = len;
 	p->payload = NULL;
 	p->payload_len = 0;
-	if (s->mode == NFQNL_COPY_PACKET && payload) {
-		uint32_t n = len < s->range ? len : s->range;
+	if (s->mode == NFQ_COPY_PACKET && payload) {
+		uint32_t n = len < q->range ? len : q->range;
 		uint8_t *slot = s->rx + (size_t)q->count * s->slot_size;
 		memcpy(slot, payload, n);
 		p->payload = slot;
@@ -717,12 +726,14 @@ int nfq_queue_bind(struct nfq_queue *q, uint32_t queue_num, uint32_t mode,
 		set_error(q, "this queue object is already bound to queue %d", q->queue_num);
 		return -1;
 	}
-	if (queue_num > 65535 || (mode != NFQNL_COPY_META && mode != NFQNL_COPY_PACKET) ||
+	if (queue_num > 65535 || (mode != NFQ_COPY_META && mode != NFQ_COPY_PACKET) ||
 	    range < 1 || range > 65535 || max_len < 1 || flags >= NFQA_CFG_F_MAX) {
 		errno = EINVAL;
 		set_error(q, "invalid bind parameters");
 		return -1;
 	}
+	/* The kernel copies at most NFQ_MAX_COPY_RANGE bytes, whatever is asked. */
+	range = copy_range(mode, range);
 	if (alloc_batch(q, range) < 0) {
 		set_error(q, "out of memory");
 		return -1;
@@ -775,6 +786,7 @@ int nfq_queue_bind(struct nfq_queue *q, uint32_t queue_num, uint32_t mode,
 	}
 	q->queue_num = (int32_t)queue_num;
 	q->flags = flags;
+	q->range = range;
 	return 0;
 }
 
