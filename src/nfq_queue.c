@@ -915,23 +915,35 @@ static void fallback_retained(struct nfq_queue *q)
 	}
 }
 
-/*
- * Stop the kernel from queueing: with a queue length of 0 it gives new
- * packets the fallback verdict itself (fail-open accepts them; a full queue
- * without it drops and counts them). Every packet it still holds is then in
- * the socket already, or was dropped and counted.
- */
-static int stop_queueing(struct nfq_queue *q)
+/* Send a config message for the bound queue: a queue length, or flags. */
+static int configure(struct nfq_queue *q, int maxlen, uint32_t flags, uint32_t mask)
 {
 	char buf[MNL_SOCKET_BUFFER_SIZE];
 	memset(buf, 0, sizeof buf);	/* attribute padding goes to the kernel too */
 	struct nlmsghdr *nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, (uint32_t)q->queue_num);
-	nfq_nlmsg_cfg_put_qmaxlen(nlh, 0);
+	if (maxlen >= 0)
+		nfq_nlmsg_cfg_put_qmaxlen(nlh, (uint32_t)maxlen);
+	if (mask) {
+		mnl_attr_put_u32(nlh, NFQA_CFG_FLAGS, htonl(flags));
+		mnl_attr_put_u32(nlh, NFQA_CFG_MASK, htonl(mask));
+	}
+	return config_request(q, nlh, EARLY_FALLBACK);
+}
+
+/*
+ * Stop the kernel from queueing: with a queue length of 0 it gives new
+ * packets the fallback verdict itself (fail-open accepts them; a full queue
+ * without it drops and counts them). Every packet it still holds is then in
+ * the socket already, or was dropped and counted. The flag goes first: in
+ * one message the kernel would set the length before it.
+ */
+static int stop_queueing(struct nfq_queue *q)
+{
 	uint32_t verdict = q->fallback & NFQ_VERDICT_MASK;
 	uint32_t fail_open = verdict == NFQ_ACCEPT || verdict == NFQ_STOP ? NFQ_FLAG_FAIL_OPEN : 0;
-	mnl_attr_put_u32(nlh, NFQA_CFG_FLAGS, htonl(fail_open));
-	mnl_attr_put_u32(nlh, NFQA_CFG_MASK, htonl(NFQ_FLAG_FAIL_OPEN));
-	return config_request(q, nlh, EARLY_FALLBACK);
+	if (configure(q, -1, fail_open, NFQ_FLAG_FAIL_OPEN) < 0)
+		return -1;
+	return configure(q, 0, 0, 0);
 }
 
 /*
