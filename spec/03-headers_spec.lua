@@ -101,6 +101,34 @@ describe("header views", function()
 		assert.is_nil(headers.ipv6(bytes(good)))
 	end)
 
+	it("has no IPv4 view, nor views under it, when the total length is shorter than the header", function()
+		local good = ipv4(17, udp_hdr)
+		for _, total in ipairs { 0, 8, 19 } do
+			local buf, len = bytes(good:sub(1, 2) .. be16(total) .. good:sub(5))
+			assert.is_nil(headers.ipv4(buf, len), "total length " .. total)
+			assert.is_nil(headers.udp(C, buf, len), "total length " .. total)
+			assert.is_nil(headers.transport(C, buf, len), "total length " .. total)
+			assert.equal(-1, C.nfq_transport_offset(buf, len, ffi.new("uint8_t[1]")))
+		end
+		-- with 4 bytes of options the header is 24 bytes: 20 is too short
+		local opts = ipv4(17, udp_hdr, { ihl = 6 })
+		local buf, len = bytes(opts:sub(1, 2) .. be16(20) .. opts:sub(5))
+		assert.is_nil(headers.ipv4(buf, len))
+		buf, len = bytes(good:sub(1, 2) .. be16(20) .. good:sub(5))
+		assert.equal(20, headers.ipv4(buf, len).total_length, "a header alone is a whole packet")
+	end)
+
+	it("has no UDP view when the UDP length is below 8", function()
+		for _, ulen in ipairs { 0, 1, 7 } do
+			local buf, len = bytes(ipv4(17, be16(1234) .. be16(53) .. be16(ulen) .. "\0\0data"))
+			assert.is_nil(headers.udp(C, buf, len), "UDP length " .. ulen)
+			buf, len = bytes(ipv6(17, be16(1234) .. be16(53) .. be16(ulen) .. "\0\0data"))
+			assert.is_nil(headers.udp(C, buf, len), "UDP/IPv6 length " .. ulen)
+		end
+		local buf, len = bytes(ipv4(17, be16(1234) .. be16(53) .. be16(8) .. "\0\0"))
+		assert.equal(8, headers.udp(C, buf, len).length)
+	end)
+
 	it("never reads outside random buffers", function()
 		math.randomseed(7)
 		for _ = 1, 20000 do
@@ -142,6 +170,53 @@ describe("checksums", function()
 		assert.equal(#l4, out:byte(5) * 256 + out:byte(6))
 		local pseudo = out:sub(9, 40) .. "\0\0" .. be16(#l4) .. "\0\0\0\6"
 		assert.equal(0xffff, sum16(pseudo .. l4))
+	end)
+
+	-- A fragment holds part of a datagram; the UDP header of a first
+	-- fragment describes the whole one. Only the IP header may change.
+	local function fragment_udp()
+		return be16(1234) .. be16(53) .. be16(3008) .. "\x12\x34" .. string.rep("f", 1224)
+	end
+
+	it("fixes only the IPv4 header of a fragment, first or later", function()
+		for _, frag in ipairs { 0x2000, 0x2000 + 154, 154, 0x6000 } do
+			local s = ipv4(17, fragment_udp(), { frag = frag })
+			s = s:sub(1, 2) .. be16(9999) .. s:sub(5)
+			local buf, len = bytes(s)
+			assert.equal(0, C.nfq_fix_checksums(buf, len))
+			local out = ffi.string(buf, len)
+			local what = ("fragment field 0x%04x"):format(frag)
+			assert.equal(len, out:byte(3) * 256 + out:byte(4), what)
+			assert.equal(0xffff, sum16(out:sub(1, 20)), what)
+			assert.equal(s:sub(21), out:sub(21), what .. ": the UDP header is left alone")
+		end
+	end)
+
+	it("still fixes UDP in a datagram that is whole (DF set, or an IPv6 atomic fragment)", function()
+		local s = ipv4(17, fragment_udp(), { frag = 0x4000 })
+		local buf, len = bytes(s)
+		assert.equal(0, C.nfq_fix_checksums(buf, len))
+		local out = ffi.string(buf, len)
+		assert.equal(len - 20, out:byte(25) * 256 + out:byte(26))
+		local atomic = ipv6(44, string.char(17, 0) .. "\0\0" .. "\0\0\0\1" .. fragment_udp())
+		buf, len = bytes(atomic)
+		assert.equal(0, C.nfq_fix_checksums(buf, len))
+		out = ffi.string(buf, len)
+		assert.equal(len - 48, out:byte(53) * 256 + out:byte(54))
+	end)
+
+	it("fixes only the IPv6 payload length of a fragment, first or later", function()
+		for _, frag in ipairs { 1, 154 * 8 + 1, 154 * 8 } do
+			local fh = string.char(17, 0) .. be16(frag) .. "\0\0\0\1"
+			local s = ipv6(44, fh .. fragment_udp())
+			s = s:sub(1, 4) .. be16(9999) .. s:sub(7)
+			local buf, len = bytes(s)
+			assert.equal(0, C.nfq_fix_checksums(buf, len))
+			local out = ffi.string(buf, len)
+			local what = ("fragment field 0x%04x"):format(frag)
+			assert.equal(len - 40, out:byte(5) * 256 + out:byte(6), what)
+			assert.equal(s:sub(7), out:sub(7), what .. ": nothing past the payload length changes")
+		end
 	end)
 
 	it("refuses what is not IP", function()

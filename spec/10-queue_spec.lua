@@ -1,10 +1,73 @@
 -- The library API against the real kernel: each test runs in a fresh
--- network namespace with its own NFQUEUE rules.
+-- network namespace with its own NFQUEUE rules. First, the C core's queue
+-- without a kernel: the copy range it keeps, and what it gives back when an
+-- allocation fails (a small C program built here, with calloc wrapped, under
+-- AddressSanitizer's leak check).
 local nfq = require "nfq"
 local H = require "helpers.net"
 local ffi = require "ffi"
+local C = nfq._C
 
 local pump, bound_queue = H.pump, H.bound_queue
+
+local function offline(mode, range)
+	return ffi.gc(C.nfq_queue_open_offline(mode, range), C.nfq_queue_close)
+end
+
+describe("queue without a kernel", function()
+	it("copies at most NFQ_MAX_COPY_RANGE bytes offline, as the kernel does, and says so in range", function()
+		assert.equal(65531, C.NFQ_MAX_COPY_RANGE)
+		local q = offline(C.NFQ_COPY_PACKET, 65535)
+		assert.equal(65531, q.range)
+		local data = string.rep("x", 65535)
+		assert.equal(0, C.nfq_queue_offline_push(q, ffi.new("struct nfq_packet"), data, #data))
+		assert.equal(65531, q.pkts[0].payload_len)
+		assert.equal(65535, q.pkts[0].cap_len)
+		assert.equal(100, offline(C.NFQ_COPY_PACKET, 100).range)
+		assert.equal(0, offline(C.NFQ_COPY_META, 65535).range, "COPY_META copies nothing")
+		assert.is_true(C.nfq_queue_open_offline(C.NFQ_COPY_PACKET, 65536) == nil)
+	end)
+
+	it("frees its receive buffer when the slot array cannot be allocated", function()
+		local dir = H.root
+		local src = H.tmpfile([[
+#include <stdio.h>
+#include <stdlib.h>
+#include "nfq_internal.h"
+
+void *__real_calloc(size_t n, size_t size);
+static int fail_slots;
+
+/* Refuse the batch's slot array, nothing else. */
+void *__wrap_calloc(size_t n, size_t size)
+{
+	if (fail_slots && n == NFQ_BATCH_SLOTS && size == sizeof(struct nfq_packet))
+		return NULL;
+	return __real_calloc(n, size);
+}
+
+int main(void)
+{
+	fail_slots = 1;
+	struct nfq_queue *q = nfq_queue_open_offline(NFQ_COPY_PACKET, 65535);
+	fail_slots = 0;
+	if (q) {
+		puts("opened although the slots could not be allocated");
+		return 1;
+	}
+	puts("refused");
+	return 0;
+}
+]], ".c")
+		local bin = src .. ".bin"
+		H.sh(("cd %s && cc -g -fsanitize=address -Isrc -o %s %s src/nfq_queue.c src/nfq_packet.c src/nfq_headers.c "
+			.. "-Wl,--wrap=calloc $(pkg-config --libs libmnl libnetfilter_queue) -lpthread"):format(dir, bin, src))
+		local f = io.popen("ASAN_OPTIONS=detect_leaks=1 " .. bin .. " 2>&1; echo rc=$?")
+		local out = f:read("*a")
+		f:close()
+		assert.matches("^refused\nrc=0\n$", out)
+	end)
+end)
 
 describe("queue #kernel", function()
 	local q
@@ -169,6 +232,29 @@ describe("queue #kernel", function()
 		assert.equal(data, rx:recv(1))
 	end)
 
+	it("keeps the range the kernel copies: at most 65531 bytes, so a 64 KiB datagram arrives truncated", function()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5020 -j NFQUEUE --queue-num 1")
+		local rx, tx = H.udp("127.0.0.1", 5020), H.udp()
+		local seen
+		q = bound_queue(1, function(pkt)
+			seen = { pkt:get_payload_len(), pkt.cap_len, pkt.truncated }
+		end, { range = 65535 })
+		assert.equal(65531, q.q.range)
+		assert.equal(65531, H.queue_info(1).copy_range)
+		local data = string.rep("g", 65507)
+		tx:sendto(data, "127.0.0.1", 5020)
+		pump(q, function() return seen end)
+		assert.same({ 65531, 65535, true }, seen)
+		assert.equal(data, rx:recv(1))
+		q:close()
+		q = bound_queue(1, function() end, { range = 300 })
+		assert.equal(300, q.q.range)
+		q:close()
+		q = bound_queue(1, function() end, { mode = nfq.COPY_META })
+		assert.equal(0, q.q.range, "COPY_META copies nothing")
+		assert.equal(0, H.queue_info(1).copy_range)
+	end)
+
 	it("gives the receive time on input, and 0.0 on output", function()
 		H.sh("iptables -A INPUT -i lo -p udp --dport 5008 -j NFQUEUE --queue-num 1")
 		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5018 -j NFQUEUE --queue-num 1")
@@ -301,6 +387,55 @@ describe("queue #kernel", function()
 		other:close()
 	end)
 
+	-- More packets than a batch holds can reach the socket before the bind's
+	-- ack (a flood while binding). To have them there for sure, a second
+	-- netlink socket puts 100 packet messages for queue 1 in the queue's
+	-- socket first: the kernel really binds, its ack comes after them.
+	it("is bound when more packets than a batch holds arrive before the bind's ack", function()
+		if not pcall(ffi.typeof, "struct nfq_test_sockaddr_nl") then
+			ffi.cdef [[
+			struct nfq_test_sockaddr_nl { uint16_t family; uint16_t pad; uint32_t pid; uint32_t groups; };
+			int getsockname(int fd, void *addr, unsigned *len);
+			]]
+		end
+		local function le16(n) return string.char(n % 256, math.floor(n / 256) % 256) end
+		local function le32(n) return le16(n % 65536) .. le16(math.floor(n / 65536)) end
+		local function be16(n) return string.char(math.floor(n / 256) % 256, n % 256) end
+		local function be32(n) return be16(math.floor(n / 65536)) .. be16(n % 65536) end
+		local function attr(type, data)
+			return le16(4 + #data) .. le16(type) .. data .. string.rep("\0", -#data % 4)
+		end
+		q = assert(nfq.new())
+		local sa = ffi.new("struct nfq_test_sockaddr_nl")
+		assert.equal(0, ffi.C.getsockname(q:get_fd(), sa, ffi.new("unsigned[1]", ffi.sizeof(sa))))
+		local forger = ffi.C.socket(16, 3, 12) -- AF_NETLINK, SOCK_RAW, NETLINK_NETFILTER
+		assert.is_true(forger >= 0)
+		local ip = "\x45\0\0\33\0\1\0\0\64\17\0\0\127\0\0\1\127\0\0\1" .. be16(1) .. be16(2) .. be16(13) .. "\0\0forge"
+		for id = 1, 100 do
+			local body = "\2\0" .. be16(1) -- nfgenmsg: AF_INET, version 0, queue 1
+				.. attr(1, be32(id) .. be16(0x0800) .. "\3") -- NFQA_PACKET_HDR: id, protocol, hook
+				.. attr(10, ip) -- NFQA_PAYLOAD
+			local msg = le32(16 + #body) .. le16(3 * 256) .. le16(0) .. le32(0) .. le32(0) .. body
+			assert.equal(#msg, ffi.C.sendto(forger, msg, #msg, 0, sa, ffi.sizeof(sa)))
+		end
+		ffi.C.close(forger)
+		local forged, seen = 0, {}
+		assert.same({ true }, { q:bind(1, function(pkt)
+			local data = H.udp4_data(pkt:get_payload())
+			if data == "forge" then forged = forged + 1 else seen[#seen + 1] = data end
+			pkt:accept()
+		end) })
+		assert.equal(sa.pid, H.queue_info(1).portid)
+		pump(q, function() return forged == 100 end)
+		-- and real packets flow
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5021 -j NFQUEUE --queue-num 1")
+		local rx, tx = H.udp("127.0.0.1", 5021), H.udp()
+		tx:sendto("real", "127.0.0.1", 5021)
+		pump(q, function() return #seen == 1 end)
+		assert.same({ "real" }, seen)
+		assert.equal("real", rx:recv(1))
+	end)
+
 	it("raises when binding an object that is already bound", function()
 		q = bound_queue(4, function() end)
 		assert.has_error(function() q:bind(5, function() end) end,
@@ -357,6 +492,49 @@ describe("queue #kernel", function()
 		pump(q, function() return len end)
 		assert.equal(9028, len)
 		assert.equal(replacement, rx:recv(1))
+	end)
+
+	-- Over a 1280-byte MTU the sender fragments 3000-byte datagrams, and the
+	-- queue sees each fragment (no conntrack here reassembles them first):
+	-- IPv6 on INPUT, IPv4 on PREROUTING (IPv4 reassembles before INPUT).
+	-- The first one holds the UDP header of the whole datagram: an identity
+	-- rewrite must leave its length and checksum alone.
+	it("leaves fragmented UDP datagrams intact through an identity rewrite with fix_checksums", function()
+		H.sh("ip link set lo mtu 1280")
+		H.sh("iptables -t mangle -A PREROUTING -i lo -j NFQUEUE --queue-num 1")
+		H.sh("ip6tables -A INPUT -i lo -j NFQUEUE --queue-num 1")
+		local fragments = { [4] = 0, [6] = 0 }
+		q = bound_queue(1, function(pkt)
+			local ip, ip6 = pkt:ip(), pkt:ip6()
+			if ip and (ip.more_fragments or ip.fragment_offset > 0) then
+				fragments[4] = fragments[4] + 1
+			elseif ip6 and ip6.next_header == 44 then
+				fragments[6] = fragments[6] + 1
+			end
+			pkt:set_payload(pkt:get_payload())
+			pkt:fix_checksums()
+			pkt:accept()
+		end)
+		for _, addr in ipairs { "127.0.0.1", "::1" } do
+			local rx, tx = H.udp(addr, 5019), H.udp(addr)
+			local sent = {}
+			for i = 1, 3 do
+				sent[i] = ("%d:"):format(i) .. string.rep(string.char(64 + i), 2998)
+				tx:sendto(sent[i], addr, 5019)
+			end
+			local got = {}
+			pump(q, function()
+				local d = rx:recv(0)
+				if d then got[#got + 1] = d end
+				return #got == 3
+			end)
+			for i = 1, 3 do
+				assert.is_true(got[i] == sent[i], ("datagram %d over %s arrived as %d bytes %s, sent %d"):format(
+					i, addr, #got[i], got[i]:sub(1, 3), #sent[i]))
+			end
+		end
+		assert.equal(9, fragments[4], "IPv4 fragments queued")
+		assert.equal(9, fragments[6], "IPv6 fragments queued")
 	end)
 
 	it("gives held packets the fallback verdict at unbind, and refuses verdicts after", function()

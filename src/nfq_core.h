@@ -188,6 +188,8 @@ struct nfq_queue {
 	int32_t fd;
 	int32_t queue_num;		/* -1 while unbound */
 	uint32_t flags;			/* NFQ_FLAG_* given to bind */
+	uint32_t range;			/* bytes copied per packet: the range asked for, at most
+					 * NFQ_MAX_COPY_RANGE; 0 in COPY_META */
 	uint32_t in_dispatch;		/* verdicts wait for nfq_queue_flush() */
 	struct nfq_stats stats;
 	char errmsg[256];		/* why the last call failed */

@@ -19,16 +19,27 @@ enum {
 /* IPv6 extension headers followed before giving up. */
 #define MAX_EXT_HEADERS 8
 
-int nfq_transport_offset(const uint8_t *ip, size_t len, uint8_t *protocol)
+/*
+ * Where the transport header starts and its protocol, past IPv6 extension
+ * headers; -1 if no whole one is there. *fragment says whether the packet is
+ * a fragment (more fragments follow, or a nonzero offset): a first fragment
+ * carries the transport header, but not the whole datagram its length and
+ * checksum describe. The IPv4 total length is not checked: fix_checksums()
+ * sets it.
+ */
+static int locate_transport(const uint8_t *ip, size_t len, uint8_t *protocol, int *fragment)
 {
+	*fragment = 0;
 	if (!ip || len < 1)
 		return -1;
 	if (ip[0] >> 4 == 4) {
 		size_t ihl = (size_t)(ip[0] & 15) * 4;
 		if (len < 20 || ihl < 20 || ihl > len)
 			return -1;
+		unsigned frag = (unsigned)(ip[6] << 8 | ip[7]);
+		*fragment = (frag & 0x3fff) != 0;	/* MF, or an offset */
 		/* Only the first fragment carries the transport header. */
-		if (((ip[6] << 8) | ip[7]) & 0x1fff)
+		if (frag & 0x1fff)
 			return -1;
 		*protocol = ip[9];
 		return (int)ihl;
@@ -48,7 +59,10 @@ int nfq_transport_offset(const uint8_t *ip, size_t len, uint8_t *protocol)
 				return -1;
 			size_t ext_len;
 			if (next == PROTO_FRAGMENT) {
-				if (((ip[off + 2] << 8) | ip[off + 3]) & 0xfff8)
+				unsigned frag = (unsigned)(ip[off + 2] << 8 | ip[off + 3]);
+				/* An atomic fragment (offset 0, no M flag) is a whole datagram. */
+				*fragment = (frag & 0xfff9) != 0;
+				if (frag & 0xfff8)
 					return -1;
 				ext_len = 8;
 			} else if (next == PROTO_AH) {
@@ -61,6 +75,16 @@ int nfq_transport_offset(const uint8_t *ip, size_t len, uint8_t *protocol)
 		}
 	}
 	return -1;
+}
+
+int nfq_transport_offset(const uint8_t *ip, size_t len, uint8_t *protocol)
+{
+	int fragment;
+	int off = locate_transport(ip, len, protocol, &fragment);
+	/* An IPv4 total length shorter than its own header is a bad length. */
+	if (off > 0 && ip[0] >> 4 == 4 && (size_t)(ip[2] << 8 | ip[3]) < (size_t)off)
+		return -1;
+	return off;
 }
 
 int nfq_describe(const uint8_t *data, uint32_t len, char *buf, uint32_t buflen)
@@ -116,7 +140,8 @@ static void put16(uint8_t *at, uint16_t v)
 int nfq_fix_checksums(uint8_t *ip, size_t len)
 {
 	uint8_t proto = 0;
-	int off = nfq_transport_offset(ip, len, &proto);
+	int fragment;
+	int off = locate_transport(ip, len, &proto, &fragment);
 	int v4 = len >= 20 && ip[0] >> 4 == 4;
 	uint32_t pseudo = 0;
 	size_t l4_len = off >= 0 ? len - (size_t)off : 0;
@@ -142,8 +167,10 @@ int nfq_fix_checksums(uint8_t *ip, size_t len)
 		errno = EINVAL;
 		return -1;
 	}
-	if (off < 0)
-		return 0;	/* a later fragment, or no whole transport header */
+	/* A fragment holds part of a datagram: its transport length and
+	 * checksum describe bytes this packet does not have. */
+	if (off < 0 || fragment)
+		return 0;
 
 	uint8_t *l4 = ip + off;
 	size_t csum_at;

@@ -29,20 +29,26 @@
 /* Verdicts are sent once this many bytes are waiting. */
 #define TX_FLUSH_AT (64 * 1024)
 #define ACK_TIMEOUT_MS 5000
-/* Rounds of reading what is left in the socket before an unbind. */
+/*
+ * Rounds of reading what is left in the socket before an unbind, when the
+ * kernel could not be told to stop queueing (otherwise: until it is empty).
+ */
 #define DRAIN_ROUNDS 256
 
 struct nfq_queue_priv {
 	int own_fd;
 	int stats_fd;		/* /proc/.../nfnetlink_queue kept open, or -1 */
 	int offline;		/* no kernel: verdicts go to records */
-	uint32_t mode, range;	/* offline copy mode and range */
+	uint32_t mode;		/* offline copy mode */
 	struct nfq_verdict_record *records;
 	uint32_t n_records, records_cap;
 	uint32_t seq;
 	uint32_t ack_seq;	/* the request we wait for, 0 if none */
 	int ack_err;
 	int ack_seen;
+	int discard_packets;	/* unbinding: packets read are gone already */
+	int unbound_stats_valid;
+	struct nfq_kernel_stats unbound_stats;	/* the kernel's counters just before the unbind */
 	size_t slot_size;
 	unsigned rx_used;	/* receive buffers holding this batch */
 	uint8_t *rx;		/* NFQ_BATCH_SLOTS buffers of slot_size bytes */
@@ -412,7 +418,7 @@ static void handle_message(struct nfq_queue *q, const struct nlmsghdr *nlh,
 		}
 		return;
 	}
-	if (nlh->nlmsg_type != ((NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET))
+	if (nlh->nlmsg_type != ((NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET) || s->discard_packets)
 		return;
 	struct nfq_packet *p = &q->pkts[q->count];
 	if (nfq_packet_parse(p, nlh, len) < 0) {
@@ -523,12 +529,20 @@ static void finish_batch(struct nfq_queue *q)
 		nfq_packet_finish(&q->pkts[q->pos++]);
 }
 
+/* What config_request() does with packets that arrive before its ack. */
+enum early_packets {
+	EARLY_KEEP,		/* binding: they join the batch */
+	EARLY_FALLBACK,		/* they get the fallback verdict */
+	EARLY_DISCARD		/* unbinding: the kernel dropped them already */
+};
+
 /*
- * Send a config request and wait for its ack. Packets that arrive meanwhile
- * join the batch (binding), or get the fallback verdict (unbinding).
+ * Send a config request and wait for its ack. The kernel applies the request
+ * inside sendmsg() and then queues the ack behind the packets already in the
+ * socket: what early says is done with those.
  */
 static int config_request(struct nfq_queue *q, struct nlmsghdr *nlh,
-			  int keep_packets)
+			  enum early_packets early)
 {
 	struct nfq_queue_priv *s = q->priv;
 	nlh->nlmsg_flags |= NLM_F_ACK;
@@ -540,11 +554,12 @@ static int config_request(struct nfq_queue *q, struct nlmsghdr *nlh,
 		s->ack_seq = 0;
 		return -1;
 	}
+	s->discard_packets = early == EARLY_DISCARD;
 	int waited = 0;
 	while (!s->ack_seen) {
-		if (!keep_packets)
+		if (early == EARLY_FALLBACK)
 			finish_batch(q);
-		else if (s->rx_used >= NFQ_BATCH_SLOTS)
+		else if (early == EARLY_KEEP && s->rx_used >= NFQ_BATCH_SLOTS)
 			break;
 		int n = receive_some(q, 100, 0);
 		if (n < 0 && errno != EINTR)
@@ -552,8 +567,16 @@ static int config_request(struct nfq_queue *q, struct nlmsghdr *nlh,
 		if (n == 0 && (waited += 100) >= ACK_TIMEOUT_MS)
 			break;
 	}
+	s->discard_packets = 0;
 	s->ack_seq = 0;
 	if (!s->ack_seen) {
+		/*
+		 * Packets reach only a bound queue: with some in the batch, the
+		 * bind was done, its ack waits behind them or was lost to an
+		 * overrun.
+		 */
+		if (early == EARLY_KEEP && q->count > 0)
+			return 0;
 		errno = ETIMEDOUT;
 		return -1;
 	}
@@ -608,9 +631,17 @@ static int alloc_batch(struct nfq_queue *q, uint32_t range)
 	return 0;
 }
 
+/* The bytes the kernel copies per packet for a copy mode and range. */
+static uint32_t copy_range(uint32_t mode, uint32_t range)
+{
+	if (mode == NFQ_COPY_META)
+		return 0;
+	return range < NFQ_MAX_COPY_RANGE ? range : NFQ_MAX_COPY_RANGE;
+}
+
 struct nfq_queue *nfq_queue_open_offline(uint32_t mode, uint32_t range)
 {
-	if ((mode != NFQNL_COPY_META && mode != NFQNL_COPY_PACKET) || range < 1 || range > 65535) {
+	if ((mode != NFQ_COPY_META && mode != NFQ_COPY_PACKET) || range < 1 || range > 65535) {
 		errno = EINVAL;
 		return NULL;
 	}
@@ -620,8 +651,9 @@ struct nfq_queue *nfq_queue_open_offline(uint32_t mode, uint32_t range)
 	struct nfq_queue_priv *s = q->priv;
 	s->offline = 1;
 	s->mode = mode;
-	s->range = range;
-	if (alloc_batch(q, range) < 0) {
+	q->range = copy_range(mode, range);
+	if (alloc_batch(q, q->range) < 0) {
+		free(s->rx);
 		free(s);
 		free(q);
 		errno = ENOMEM;
@@ -664,8 +696,8 @@ int nfq_queue_offline_push(struct nfq_queue *q, const struct nfq_packet *meta,
 	p->cap_len = len;
 	p->payload = NULL;
 	p->payload_len = 0;
-	if (s->mode == NFQNL_COPY_PACKET && payload) {
-		uint32_t n = len < s->range ? len : s->range;
+	if (s->mode == NFQ_COPY_PACKET && payload) {
+		uint32_t n = len < q->range ? len : q->range;
 		uint8_t *slot = s->rx + (size_t)q->count * s->slot_size;
 		memcpy(slot, payload, n);
 		p->payload = slot;
@@ -717,12 +749,14 @@ int nfq_queue_bind(struct nfq_queue *q, uint32_t queue_num, uint32_t mode,
 		set_error(q, "this queue object is already bound to queue %d", q->queue_num);
 		return -1;
 	}
-	if (queue_num > 65535 || (mode != NFQNL_COPY_META && mode != NFQNL_COPY_PACKET) ||
+	if (queue_num > 65535 || (mode != NFQ_COPY_META && mode != NFQ_COPY_PACKET) ||
 	    range < 1 || range > 65535 || max_len < 1 || flags >= NFQA_CFG_F_MAX) {
 		errno = EINVAL;
 		set_error(q, "invalid bind parameters");
 		return -1;
 	}
+	/* The kernel copies at most NFQ_MAX_COPY_RANGE bytes, whatever is asked. */
+	range = copy_range(mode, range);
 	if (alloc_batch(q, range) < 0) {
 		set_error(q, "out of memory");
 		return -1;
@@ -744,10 +778,10 @@ int nfq_queue_bind(struct nfq_queue *q, uint32_t queue_num, uint32_t mode,
 		mnl_attr_put_u32(nlh, NFQA_CFG_FLAGS, htonl(flags));
 		mnl_attr_put_u32(nlh, NFQA_CFG_MASK, htonl(flags));
 	}
-	int rc = config_request(q, nlh, 1);
+	int rc = config_request(q, nlh, EARLY_KEEP);
 	/* Asking for conntrack loads its netlink module; the kernel then asks us to retry. */
 	for (int retry = 0; rc < 0 && errno == EAGAIN && retry < 3; retry++)
-		rc = config_request(q, nlh, 1);
+		rc = config_request(q, nlh, EARLY_KEEP);
 	if (rc < 0) {
 		int err = errno;
 		if (err == EPERM && !is_net_admin()) {
@@ -775,6 +809,8 @@ int nfq_queue_bind(struct nfq_queue *q, uint32_t queue_num, uint32_t mode,
 	}
 	q->queue_num = (int32_t)queue_num;
 	q->flags = flags;
+	q->range = range;
+	q->priv->unbound_stats_valid = 0;
 	return 0;
 }
 
@@ -826,6 +862,10 @@ int nfq_queue_hand_over(struct nfq_queue *q, struct nfq_packet **out, int max)
 int nfq_queue_kernel_stats(const struct nfq_queue *q, struct nfq_kernel_stats *out)
 {
 	memset(out, 0, sizeof *out);
+	if (q->queue_num < 0 && q->priv->unbound_stats_valid) {
+		*out = q->priv->unbound_stats;
+		return 0;
+	}
 	if (q->priv->offline || q->queue_num < 0) {
 		errno = ENOENT;
 		return -1;
@@ -875,35 +915,74 @@ static void fallback_retained(struct nfq_queue *q)
 	}
 }
 
+/* Send a config message for the bound queue: a queue length, or flags. */
+static int configure(struct nfq_queue *q, int maxlen, uint32_t flags, uint32_t mask)
+{
+	char buf[MNL_SOCKET_BUFFER_SIZE];
+	memset(buf, 0, sizeof buf);	/* attribute padding goes to the kernel too */
+	struct nlmsghdr *nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, (uint32_t)q->queue_num);
+	if (maxlen >= 0)
+		nfq_nlmsg_cfg_put_qmaxlen(nlh, (uint32_t)maxlen);
+	if (mask) {
+		mnl_attr_put_u32(nlh, NFQA_CFG_FLAGS, htonl(flags));
+		mnl_attr_put_u32(nlh, NFQA_CFG_MASK, htonl(mask));
+	}
+	return config_request(q, nlh, EARLY_FALLBACK);
+}
+
+/*
+ * Stop the kernel from queueing: with a queue length of 0 it gives new
+ * packets the fallback verdict itself (fail-open accepts them; a full queue
+ * without it drops and counts them). Every packet it still holds is then in
+ * the socket already, or was dropped and counted. The flag goes first: in
+ * one message the kernel would set the length before it.
+ */
+static int stop_queueing(struct nfq_queue *q)
+{
+	uint32_t verdict = q->fallback & NFQ_VERDICT_MASK;
+	uint32_t fail_open = verdict == NFQ_ACCEPT || verdict == NFQ_STOP ? NFQ_FLAG_FAIL_OPEN : 0;
+	if (configure(q, -1, fail_open, NFQ_FLAG_FAIL_OPEN) < 0)
+		return -1;
+	return configure(q, 0, 0, 0);
+}
+
+/*
+ * The kernel drops what is still queued at unbind, and refuses verdicts
+ * after it: every packet gets the fallback verdict before, and packets read
+ * after it count for nothing.
+ */
 int nfq_queue_unbind(struct nfq_queue *q)
 {
+	struct nfq_queue_priv *s = q->priv;
 	if (q->queue_num < 0)
 		return 0;
-	/* Nothing may stay queued: the kernel drops what is left at unbind. */
 	finish_batch(q);
 	fallback_retained(q);
-	if (q->priv->offline) {
+	if (s->offline) {
 		q->in_dispatch = 0;
 		q->queue_num = -1;
 		return 0;
 	}
-	for (int round = 0; round < DRAIN_ROUNDS; round++) {
+	/* The fallback verdicts go out in batches, as in a dispatch. */
+	q->in_dispatch = 1;
+	int stopped = stop_queueing(q) == 0;
+	for (int round = 0; stopped || round < DRAIN_ROUNDS; round++) {
+		finish_batch(q);
 		if (receive_some(q, 0, 0) <= 0)
 			break;
-		finish_batch(q);
 	}
-	nfq_queue_flush(q);
-
-	char buf[MNL_SOCKET_BUFFER_SIZE];
-	memset(buf, 0, sizeof buf);	/* attribute padding goes to the kernel too */
-	struct nlmsghdr *nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, (uint32_t)q->queue_num);
-	nfq_nlmsg_cfg_put_cmd(nlh, AF_UNSPEC, NFQNL_CFG_CMD_UNBIND);
-	int rc = config_request(q, nlh, 0);
 	finish_batch(q);
 	nfq_queue_flush(q);
+	s->unbound_stats_valid = nfq_queue_kernel_stats(q, &s->unbound_stats) == 0;
+
+	char buf[MNL_SOCKET_BUFFER_SIZE];
+	memset(buf, 0, sizeof buf);
+	struct nlmsghdr *nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, (uint32_t)q->queue_num);
+	nfq_nlmsg_cfg_put_cmd(nlh, AF_UNSPEC, NFQNL_CFG_CMD_UNBIND);
+	int rc = config_request(q, nlh, EARLY_DISCARD);
 	q->queue_num = -1;
 	q->pos = q->count = 0;
-	q->priv->rx_used = 0;
+	s->rx_used = 0;
 	if (rc < 0)
 		set_error(q, "unbinding: %s", strerror(errno));
 	return rc;

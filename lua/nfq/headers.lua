@@ -94,11 +94,12 @@ local udp_t = ffi.typeof("const struct nfq_udp_hdr *")
 local tcp_t = ffi.typeof("const struct nfq_tcp_hdr *")
 local icmp_t = ffi.typeof("const struct nfq_icmp_hdr *")
 
---- The IPv4 header at data, or nil.
+--- The IPv4 header at data, or nil; also nil when its total length is
+-- shorter than the header itself.
 function _M.ipv4(data, len)
 	if data == nil or len < 20 or rshift(data[0], 4) ~= 4 then return nil end
 	local ihl = band(data[0], 15) * 4
-	if ihl < 20 or ihl > len then return nil end
+	if ihl < 20 or ihl > len or data[2] * 256 + data[3] < ihl then return nil end
 	return ffi_cast(ipv4_t, data)
 end
 
@@ -117,7 +118,8 @@ local function transport(C, data, len)
 	if data == nil or len < 1 then return nil end
 	if rshift(data[0], 4) == 4 then
 		local ihl = band(data[0], 15) * 4
-		if len < 20 or ihl < 20 or ihl > len or band(data[6], 0x1f) + data[7] ~= 0 then
+		if len < 20 or ihl < 20 or ihl > len or band(data[6], 0x1f) + data[7] ~= 0
+			or data[2] * 256 + data[3] < ihl then
 			return nil
 		end
 		return data[9], ihl
@@ -134,7 +136,12 @@ local function transport_view(C, data, len, want1, want2, min_len, view_t)
 	return ffi_cast(view_t, data + off), off
 end
 
-function _M.udp(C, data, len) return transport_view(C, data, len, 17, 17, 8, udp_t) end
+--- The UDP header, or nil; also nil when its length is below its own 8 bytes.
+function _M.udp(C, data, len)
+	local h, off = transport_view(C, data, len, 17, 17, 8, udp_t)
+	if h == nil or data[off + 4] * 256 + data[off + 5] < 8 then return nil end
+	return h, off
+end
 
 function _M.tcp(C, data, len)
 	local h, off = transport_view(C, data, len, 6, 6, 20, tcp_t)

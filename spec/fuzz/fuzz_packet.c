@@ -19,11 +19,27 @@ static void check_ip(const uint8_t *data, size_t len)
 		return;
 	/* fix_checksums writes: give it an exact-size copy so overruns show. */
 	uint8_t *copy = malloc(len ? len : 1);
-	if (!copy)
+	uint8_t *again = malloc(len ? len : 1);
+	if (!copy || !again) {
+		free(copy);
+		free(again);
 		return;
+	}
 	memcpy(copy, data, len);
-	nfq_fix_checksums(copy, len);
+	if (nfq_fix_checksums(copy, len) == 0) {
+		/* Fixed is fixed: a second pass changes nothing. */
+		memcpy(again, copy, len);
+		nfq_fix_checksums(again, len);
+		if (memcmp(again, copy, len) != 0)
+			abort();
+		/* An IPv4 fragment keeps every byte past its header. */
+		size_t ihl = (size_t)(data[0] & 15) * 4;
+		if (data[0] >> 4 == 4 && ((data[6] << 8 | data[7]) & 0x3fff) &&
+		    memcmp(copy + ihl, data + ihl, len - ihl) != 0)
+			abort();
+	}
 	free(copy);
+	free(again);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
