@@ -696,7 +696,8 @@ _M.stat_names = stat_names
 local kernel_stats = ffi.new("struct nfq_kernel_stats")
 
 --- The queue's counters as a table of numbers, with the kernel's drop
--- counters for the queue (queue_dropped, user_dropped) when it is bound.
+-- counters for the queue (queue_dropped, user_dropped) while it is bound,
+-- or as they were at its unbind.
 function Queue:stats()
 	local q = queue_of(self, 2)
 	local s = q.stats

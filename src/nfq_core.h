@@ -294,9 +294,12 @@ int nfq_queue_kernel_stats(const struct nfq_queue *q, struct nfq_kernel_stats *o
 int nfq_queue_hand_over(struct nfq_queue *q, struct nfq_packet **out, int max);
 
 int nfq_packet_parse(struct nfq_packet *p, const void *msg, size_t len);
-/* Where the transport header starts, and its protocol; -1 if none is whole. */
+/* Where the transport header starts, and its protocol; -1 if none is whole
+ * (a later fragment, a cut packet, an IPv4 total length shorter than its header). */
 int nfq_transport_offset(const uint8_t *ip, size_t len, uint8_t *protocol);
-/* Set IP lengths and every checksum of an IPv4/IPv6 packet after an edit. */
+/* Set IP lengths and every checksum of an IPv4/IPv6 packet after an edit;
+ * of a fragment, only the IP header's (its transport fields describe the
+ * whole datagram). */
 int nfq_fix_checksums(uint8_t *ip, size_t len);
 void nfq_packet_finish(struct nfq_packet *p);
 int nfq_packet_verdict(struct nfq_packet *p, uint32_t verdict);

@@ -97,7 +97,6 @@ struct nfq_engine {
 	struct script_state next;	/* a reload prepared and not yet committed */
 	unsigned version;	/* 1 for the script loaded at start, +1 per reload */
 	int started;		/* on_start succeeded: on_stop is owed */
-	struct nfq_kernel_stats kernel;	/* last read while the queue was bound */
 	int lua_kb;		/* the script's heap when it was stopped */
 	char tag[16];		/* "queue N", for log lines */
 	struct watch watch;
@@ -1002,7 +1001,6 @@ void nfq_engine_stop(struct nfq_engine *e)
 	}
 	/* Packets the script still holds get the fallback verdict, oldest first. */
 	if (e->q) {
-		nfq_queue_kernel_stats(e->q, &e->kernel);
 		nfq_queue_unbind(e->q);
 	}
 	if (e->cur.L)
@@ -1053,9 +1051,8 @@ const struct nfq_stats *nfq_engine_stats(const struct nfq_engine *e)
 int nfq_engine_format_stats(const struct nfq_engine *e, char *buf, size_t len)
 {
 	const struct nfq_stats *s = &e->q->stats;
-	struct nfq_kernel_stats k;
-	if (nfq_queue_kernel_stats(e->q, &k) < 0)
-		k = e->kernel;
+	struct nfq_kernel_stats k;	/* after the unbind, as they were then */
+	nfq_queue_kernel_stats(e->q, &k);
 	int lua_kb = e->cur.L ? lua_gc(e->cur.L, LUA_GCCOUNT, 0) : e->lua_kb;
 	return snprintf(buf, len,
 		"received=%llu accepted=%llu dropped=%llu repeated=%llu requeued=%llu fallback=%llu script_errors=%llu script_timeouts=%llu verdict_errors=%llu enobufs=%llu reloads=%llu reload_failures=%llu version=%u kernel_queue_dropped=%lld kernel_user_dropped=%lld lua_kb=%d",
