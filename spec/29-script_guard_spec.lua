@@ -154,6 +154,19 @@ return {
 		assert.equal(5, #rx:recv_all(0.3), "queued packets got the fallback verdict")
 	end)
 
+	it("reloads after a slow start when SIGHUP came during it", function()
+		local script = H.tmpfile([[
+return {
+	on_start = function() local t = os.clock() while os.clock() - t < 0.8 do end end,
+	on_packet = function(pkt) pkt:accept() end,
+}]], ".lua")
+		local d = H.daemon(script .. " --queue 1")
+		H.wait_queue_ready(1)
+		d:signal("HUP")
+		d:wait_output("got SIGHUP while starting: reloading once every queue serves")
+		d:wait_output("queue 1: reloaded " .. script .. ": version 2 runs now")
+	end)
+
 	it("keeps the running version when a reload's top level or on_reload times out", function()
 		rule(9902)
 		local rx, tx = H.udp("127.0.0.1", 9902), H.udp()

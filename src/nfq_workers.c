@@ -51,7 +51,8 @@ static struct ev_loop *main_loop;
 static ev_async main_wake;	/* a worker reported something */
 static ev_async exit_wake;	/* a script called os.exit() */
 static int starting;
-static int reloading, reload_again;
+static int reloading;
+static int reload_again;	/* a SIGHUP came during a start or a reload */
 static unsigned version = 1;
 static atomic_int exit_status = -1;
 static char tag[32];		/* "queue N" or "queues A-B" */
@@ -274,7 +275,8 @@ static void on_exit_wake(struct ev_loop *loop, ev_async *w, int revents)
 void nfq_workers_reload(void)
 {
 	if (starting) {
-		nfq_log(NFQ_LOG_WARN, "SIGHUP while starting: ignored (send it again once the queues are bound)");
+		nfq_log(NFQ_LOG_INFO, "got SIGHUP while starting: reloading once every queue serves");
+		reload_again = 1;
 		return;
 	}
 	if (reloading) {
@@ -362,6 +364,10 @@ int nfq_workers_start(struct ev_loop *loop, const struct nfq_engine_opts *opts,
 		rc = -1;
 	}
 	pthread_mutex_unlock(&lock);
+	if (rc == 0 && reload_again) {
+		reload_again = 0;
+		begin_reload();
+	}
 	return rc;
 }
 
