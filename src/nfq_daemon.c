@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -68,7 +69,8 @@ static const char usage[] =
 	"      --mark M           with --replay: the mark packets arrive with\n"
 	"      --user NAME        give up root before binding and loading SCRIPT: run as\n"
 	"                         NAME, keeping only CAP_NET_ADMIN (which verdicts need)\n"
-	"      --pidfile PATH     write the pid to PATH, removed at exit\n"
+	"      --pidfile PATH     write the pid to PATH once every queue is bound;\n"
+	"                         removed at exit\n"
 	"      --syslog           log to syslog (facility daemon) instead of stderr\n"
 	"      --log-level LEVEL  error, warn, info (default) or debug\n"
 	"  -v, --verbose          log at debug level, with Lua tracebacks\n"
@@ -116,8 +118,17 @@ static unsigned n_workers;
 static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t start_cond = PTHREAD_COND_INITIALIZER;
 
-static const char *pidfile;
-static FILE *pidfile_stream;	/* opened before giving up root, written once running */
+/*
+ * The pidfile: written to a new file beside PATH before the queues are bound,
+ * renamed over PATH once they all are, removed at exit only while PATH is
+ * still that file.
+ */
+static struct {
+	const char *path;
+	char *tmp;		/* the new file, until it is renamed over path */
+	dev_t dev;		/* the file this process wrote */
+	ino_t ino;
+} pidfile;
 
 __attribute__((format(printf, 1, 2), noreturn))
 static void usage_error(const char *fmt, ...)
@@ -480,44 +491,79 @@ static void on_stats_signal(struct ev_loop *loop, ev_signal *w, int revents)
 	send_to_workers(offsetof(struct worker, stats));
 }
 
+/*
+ * Before binding: write the pid to a new file beside PATH, as the user the
+ * daemon runs as (so that it can rename and remove it later). O_EXCL creates
+ * it or fails: a symlink planted at that name is never followed.
+ */
+static int prepare_pidfile(const char *path, const char *user)
+{
+	size_t len = strlen(path);
+	int fd = -1;
+	pidfile.path = path;
+	pidfile.tmp = malloc(len + sizeof ".XXXXXX");
+	if (pidfile.tmp) {
+		memcpy(pidfile.tmp, path, len);
+		memcpy(pidfile.tmp + len, ".XXXXXX", sizeof ".XXXXXX");
+		fd = mkostemp(pidfile.tmp, O_CLOEXEC);
+	}
+	struct stat st;
+	if (fd < 0 || fchmod(fd, 0644) < 0 || dprintf(fd, "%ld\n", (long)getpid()) < 0 || fstat(fd, &st) < 0) {
+		int saved = pidfile.tmp ? errno : ENOMEM;
+		int user_hint = user && (saved == EACCES || saved == EPERM);
+		fprintf(stderr, "nfqlua: cannot write pidfile '%s': %s%s%s%s\n", path, strerror(saved),
+			user_hint ? " (--user " : "", user_hint ? user : "",
+			user_hint ? " must be able to create files in its directory)" : "");
+		if (fd >= 0)
+			unlink(pidfile.tmp);
+		free(pidfile.tmp);
+		pidfile.tmp = NULL;
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	close(fd);
+	pidfile.dev = st.st_dev;
+	pidfile.ino = st.st_ino;
+	return 0;
+}
+
+/* Once every queue is bound: the pidfile appears whole, replacing what was at PATH (a symlink too). */
+static int place_pidfile(void)
+{
+	if (rename(pidfile.tmp, pidfile.path) < 0) {
+		fprintf(stderr, "nfqlua: cannot write pidfile '%s': %s\n", pidfile.path, strerror(errno));
+		return -1;
+	}
+	free(pidfile.tmp);
+	pidfile.tmp = NULL;
+	return 0;
+}
+
+/*
+ * Remove the file this process wrote, and nothing else: a pidfile another
+ * nfqlua put at PATH since stays. 0, or -1 with errno. Async-signal-safe.
+ */
+static int remove_pidfile(void)
+{
+	struct stat st;
+	if (pidfile.tmp)
+		return unlink(pidfile.tmp);
+	if (!pidfile.path || lstat(pidfile.path, &st) < 0)
+		return 0;
+	if (st.st_dev != pidfile.dev || st.st_ino != pidfile.ino)
+		return 0;
+	return unlink(pidfile.path);
+}
+
 /* A second SIGINT or SIGTERM while draining: leave now. */
 static void exit_now(int sig)
 {
 	static const char msg[] = "nfqlua: error: second signal during the drain, exiting at once\n";
 	if (write(STDERR_FILENO, msg, sizeof msg - 1) < 0)
 		_exit(128 + sig);
-	if (pidfile)
-		unlink(pidfile);
+	remove_pidfile();
 	_exit(128 + sig);
-}
-
-/* Opened before giving up root, written once every queue runs. */
-static int open_pidfile(const char *path)
-{
-	pidfile_stream = fopen(path, "w");
-	if (!pidfile_stream) {
-		fprintf(stderr, "nfqlua: cannot write pidfile '%s': %s\n", path, strerror(errno));
-		return -1;
-	}
-	pidfile = path;
-	return 0;
-}
-
-static int write_pidfile(void)
-{
-	if (fprintf(pidfile_stream, "%ld\n", (long)getpid()) < 0 || fflush(pidfile_stream) != 0) {
-		fprintf(stderr, "nfqlua: cannot write pidfile '%s': %s\n", pidfile, strerror(errno));
-		return -1;
-	}
-	return 0;
-}
-
-/* After --user, the directory may not let us unlink: then at least empty it. */
-static void remove_pidfile(void)
-{
-	if (unlink(pidfile) < 0 && ftruncate(fileno(pidfile_stream), 0) < 0)
-		nfq_log(NFQ_LOG_WARN, "cannot remove pidfile '%s': %s", pidfile, strerror(errno));
-	fclose(pidfile_stream);
 }
 
 /*
@@ -637,8 +683,6 @@ int main(int argc, char **argv)
 	parse_args(argc, argv, &cli);
 
 	int live = !cli.check && !cli.replay.capture;
-	if (cli.pidfile && live && open_pidfile(cli.pidfile) < 0)
-		return 1;
 	/* The kernel's per-queue counters are root's alone: keep them readable. */
 	for (unsigned i = 0; i < MAX_WORKERS; i++)
 		workers[i].kernel_stats_fd = cli.user && live && i <= cli.last_queue - cli.engine.queue_num
@@ -672,6 +716,8 @@ int main(int argc, char **argv)
 		cli.replay.engine = cli.engine;
 		return nfq_replay_run(&cli.replay);
 	}
+	if (cli.pidfile && prepare_pidfile(cli.pidfile, cli.user) < 0)
+		return 1;
 
 	signal(SIGPIPE, SIG_IGN);
 	struct ev_loop *loop = EV_DEFAULT;
@@ -685,7 +731,7 @@ int main(int argc, char **argv)
 	ev_signal_start(loop, &sighup);
 	ev_signal_start(loop, &sigusr1);
 
-	if (start_workers(&cli) < 0 || (pidfile && write_pidfile() < 0)) {
+	if (start_workers(&cli) < 0 || (cli.pidfile && place_pidfile() < 0)) {
 		stop_workers();
 		goto fail;
 	}
@@ -703,12 +749,11 @@ int main(int argc, char **argv)
 	signal(SIGINT, exit_now);
 	signal(SIGTERM, exit_now);
 	stop_workers();
-	if (pidfile)
-		remove_pidfile();
+	if (remove_pidfile() < 0)
+		nfq_log(NFQ_LOG_WARN, "cannot remove pidfile '%s': %s", pidfile.path, strerror(errno));
 	nfq_log(NFQ_LOG_INFO, "all queues unbound, exiting");
 	return 0;
 fail:
-	if (pidfile)
-		remove_pidfile();
+	remove_pidfile();
 	return 1;
 }
