@@ -500,7 +500,6 @@ static int prepare_pidfile(const char *path, const char *user)
 {
 	size_t len = strlen(path);
 	int fd = -1;
-	pidfile.path = path;
 	pidfile.tmp = malloc(len + sizeof ".XXXXXX");
 	if (pidfile.tmp) {
 		memcpy(pidfile.tmp, path, len);
@@ -509,7 +508,7 @@ static int prepare_pidfile(const char *path, const char *user)
 	}
 	struct stat st;
 	if (fd < 0 || fchmod(fd, 0644) < 0 || dprintf(fd, "%ld\n", (long)getpid()) < 0 || fstat(fd, &st) < 0) {
-		int saved = pidfile.tmp ? errno : ENOMEM;
+		int saved = errno;
 		int user_hint = user && (saved == EACCES || saved == EPERM);
 		fprintf(stderr, "nfqlua: cannot write pidfile '%s': %s%s%s%s\n", path, strerror(saved),
 			user_hint ? " (--user " : "", user_hint ? user : "",
@@ -523,6 +522,7 @@ static int prepare_pidfile(const char *path, const char *user)
 		return -1;
 	}
 	close(fd);
+	pidfile.path = path;
 	pidfile.dev = st.st_dev;
 	pidfile.ino = st.st_ino;
 	return 0;
