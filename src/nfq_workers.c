@@ -354,10 +354,12 @@ int nfq_workers_start(struct ev_loop *loop, const struct nfq_engine_opts *opts,
 	for (unsigned i = 0; i < n_workers && rc == 0; i++) {
 		if (workers[i].started >= 0)
 			continue;
+		/* Among several queues, a reason that names no queue names its own. */
 		char which[32];
-		snprintf(which, sizeof which, "queue %u", workers[i].opts.queue_num);
-		/* A reason that names no queue names the one it is about. */
-		if (n_workers > 1 && !strstr(workers[i].err, which))
+		int len = snprintf(which, sizeof which, "queue %u", workers[i].opts.queue_num);
+		const char *at = strstr(workers[i].err, which);
+		int named = at && (at[len] < '0' || at[len] > '9');
+		if (n_workers > 1 && !named)
 			fprintf(stderr, "nfqlua: %s: %s\n", which, workers[i].err);
 		else
 			fprintf(stderr, "nfqlua: %s\n", workers[i].err);
