@@ -125,6 +125,21 @@ describe("queue #kernel", function()
 			"nfq: max_batches must be an integer from 1 to 2147483647, got number 0")
 	end)
 
+	it("run(false, max_batches) says more only while packets wait in the socket", function()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5018 -j NFQUEUE --queue-num 1")
+		local tx = H.udp()
+		local seen = 0
+		q = bound_queue(1, function(pkt)
+			seen = seen + 1
+			pkt:accept()
+		end)
+		for i = 1, 10 do tx:sendto("datagram " .. i, "127.0.0.1", 5018) end
+		H.wait_for(function() return H.queue_info(1).waiting == 10 end, 5, "10 packets to wait in the queue")
+		-- One batch takes all ten: the batch limit is reached, but nothing waits.
+		assert.same({ true, false }, { q:run(false, 1) })
+		assert.equal(10, seen)
+	end)
+
 	it("rewrites a payload with new lengths and checksums, as the peer receives it", function()
 		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5002 -j NFQUEUE --queue-num 1")
 		local rx, tx = H.udp("127.0.0.1", 5002), H.udp()
