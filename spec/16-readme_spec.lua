@@ -272,13 +272,13 @@ checks["openresty"] = {
 			end
 		end
 		-- /srv is a fresh tmpfs in a mount namespace of the block's own. If
-		-- the block stops early, nginx is told to stop all the same.
+		-- the block fails, nginx is told to stop all the same.
 		local wrapper = H.tmpfile(([[
 mount -t tmpfs nfq-readme /srv || exit 1
 cd %s
-bash %s; rc=$?
-[ ! -e /srv/nfq-nginx/nginx.pid ] || nginx -p /srv/nfq-nginx/ -c nginx.conf -s quit
-exit $rc
+bash -e %s && exit 0
+nginx -p /srv/nfq-nginx/ -c nginx.conf -s quit
+exit 1
 ]]):format(H.root, H.tmpfile(block("openresty"), ".sh")), ".sh")
 		local dir = tmpdir()
 		finally(function() os.execute("rm -rf " .. dir) end)
