@@ -246,7 +246,8 @@ fuzz-replay-build: $(FUZZ_TARGETS:%=$(BUILD)/replay_%)
 fuzz-replay: fuzz-replay-build
 	for t in $(FUZZ_TARGETS); do $(BUILD)/replay_$$t spec/fuzz/corpus/$$t/* || exit 1; done
 
-# Every file install adds, so that uninstall removes exactly those.
+# Every file install adds, so that uninstall removes exactly those. The man
+# page and the systemd unit name the paths of this PREFIX.
 INSTALLED = $(BINDIR)/nfqlua $(MANDIR)/man1/nfqlua.1 \
 	$(LUA_FILES:%=$(LUA_MODULE_DIR)/%) $(LUA_CMODULE_DIR)/nfq/core.so \
 	$(LIBDIR)/libnfqlua.a $(LIBDIR)/libnfqlua.so \
@@ -255,7 +256,9 @@ INSTALLED = $(BINDIR)/nfqlua $(MANDIR)/man1/nfqlua.1 \
 
 install: all
 	install -D -m 755 nfqlua $(DESTDIR)$(BINDIR)/nfqlua
-	install -D -m 644 nfqlua.1 $(DESTDIR)$(MANDIR)/man1/nfqlua.1
+	sed 's#/usr/local/share/doc/nfqlua/#$(DOCDIR)/#g' nfqlua.1 > nfqlua.1.tmp
+	install -D -m 644 nfqlua.1.tmp $(DESTDIR)$(MANDIR)/man1/nfqlua.1
+	rm -f nfqlua.1.tmp
 	for f in $(LUA_FILES); do install -D -m 644 lua/$$f $(DESTDIR)$(LUA_MODULE_DIR)/$$f; done
 	install -D -m 755 lua/nfq/core.so $(DESTDIR)$(LUA_CMODULE_DIR)/nfq/core.so
 	install -D -m 644 $(BUILD)/libnfqlua.a $(DESTDIR)$(LIBDIR)/libnfqlua.a

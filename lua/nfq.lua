@@ -30,6 +30,12 @@ if not pcall(ffi.typeof, "struct nfq_timespec") then
 	int nfq_clock_gettime(int clock_id, struct nfq_timespec *ts) asm("clock_gettime");
 	]]
 end
+if not pcall(ffi.typeof, "struct nfq_pollfd") then
+	ffi.cdef [[
+	struct nfq_pollfd { int fd; short events; short revents; };
+	int nfq_poll(struct nfq_pollfd *fds, unsigned long nfds, int timeout) asm("poll");
+	]]
+end
 
 -- The core is either linked into this process (the nfqlua daemon, or a C
 -- host linking libnfqlua) or loaded from package.cpath. The namespace is
@@ -637,10 +643,22 @@ function Queue:set_callback(callback)
 	self.callback = callback
 end
 
+local POLLIN = 1
+local pending_poll = ffi.new("struct nfq_pollfd")
+
+-- Whether the socket holds more for run(): a packet, or an error (ENOBUFS)
+-- that the next receive takes. Without waiting.
+local function waiting(q)
+	pending_poll.fd, pending_poll.events, pending_poll.revents = q.fd, POLLIN, 0
+	return ffi.C.nfq_poll(pending_poll, 1, 0) > 0
+end
+
 --- Receive and dispatch: forever when block is true (the default), or what
--- is pending when it is false. A callback error is re-raised after its
--- packet got the fallback verdict; calling run() again goes on with the rest.
--- It returns once a callback has unbound or closed the queue.
+-- is pending when it is false. With max_batches, it stops after that many
+-- and says whether more waits in the socket then. A callback error is
+-- re-raised after its packet got the fallback verdict; calling run() again
+-- goes on with the rest. It returns once a callback has unbound or closed
+-- the queue.
 function Queue:run(block, max_batches)
 	local q = queue_of(self, 2)
 	if self.dispatching then
@@ -658,7 +676,7 @@ function Queue:run(block, max_batches)
 	while true do
 		if q.pos >= q.count then
 			if batches == max_batches then
-				return true, true
+				return true, waiting(q)
 			end
 			local n = C.nfq_queue_receive(q, timeout)
 			if n < 0 then

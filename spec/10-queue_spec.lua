@@ -125,6 +125,21 @@ describe("queue #kernel", function()
 			"nfq: max_batches must be an integer from 1 to 2147483647, got number 0")
 	end)
 
+	it("run(false, max_batches) says more only while packets wait in the socket", function()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5018 -j NFQUEUE --queue-num 1")
+		local tx = H.udp()
+		local seen = 0
+		q = bound_queue(1, function(pkt)
+			seen = seen + 1
+			pkt:accept()
+		end)
+		for i = 1, 10 do tx:sendto("datagram " .. i, "127.0.0.1", 5018) end
+		H.wait_for(function() return H.queue_info(1).waiting == 10 end, 5, "10 packets to wait in the queue")
+		-- One batch takes all ten: the batch limit is reached, but nothing waits.
+		assert.same({ true, false }, { q:run(false, 1) })
+		assert.equal(10, seen)
+	end)
+
 	it("rewrites a payload with new lengths and checksums, as the peer receives it", function()
 		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5002 -j NFQUEUE --queue-num 1")
 		local rx, tx = H.udp("127.0.0.1", 5002), H.udp()
@@ -201,9 +216,10 @@ describe("queue #kernel", function()
 	it("in COPY_META mode gives metadata and no payload", function()
 		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5006 -j NFQUEUE --queue-num 1")
 		local rx, tx = H.udp("127.0.0.1", 5006), H.udp()
-		local len, err
+		local len, err, lengths
 		q = bound_queue(1, function(pkt)
 			len = pkt:get_payload_len()
+			lengths = { pkt.cap_len, pkt.truncated }
 			local ok, e = pcall(pkt.get_payload, pkt)
 			err = not ok and e
 			pkt:accept()
@@ -212,6 +228,7 @@ describe("queue #kernel", function()
 		tx:sendto("meta only", "127.0.0.1", 5006)
 		pump(q, function() return len ~= nil end)
 		assert.equal(0, len)
+		assert.same({ 0, false }, lengths, "the kernel sends no length in COPY_META (as the README says)")
 		assert.matches("no payload", err)
 		assert.equal("meta only", rx:recv(1))
 	end)
@@ -219,15 +236,16 @@ describe("queue #kernel", function()
 	it("truncates the copy to range while the delivered packet stays whole", function()
 		H.sh("iptables -A OUTPUT -o lo -p udp --dport 5007 -j NFQUEUE --queue-num 1")
 		local rx, tx = H.udp("127.0.0.1", 5007), H.udp()
-		local copy
+		local copy, lengths
 		q = bound_queue(1, function(pkt)
 			copy = pkt:get_payload()
-			assert.equal(20, pkt:get_payload_len())
+			lengths = { pkt:get_payload_len(), pkt.cap_len, pkt.truncated }
 		end, { range = 20 })
 		local data = string.rep("x", 300)
 		tx:sendto(data, "127.0.0.1", 5007)
 		pump(q, function() return copy ~= nil end)
 		assert.equal(20, #copy)
+		assert.same({ 20, 328, true }, lengths, "a small range still gives the packet's length")
 		assert.equal(0x45, copy:byte(1))
 		assert.equal(data, rx:recv(1))
 	end)

@@ -64,11 +64,12 @@ local function problems(log)
 end
 
 --- nginx with the example configuration, under a new prefix directory that
--- links to it; nfq comes from this checkout.
-local function start_nginx()
+-- links to it; nfq comes from this checkout, unless lua_paths says otherwise.
+local function start_nginx(lua_paths)
 	local dir = H.sh("mktemp -d"):gsub("%s+$", "")
 	H.sh(("ln -s %s/nginx.conf %s/nfq_filter.lua %s/"):format(example, example, dir))
-	local env = ('NFQ_QUEUE=%d LUA_PATH="%s/lua/?.lua;;" LUA_CPATH="%s/lua/?.so;;"'):format(QUEUE, H.root, H.root)
+	local env = ("NFQ_QUEUE=%d "):format(QUEUE)
+		.. (lua_paths or ('LUA_PATH="%s/lua/?.lua;;" LUA_CPATH="%s/lua/?.so;;"'):format(H.root, H.root))
 	-- setsid: the master leads a process group, so that its workers can be
 	-- killed with it if it does not stop.
 	os.execute(("( sh -c 'echo $$ > %s/sh.pid; exec env %s setsid %s -p %s/ -c nginx.conf -g \"daemon off;\"' "
@@ -97,6 +98,27 @@ local function start_nginx()
 end
 
 describe("OpenResty example #kernel", function()
+	it("does not start, and says why, when nfq cannot be loaded or the queue cannot be bound", function()
+		local missing = missing_file()
+		if missing then
+			pending(missing .. " is not installed (apt-get install nginx libnginx-mod-http-lua)")
+			return
+		end
+		H.fresh_netns()
+		local nginx = start_nginx("LUA_PATH=/nonexistent/?.lua LUA_CPATH=/nonexistent/?.so")
+		finally(nginx.stop)
+		assert.equal(1, tonumber(H.wait_for(nginx.exited, 10, "nginx to give up")))
+		assert.matches("init_by_lua error: nfq_filter: cannot load the nfq module (module 'nfq' not found:); "
+			.. "install nfqlua (make install), or from a checkout start nginx with LUA_PATH=", nginx.stop(), 1, true)
+
+		local other = H.bound_queue(QUEUE, function(pkt) pkt:accept() end)
+		finally(function() other:close() end)
+		nginx = start_nginx()
+		assert.equal(1, tonumber(H.wait_for(nginx.exited, 10, "nginx to give up")))
+		assert.matches("init_by_lua error: nfq_filter: cannot bind queue " .. QUEUE .. " at start: queue " .. QUEUE
+			.. " is already bound by another socket", nginx.stop(), 1, true)
+	end)
+
 	it("filters queued UDP in worker 0, blocks ports over HTTP, and keeps them across a reload", function()
 		local missing = missing_file()
 		if missing then

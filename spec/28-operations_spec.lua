@@ -238,9 +238,18 @@ describe("nfqlua logging #kernel", function()
 		os.execute("rm -rf " .. dir)
 	end)
 
+	-- A command prefix that gives the daemon dir/dev as its /dev (with
+	-- /dev/null), in a private mount namespace.
+	local function private_dev()
+		local wrapper = H.tmpfile(([[
+mount --bind /dev/null %s/dev/null && mount --bind %s/dev /dev && exec "$@"
+]]):format(dir, dir), ".sh")
+		return "unshare -m sh " .. wrapper
+	end
+
 	-- A syslog daemon of our own: a datagram socket that becomes /dev/log
-	-- for the daemon only, in a private mount namespace. It reads only at the
-	-- end, so its queue must hold every line (syslog(3) blocks when full).
+	-- for the daemon only. It reads only at the end, so its queue must hold
+	-- every line (syslog(3) blocks when full).
 	local function fake_syslog()
 		H.sh("sysctl -qw net.unix.max_dgram_qlen=1000")
 		sock = C.socket(AF_UNIX, SOCK_DGRAM, 0)
@@ -250,10 +259,7 @@ describe("nfqlua logging #kernel", function()
 		ffi.copy(addr.path, dir .. "/dev/log")
 		assert.equal(0, C.bind(sock, addr, ffi.sizeof(addr)))
 		C.chmod(dir .. "/dev/log", tonumber("666", 8))
-		local wrapper = H.tmpfile(([[
-mount --bind /dev/null %s/dev/null && mount --bind %s/dev /dev && exec "$@"
-]]):format(dir, dir), ".sh")
-		return "unshare -m sh " .. wrapper
+		return private_dev()
 	end
 
 	local function syslog_lines()
@@ -297,5 +303,17 @@ mount --bind /dev/null %s/dev/null && mount --bind %s/dev /dev && exec "$@"
 		assert.is_true(errors >= 1, text)
 		assert.is_true(suppressed > 0, "some lines were held back:\n" .. text)
 		assert.equal(50, errors + suppressed, "every error is logged or counted as suppressed:\n" .. text)
+	end)
+
+	it("warns on stderr at start when no syslog daemon takes the lines", function()
+		local script = H.tmpfile("return function(pkt) pkt:accept() end", ".lua")
+		local d = H.daemon(script .. " --queue 1 --syslog", private_dev())
+		finally(function() d:stop() end)
+		H.wait_queue_ready(1)
+		d:signal("TERM")
+		assert.equal(0, d:wait())
+		assert.equal("nfqlua: warning: --syslog: no syslog daemon takes lines at /dev/log (No such file or directory), "
+			.. "so they are lost until one does; start one (rsyslog, systemd-journald) or leave out --syslog\n",
+			d:output(), "with a syslog daemon, the test above finds nothing on stderr")
 	end)
 end)

@@ -5,8 +5,14 @@
 --
 -- Shared dict keys: "port:N" (N is blocked), "version" (bumped by every
 -- change), "applied" (the version the filter uses), "stats" (JSON counters,
--- written by the worker that holds the queue).
-local nfq = require "nfq"
+-- written by the worker that holds the queue), "checked" (the master could
+-- bind the queue at start).
+local found, nfq = pcall(require, "nfq")
+if not found then
+	error("nfq_filter: cannot load the nfq module (" .. tostring(nfq):match("^[^\n]*")
+		.. "); install nfqlua (make install), or from a checkout start nginx with "
+		.. "LUA_PATH='/abs/path/to/nfqlua/lua/?.lua;;' LUA_CPATH='/abs/path/to/nfqlua/lua/?.so;;'", 0)
+end
 
 local ngx = ngx
 local log, ERR, NOTICE = ngx.log, ngx.ERR, ngx.NOTICE
@@ -147,9 +153,17 @@ function serve(premature, opts)
 	end
 end
 
---- For init_worker_by_lua: worker 0 holds the queue. opts.queue is the
--- rule's --queue-num, opts.interval the pause between drains in seconds.
-function _M.init_worker(opts)
+-- The options init() checked, for the workers, which inherit them.
+local options
+
+--- For init_by_lua, in the master: check the options and, at start (not on
+-- a reload, when the old worker 0 holds the queue), bind the queue once and
+-- let it go. A queue that cannot be bound (no CAP_NET_ADMIN, another
+-- program holds it) stops nginx at start with the reason, instead of
+-- workers that log and retry while the rule's packets go unfiltered.
+-- opts.queue is the rule's --queue-num, opts.interval the pause between
+-- drains in seconds.
+function _M.init(opts)
 	local queue, interval = opts.queue, opts.interval
 	if type(queue) ~= "number" or queue < 0 or queue > 65535 or queue % 1 ~= 0 then
 		error("nfq_filter: queue must be an integer from 0 to 65535, got " .. tostring(queue), 2)
@@ -158,9 +172,29 @@ function _M.init_worker(opts)
 		error("nfq_filter: interval must be at least 0.001 s (nginx timers count milliseconds), got "
 			.. tostring(interval), 2)
 	end
+	options = { queue = queue, interval = interval }
+	-- The shared dict outlives a reload: the key says this is not the start.
+	if dict:get("checked") then return end
+	local q, err = nfq.new()
+	local ok
+	if q then
+		ok, err = q:bind(queue, function(pkt) pkt:accept() end)
+		q:close()
+	end
+	if not ok then
+		error("nfq_filter: cannot bind queue " .. queue .. " at start: " .. tostring(err), 0)
+	end
+	dict:set("checked", true)
+end
+
+--- For init_worker_by_lua: worker 0 holds the queue that init() checked.
+function _M.init_worker()
+	if not options then
+		error("nfq_filter: call init{ queue = N, interval = S } from init_by_lua first", 2)
+	end
 	-- A queue takes one socket: the other workers only serve HTTP.
 	if ngx.worker.id() ~= 0 then return end
-	start(0, { queue = queue, interval = interval })
+	start(0, options)
 end
 
 local function port_arg()
