@@ -197,7 +197,7 @@ describe("scripts run as root", function()
 		H.sh("chown root " .. script .. " && chmod 777 " .. dir)
 		rc, out = check()
 		assert.equal(1, rc)
-		assert.matches("its directory '" .. dir:gsub("%p", "%%%0") .. "' is writable by others", out)
+		assert.matches("the directory '" .. dir:gsub("%p", "%%%0") .. "' is writable by others", out)
 		-- A sticky directory such as /tmp is fine: others cannot replace the file.
 		H.sh("chmod 1777 " .. dir)
 		assert.equal(0, (check()))

@@ -80,6 +80,18 @@ describe("a script run as root loads only files root alone can change", function
 		assert.equal(0, rc, out)
 	end)
 
+	it("refuses a root-owned script in a directory another user owns, also through a link", function()
+		H.sh("mkdir " .. dir .. "/theirs && chown 65534 " .. dir .. "/theirs")
+		write(dir .. "/theirs/filter.lua", ACCEPT)
+		local rc, out = H.run_nfqlua("--check " .. dir .. "/theirs/filter.lua")
+		assert.equal(1, rc)
+		assert.matches("the directory '" .. dir .. "/theirs' belongs to uid 65534, who could replace it", out, 1, true)
+		H.sh(("ln -s %s/theirs/filter.lua %s/link.lua"):format(dir, dir))
+		rc, out = H.run_nfqlua("--check " .. dir .. "/link.lua")
+		assert.equal(1, rc)
+		assert.matches("the directory '" .. dir .. "/theirs' belongs to uid 65534", out, 1, true)
+	end)
+
 	it("refuses loadfile and dofile of another user's file", function()
 		write(dir .. "/data.lua", "return 1", "65534")
 		write(dir .. "/filter.lua", ('dofile("%s/data.lua")\n'):format(dir) .. ACCEPT)

@@ -8,6 +8,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -454,10 +455,47 @@ static int call_engine(struct nfq_engine *e, struct script_state *st, enum call_
 }
 
 /*
+ * A directory on the way to a file root runs, and each directory above it:
+ * whoever owns one, or can write to one that is not sticky, could put
+ * another file in its place. 0 or -1 and err.
+ */
+static int check_directories(const char *path, const char *dir, char *err, size_t errlen)
+{
+	char real[PATH_MAX];
+	if (!realpath(dir, real))
+		return 0;	/* loading the file reports why it cannot be read */
+	for (;;) {
+		struct stat st;
+		if (stat(real, &st) < 0)
+			return 0;
+		if (st.st_uid != 0) {
+			snprintf(err, errlen, "refusing to run '%s' as root: the directory '%s' belongs to uid %ld, who could replace it; chown root '%s', or run with --user",
+				 path, real, (long)st.st_uid, real);
+			return -1;
+		}
+		if ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX)) {
+			snprintf(err, errlen, "refusing to run '%s' as root: the directory '%s' is writable by %s (mode %04o), who could replace it; chmod go-w '%s'",
+				 path, real, st.st_mode & S_IWOTH ? "others" : "its group",
+				 (unsigned)(st.st_mode & 07777), real);
+			return -1;
+		}
+		char *slash = strrchr(real, '/');
+		if (!slash || slash == real) {
+			if (strcmp(real, "/") == 0)
+				return 0;
+			real[1] = '\0';
+		} else {
+			*slash = '\0';
+		}
+	}
+}
+
+/*
  * Run as root, a file that someone else can change is a way to root, so
  * it is refused, as sshd and sudo refuse their files: it must belong to
- * root, not be writable by group or others, and sit in a directory that
- * others cannot write to (unless it is sticky, like /tmp). 0 or -1 and err.
+ * root, not be writable by group or others, and sit in directories, up to
+ * /, that only root can change (sticky ones, like /tmp, are fine), both
+ * where it is named and where a symbolic link leads. 0 or -1 and err.
  */
 static int check_file_owner(const char *path, char *err, size_t errlen)
 {
@@ -475,17 +513,16 @@ static int check_file_owner(const char *path, char *err, size_t errlen)
 			 (unsigned)(st.st_mode & 07777), path);
 		return -1;
 	}
-	char dir[4096];
+	char dir[PATH_MAX], target[PATH_MAX];
 	const char *slash = strrchr(path, '/');
 	snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) + (slash == path) : 1,
 		 slash ? path : ".");
-	if (stat(dir, &st) == 0 && (st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX)) {
-		snprintf(err, errlen, "refusing to run '%s' as root: its directory '%s' is writable by %s (mode %04o), who could replace it; chmod go-w '%s'",
-			 path, dir, st.st_mode & S_IWOTH ? "others" : "its group",
-			 (unsigned)(st.st_mode & 07777), dir);
+	if (check_directories(path, dir, err, errlen) < 0)
 		return -1;
-	}
-	return 0;
+	if (!realpath(path, target))
+		return 0;
+	*strrchr(target, '/') = '\0';
+	return check_directories(path, target[0] ? target : "/", err, errlen);
 }
 
 /* Lua: check_owner(path) -> true | nil, err, for every file a root script loads. */
