@@ -18,7 +18,7 @@ local headers = require "nfq.headers"
 local band, bor, rshift = bit.band, bit.bor, bit.rshift
 local floor = math.floor
 local type, error, pcall, tostring, tonumber = type, error, pcall, tostring, tonumber
-local setmetatable, getmetatable, pairs, ipairs = setmetatable, getmetatable, pairs, ipairs
+local setmetatable, getmetatable, pairs, ipairs, next = setmetatable, getmetatable, pairs, ipairs, next
 local ffi_string, ffi_errno, ffi_gc, ffi_cast = ffi.string, ffi.errno, ffi.gc, ffi.cast
 
 if not pcall(function() return ffi.C.nfq_strerror end) then
@@ -286,9 +286,10 @@ Packet.rerun = Packet["repeat"]
 
 local describe_buf = ffi.new("char[64]")
 
--- The queue whose callback runs now (set by dispatch), and the daemon's or
--- an offline run's queue (set by _adopt): nfq.send sends through these.
-local running_queue, adopted_queue
+-- The queue whose callback runs now (set by dispatch), the daemon's or an
+-- offline run's queue outside callbacks (_set_send_queue), and the one
+-- nfq.stats() reads (_adopt).
+local running_queue, default_send_queue, adopted_queue
 
 -- Library queues bound with send = true: nfq.send outside a callback takes
 -- the only one.
@@ -321,8 +322,11 @@ local reject_buf = ffi.new("uint8_t[?]", REJECT_MAX_LEN)
 
 --- Drop the packet and answer its sender as iptables REJECT does: true, or
 -- nil and why no answer was sent (the packet is dropped all the same).
+-- After its first C call it reads nothing more from self: the JIT can then
+-- leave the packet object unallocated (see README, Sending and rejecting).
 function Packet:reject(how)
 	local p = live(self)
+	local id = self.id
 	local kind = C.NFQ_REJECT_DEFAULT
 	if how ~= nil then
 		kind = reject_kinds[how]
@@ -334,14 +338,14 @@ function Packet:reject(how)
 	check_pending(self, p)
 	local q = p.queue
 	if q == nil then
-		error(("nfq: packet %d: its queue was unbound or closed, which gave it the fallback verdict"):format(self.id), 2)
+		error(("nfq: packet %d: its queue was unbound or closed, which gave it the fallback verdict"):format(id), 2)
 	end
 	if q.sender == nil then
 		error("nfq: reject: " .. SEND_OFF, 2)
 	end
 	if p.payload == nil then
 		error(("nfq: reject: packet %d has no payload to answer: the queue copies metadata only "
-			.. "(bind with mode = nfq.COPY_PACKET)"):format(self.id), 2)
+			.. "(bind with mode = nfq.COPY_PACKET)"):format(id), 2)
 	end
 	-- A local packet's checksum may be left to the device: not checked then.
 	if band(p.flags, PF_SKBINFO) == 0 or band(p.skbinfo, SKB_CSUMNOTREADY) == 0 then
@@ -350,9 +354,11 @@ function Packet:reject(how)
 	local n = C.nfq_reject_build(reject_buf, REJECT_MAX_LEN, p.payload, p.payload_len, kind)
 	if n == REJECT_ENOTTCP then
 		error(("nfq: reject: tcp-reset answers TCP segments only, and packet %d is not one; "
-			.. "give an ICMP answer instead"):format(self.id), 2)
+			.. "give an ICMP answer instead"):format(id), 2)
 	end
-	give_verdict(self, NF_DROP)
+	if C.nfq_packet_verdict(p, NF_DROP) ~= 0 then
+		error(("nfq: verdict for packet %d: %s"):format(id, strerror(ffi_errno())), 2)
+	end
 	if n < 0 then
 		return nil, ffi_string(C.nfq_reject_strerror(n)) .. " (the packet was dropped)"
 	end
@@ -885,7 +891,7 @@ local function view_of(obj) return obj.view end
 -- (ptr, len [, opts]), or (object with view() [, opts]).
 local function send_args(what, data, x, y, level)
 	local t = type(data)
-	if t == "string" then return data, #data, x end
+	if t == "string" and type(x) ~= "number" then return data, #data, x end
 	if type(x) == "number" then
 		if t ~= "cdata" then
 			error(("nfq: %s: a length goes with a pointer (cdata), but the first argument is %s"):format(what, shown(data)),
@@ -911,9 +917,17 @@ local function send_on(q, what, level, data, x, y)
 	local ptr, len, opts = send_args(what, data, x, y, level + 1)
 	local mark, has_mark = 0, 0
 	if opts ~= nil then
-		check_opts(opts, send_opts, what, level + 1)
-		if opts.mark ~= nil then
-			mark, has_mark = check_int(opts.mark, 0, 0xffffffff, what .. ": mark", level + 1), 1
+		-- Without a loop over opts: a loop would end the JIT's trace here.
+		local key = type(opts) == "table" and next(opts)
+		if key == nil or (key == "mark" and next(opts, key) == nil) then
+			mark = opts.mark
+		else
+			check_opts(opts, send_opts, what, level + 1)
+		end
+		if mark ~= nil then
+			mark, has_mark = check_int(mark, 0, 0xffffffff, what .. ": mark", level + 1), 1
+		else
+			mark = 0
 		end
 	end
 	if q.sender == nil then
@@ -934,7 +948,7 @@ end
 
 -- The queue nfq.send sends through.
 local function sending_queue(level)
-	local queue = running_queue or adopted_queue
+	local queue = running_queue or default_send_queue
 	if queue then return queue end
 	local only, n = nil, 0
 	for candidate in pairs(send_queues) do
@@ -947,6 +961,14 @@ local function sending_queue(level)
 		error("nfq.send: outside a callback, it sends through the queue bound with send = true, and there is none", level + 1)
 	end
 	error(("nfq.send: %d queues are bound with send = true; call q:send() on the one to send from"):format(n), level + 1)
+end
+
+--- For the daemon and offline runs: the queue nfq.send uses outside
+-- callbacks (on_start, on_timer, on_stop), or nil when the run is over;
+-- either way a callback's queue that an error left set is forgotten.
+function _M._set_send_queue(queue)
+	default_send_queue = queue
+	running_queue = nil
 end
 
 --- Send a whole IPv4 or IPv6 packet: from the queue whose callback runs,

@@ -70,6 +70,7 @@ local count_box = ffi.new("uint32_t[1]")
 function _M.run(q, hooks, source, front)
 	q = ffi.cast(queue_ptr_t, q)
 	local queue = nfq._adopt(q, hooks.on_packet)
+	nfq._set_send_queue(queue)
 	local dispatch = queue._dispatch
 	local call, failed = front.call, front.failed
 	local on_timer = hooks.on_timer
@@ -214,6 +215,7 @@ function _M.run(q, hooks, source, front)
 	stopped = true
 	C.nfq_queue_unbind(q)
 	take()
+	nfq._set_send_queue(nil)
 	return timer_skipped
 end
 

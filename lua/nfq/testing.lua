@@ -344,10 +344,13 @@ function _M.run(script, packets, opts)
 	-- on_start sees the first packet's time, as the script's clock starts there.
 	nfq._set_now(inputs[1] and inputs[1].time or 0)
 	local ok, skipped = pcall(function()
+		-- The queue is the script's before on_start, as in the daemon: it may send.
+		nfq._set_send_queue(nfq._adopt(q, hooks_table.on_packet))
 		if hooks_table.on_start then hooks_table.on_start() end
 		return offline.run(q, hooks_table, source, front)
 	end)
 	nfq._set_now(nil)
+	nfq._set_send_queue(nil)
 	if not ok then error(skipped, 0) end
 	results.by_id = {}
 	for _, r in ipairs(results) do
