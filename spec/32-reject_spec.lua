@@ -277,15 +277,15 @@ except Exception as e:
 ]]
 
 describe("pkt:reject #kernel", function()
-	local client
+	local client_py
 	H.isolated_tests()
-	before_each(function() client = H.tmpfile(CLIENT, ".py") end)
+	before_each(function() client_py = H.tmpfile(CLIENT, ".py") end)
 
 	-- Run the client in the background (in namespace ns, if given) while
 	-- the queue runs; its one line of output.
 	local function refused(q, proto, addr, port, ns)
 		local out = H.tmpfile("")
-		os.execute(("%s python3 %s %s %s %d > %s 2>&1 &"):format(ns and ("ip netns exec " .. ns) or "", client, proto,
+		os.execute(("%s python3 %s %s %s %d > %s 2>&1 &"):format(ns and ("ip netns exec " .. ns) or "", client_py, proto,
 			addr, port, out))
 		local line
 		H.wait_for(function()
@@ -320,6 +320,72 @@ describe("pkt:reject #kernel", function()
 		assert_refused_at_once(refused(q, "udp", "::1", 7302))
 		assert.equal(4, answered)
 		assert.same({ 4, 4, 0 }, { q:stats().dropped, q:stats().sent, q:stats().send_errors })
+	end)
+
+	-- A namespace name for this test, removed after it.
+	local function peer_namespace(tag)
+		local name = ("nfqrej%s%d"):format(tag, ffi.C.getpid())
+		finally(function() os.execute("ip netns del " .. name .. " 2>/dev/null") end)
+		H.sh("ip netns add " .. name)
+		H.sh("ip netns exec " .. name .. " ip link set lo up")
+		return name
+	end
+
+	-- A veth pair from this namespace (ours, with addresses ip4 and ip6 .1)
+	-- to ns (peer, .2), which routes everything through us.
+	local function link(ours, peer, ns, ip4, ip6)
+		H.sh(("ip link add %s type veth peer name %s netns %s"):format(ours, peer, ns))
+		H.sh(("ip addr add %s.1/24 dev %s && ip addr add %s::1/64 dev %s nodad && ip link set %s up")
+			:format(ip4, ours, ip6, ours, ours))
+		H.sh(("ip netns exec %s sh -c 'ip addr add %s.2/24 dev %s && ip addr add %s::2/64 dev %s nodad && "
+			.. "ip link set %s up && ip route add default via %s.1 && ip -6 route add default via %s::1'")
+			:format(ns, ip4, peer, ip6, peer, peer, ip4, ip6))
+	end
+
+	it("refuses a connect and a datagram from another host at once on PREROUTING and INPUT, over IPv4 and IPv6",
+		function()
+			local peer = peer_namespace("in")
+			link("nfqr0", "nfqr1", peer, "169.254.91", "fd00:91")
+			local hooks = {}
+			for _, ipt in ipairs { "iptables", "ip6tables" } do
+				H.sh(ipt .. " -t mangle -A PREROUTING -i nfqr0 -p tcp --dport 7310 -j NFQUEUE --queue-num 1")
+				H.sh(ipt .. " -A INPUT -i nfqr0 -p tcp --dport 7311 -j NFQUEUE --queue-num 1")
+				H.sh(ipt .. " -A INPUT -i nfqr0 -p udp --dport 7312 -j NFQUEUE --queue-num 1")
+			end
+			local q = H.bound_queue(1, function(pkt)
+				hooks[pkt.hook] = true
+				assert(pkt:reject())
+			end, { send = true })
+			finally(function() q:close() end)
+			for _, addr in ipairs { "169.254.91.1", "fd00:91::1" } do
+				assert_refused_at_once(refused(q, "tcp", addr, 7310, peer))
+				assert_refused_at_once(refused(q, "tcp", addr, 7311, peer))
+				assert_refused_at_once(refused(q, "udp", addr, 7312, peer))
+			end
+			assert.same({ [C.NFQ_HOOK_PREROUTING] = true, [C.NFQ_HOOK_INPUT] = true }, hooks)
+		end)
+
+	it("refuses a connect and a datagram through a router at once on FORWARD, over IPv4 and IPv6", function()
+		local client, server = peer_namespace("c"), peer_namespace("s")
+		link("nfqra0", "nfqra1", client, "169.254.92", "fd00:92")
+		link("nfqrb0", "nfqrb1", server, "169.254.93", "fd00:93")
+		H.sh("sysctl -q -w net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1")
+		for _, ipt in ipairs { "iptables", "ip6tables" } do
+			H.sh(ipt .. " -A FORWARD -p tcp --syn --dport 7320 -j NFQUEUE --queue-num 1")
+			H.sh(ipt .. " -A FORWARD -p udp --dport 7321 -j NFQUEUE --queue-num 1")
+		end
+		local hooks = {}
+		local q = H.bound_queue(1, function(pkt)
+			hooks[pkt.hook] = true
+			assert(pkt:reject())
+		end, { send = true })
+		finally(function() q:close() end)
+		for _, addr in ipairs { "169.254.93.2", "fd00:93::2" } do
+			assert_refused_at_once(refused(q, "tcp", addr, 7320, client))
+			assert_refused_at_once(refused(q, "udp", addr, 7321, client))
+		end
+		assert.same({ [C.NFQ_HOOK_FORWARD] = true }, hooks)
+		assert.same({ 4, 0 }, { q:stats().sent, q:stats().send_errors })
 	end)
 
 	it("quotes the datagram it refuses in its ICMP and ICMPv6 error, which the socket reports", function()
