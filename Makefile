@@ -73,7 +73,7 @@ FUZZ_SECONDS ?= 600
 FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -fvisibility=hidden
 FUZZ_TARGETS = packet headers reject
 
-.PHONY: all lib asan deps deps-build deps-fuzz lint test unit demo bench bench-scale soak install uninstall clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
+.PHONY: all lib asan deps deps-build deps-fuzz lint test unit demo bench bench-scale bench-send soak install uninstall clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
 
 all: nfqlua lua/nfq/core.so lib
 
@@ -165,10 +165,17 @@ demo: deps-build
 	$(MAKE) all
 	./scripts/demo.sh
 
-# Figures, not assertions: writes bench/RESULTS.md (about 3 minutes, as root).
+# Figures, not assertions: writes bench/RESULTS.md (about 3 minutes, as root),
+# nfq.send's section included.
 bench: deps-build
 	$(MAKE) all
 	bench/run.sh
+	bench/send.sh
+
+# nfq.send against a C raw-socket sender: its section of bench/RESULTS.md.
+bench-send: deps-build
+	$(MAKE) all
+	bench/send.sh
 
 # nfqlua --queue 0-1 against one queue, two senders: its section of bench/RESULTS.md.
 bench-scale: deps-build
