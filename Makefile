@@ -73,7 +73,7 @@ FUZZ_SECONDS ?= 600
 FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -fvisibility=hidden
 FUZZ_TARGETS = packet headers reject
 
-.PHONY: all lib asan deps deps-build deps-fuzz lint test unit demo bench bench-scale bench-send soak install uninstall clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
+.PHONY: all lib asan tsan deps deps-build deps-fuzz lint test unit demo bench bench-scale bench-send soak install uninstall clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
 
 all: nfqlua lua/nfq/core.so lib
 
@@ -130,7 +130,8 @@ $(BUILD)/%.o: src/%.c Makefile
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(DEPFLAGS) $(CORE_CFLAGS) $(LUA_CFLAGS) -c -o $@ $<
 
 # The core's version, in every build of it (plain, sanitizers, fuzzing).
-VERSION_OBJ = $(BUILD)/nfq_version.o $(BUILD)/asan/nfq_version.o $(BUILD)/fuzz/nfq_version.o
+VERSION_OBJ = $(BUILD)/nfq_version.o $(BUILD)/asan/nfq_version.o $(BUILD)/tsan/nfq_version.o \
+	$(BUILD)/fuzz/nfq_version.o
 $(VERSION_OBJ): VERSION
 $(VERSION_OBJ): CPPFLAGS += -DNFQ_VERSION='"$(VERSION)"'
 
@@ -153,8 +154,8 @@ lint:
 # The daemon and replay specs run the sanitizer build; any report fails them.
 test: deps
 	$(MAKE) lint
-	$(MAKE) all asan fuzz-replay-build
-	$(SPEC_ENV) NFQLUA=$(CURDIR)/$(BUILD)/asan/nfqlua \
+	$(MAKE) all asan tsan fuzz-replay-build
+	$(SPEC_ENV) NFQLUA=$(CURDIR)/$(BUILD)/asan/nfqlua NFQLUA_TSAN=$(CURDIR)/$(BUILD)/tsan/nfqlua \
 		ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=99 UBSAN_OPTIONS=print_stacktrace=1 \
 		$(BUSTED) --lua=$(LUAJIT) -o spec/helpers/summary.lua spec
 
@@ -188,19 +189,27 @@ soak: deps-build
 	$(MAKE) all
 	bench/soak.sh
 
-# The daemon with AddressSanitizer and UBSan: make test runs the daemon specs on it.
+# The daemon built with sanitizers: build/asan/nfqlua (AddressSanitizer and
+# UBSan), on which make test runs every daemon spec, and build/tsan/nfqlua
+# (ThreadSanitizer), on which it runs reloads and watchdog timeouts of
+# several workers (spec/29-script_guard_spec.lua).
 ASAN_FLAGS = -g -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
-ASAN_OBJ = $(CORE_SRC:src/%.c=$(BUILD)/asan/%.o) $(ENGINE_SRC:src/%.c=$(BUILD)/asan/%.o) \
-	$(DAEMON_SRC:src/%.c=$(BUILD)/asan/%.o)
+TSAN_FLAGS = -g -O1 -fsanitize=thread
+DAEMON_ALL_SRC = $(CORE_SRC) $(ENGINE_SRC) $(DAEMON_SRC)
 
-$(BUILD)/asan/%.o: src/%.c Makefile
-	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(ASAN_FLAGS) $(DEPFLAGS) $(CORE_CFLAGS) $(LUA_CFLAGS) -c -o $@ $<
+# sanitized_daemon NAME, FLAGS: the objects and nfqlua under build/NAME.
+define sanitized_daemon
+$(BUILD)/$(1)/%.o: src/%.c Makefile
+	@mkdir -p $$(@D)
+	$$(CC) $$(CPPFLAGS) $$(CFLAGS) $(2) $$(DEPFLAGS) $$(CORE_CFLAGS) $$(LUA_CFLAGS) -c -o $$@ $$<
 
-$(BUILD)/asan/nfqlua: $(ASAN_OBJ) $(LUA_BC_OBJ)
-	$(CC) $(ASAN_FLAGS) -o $@ $^ -Wl,-E $(CORE_LIBS) $(LUA_LIBS) $(EV_LIBS) $(PCAP_LIBS) -lpthread -ldl -lm
+$(BUILD)/$(1)/nfqlua: $(DAEMON_ALL_SRC:src/%.c=$(BUILD)/$(1)/%.o) $$(LUA_BC_OBJ)
+	$$(CC) $(2) -o $$@ $$^ -Wl,-E $$(CORE_LIBS) $$(LUA_LIBS) $$(EV_LIBS) $$(PCAP_LIBS) -lpthread -ldl -lm
 
-asan: $(BUILD)/asan/nfqlua
+$(1): $(BUILD)/$(1)/nfqlua
+endef
+$(eval $(call sanitized_daemon,asan,$(ASAN_FLAGS)))
+$(eval $(call sanitized_daemon,tsan,$(TSAN_FLAGS)))
 
 # Fuzzing (clang's libFuzzer with ASan and UBSan). New inputs go to
 # build/corpus_<target>; fuzz-merge folds the useful ones into spec/fuzz/corpus.

@@ -5,7 +5,7 @@
 local ffi = require "ffi"
 local H = require "helpers.net"
 
-local BUILT = "all asan fuzz-replay-build build/fuzz_packet build/fuzz_headers"
+local BUILT = "all asan tsan fuzz-replay-build build/fuzz_packet build/fuzz_headers"
 
 local function sorted_keys(t)
 	local list = {}
@@ -102,7 +102,8 @@ describe("make", function()
 
 	it("takes the version from VERSION into the C core and the generated lua/nfq/cdef.lua", function()
 		local before = compiled(BUILT)
-		local expected = set { "build/nfq_version.o", "build/asan/nfq_version.o", "build/fuzz/nfq_version.o" }
+		local expected = set { "build/nfq_version.o", "build/asan/nfq_version.o", "build/tsan/nfq_version.o",
+			"build/fuzz/nfq_version.o" }
 		for object in pairs(before) do expected[object] = true end
 		local out = make_n("-W VERSION " .. BUILT)
 		assert.same(sorted_keys(expected), sorted_keys(compiled("-W VERSION " .. BUILT)))

@@ -117,6 +117,28 @@ return {
 		assert.matches("^nfqlua: queue 9 is already bound by another socket", one_line(out))
 	end)
 
+	it("logs the range the kernel copies: at most 65531 bytes, whatever was asked", function()
+		start("return function(pkt) pkt:accept() end", "--queue 1 --range 65535")
+		assert.matches("queue 1 bound (mode packet, range 65531, ", d:output(), 1, true)
+		assert.equal(65531, H.queue_info(1).copy_range)
+		d:stop()
+		start("return function(pkt) pkt:accept() end", "--queue 2 --range 1000")
+		assert.matches("queue 2 bound (mode packet, range 1000, ", d:output(), 1, true)
+		assert.equal(1000, H.queue_info(2).copy_range)
+	end)
+
+	it("names the queue a worker failed on when it serves several", function()
+		local script = H.tmpfile("error('no config for this queue')", ".lua")
+		local rc, out = H.run_nfqlua(script .. " --queue 2-3")
+		assert.equal(1, rc)
+		assert.matches("^nfqlua: queue [23]: " .. script:gsub("%p", "%%%0") .. ":1: no config for this queue$",
+			one_line(out))
+		-- One queue: the line is the reason alone, as ever.
+		rc, out = H.run_nfqlua(script .. " --queue 2")
+		assert.equal(1, rc)
+		assert.matches("^nfqlua: " .. script:gsub("%p", "%%%0") .. ":1: no config", one_line(out))
+	end)
+
 	it("says that root or CAP_NET_ADMIN is needed", function()
 		local script = H.tmpfile("return function(pkt) pkt:accept() end", ".lua")
 		os.execute("chmod 644 " .. script)
@@ -176,6 +198,7 @@ end)
 
 describe("nfqlua command line", function()
 	local good = H.tmpfile("return function(pkt) pkt:accept() end", ".lua")
+	local ran = "timeout 10 unshare -n "
 
 	local cases = {
 		{ "no script", "--queue 1", 2, "^nfqlua: no SCRIPT given %(see nfqlua %-%-help%)$" },
@@ -202,16 +225,66 @@ describe("nfqlua command line", function()
 		{ "negative mark", "--replay x.pcap " .. good .. " --mark -1", 2, "^nfqlua: %-%-mark must be a number" },
 		{ "replay without file", good .. " --replay", 2, "^nfqlua: option '%-%-replay' needs a value" },
 		{ "queue range backwards", good .. " --queue 5-2", 2, "^nfqlua: %-%-queue A%-B needs A <= B" },
+		{ "a repeated flag", good .. " --queue 1 --queue 2", 2, "^nfqlua: %-%-queue is given twice: give it once", ran },
+		{ "a repeated flag, short and long", good .. " -q 1 --queue 1", 2, "^nfqlua: %-%-queue is given twice", ran },
+		{ "a repeated choice", good .. " --queue 1 --mode meta --mode packet", 2, "^nfqlua: %-%-mode is given twice", ran },
+		{ "a repeated switch", good .. " --queue 1 --no-gso --no-gso", 2, "^nfqlua: %-%-no%-gso is given twice", ran },
+		{ "--hook without --replay, even the default", good .. " --queue 1 --hook input", 2,
+			"^nfqlua: %-%-hook has no effect without %-%-replay: %-%-out, %-%-hook and %-%-mark go with %-%-replay", ran },
+		{ "--mark without --replay, even 0", good .. " --queue 1 --mark 0", 2,
+			"^nfqlua: %-%-mark has no effect without %-%-replay", ran },
+		{ "--out with --check", good .. " --check --out kept.pcap", 2,
+			"^nfqlua: %-%-out has no effect without %-%-replay" },
+		{ "--check with --replay", "--replay x.pcap " .. good .. " --check", 2,
+			"^nfqlua: %-%-check has no effect with %-%-replay: leave it out" },
+		{ "an empty capture name", good .. " --replay ''", 2, "^nfqlua: %-%-replay needs a capture file" },
 		{ "unreadable script", "/nonexistent/filter.lua --queue 1", 1,
 			"^nfqlua: cannot read script '/nonexistent/filter.lua': No such file or directory$" },
 	}
 	for _, c in ipairs(cases) do
 		it("rejects " .. c[1], function()
-			local rc, out = H.run_nfqlua(c[2])
+			-- Where an older nfqlua took the line and ran, it must not bind a queue of the host's.
+			local rc, out = H.run_nfqlua(c[2], c[5])
 			assert.equal(c[3], rc)
 			assert.matches(c[4], one_line(out))
 		end)
 	end
+
+	it("refuses every flag --replay does not use, naming it", function()
+		for _, flag in ipairs { "--queue 1", "-q 1", "--pidfile x.pid", "--max-len 10", "--sock-len 8192",
+			"--fail-open", "--no-gso", "--uid-gid", "--secctx" } do
+			local rc, out = H.run_nfqlua("--replay x.pcap " .. good .. " " .. flag)
+			assert.equal(2, rc, flag)
+			local name = flag == "-q 1" and "queue" or flag:match("^%-%-([%w-]+)")
+			assert.matches("^nfqlua: %-%-" .. name:gsub("%-", "%%-") .. " has no effect with %-%-replay: leave it out",
+				one_line(out))
+		end
+	end)
+
+	it("refuses with --check every flag but those that affect loading and logging", function()
+		for _, flag in ipairs { "--queue 1", "--pidfile x.pid", "--mode meta", "--range 100", "--fallback drop",
+			"--max-len 10", "--sock-len 8192", "--fail-open", "--no-gso", "--conntrack", "--uid-gid",
+			"--secctx" } do
+			local rc, out = H.run_nfqlua(good .. " --check " .. flag)
+			assert.equal(2, rc, flag)
+			assert.matches("^nfqlua: %-%-" .. flag:match("^%-%-([%w-]+)"):gsub("%-", "%%-")
+				.. " has no effect with %-%-check: leave it out", one_line(out))
+		end
+		local rc, out = H.run_nfqlua(good .. " --check --lua-mem-limit 16777216 --script-timeout 100"
+			.. " --log-level warn -v -v")
+		assert.equal(0, rc, out)
+		assert.equal(good .. ": ok", one_line(out))
+	end)
+
+	it("takes every flag --replay uses, and -v more than once", function()
+		-- A capture with no packets: the pcap header alone.
+		local empty = H.tmpfile("\212\195\178\161\2\0\4\0" .. ("\0"):rep(8) .. "\255\255\0\0\101\0\0\0", ".pcap")
+		local rc, out = H.run_nfqlua("--replay " .. empty .. " " .. good .. " --mode meta --range 100 --fallback drop"
+			.. " --conntrack --lua-mem-limit 16777216 --script-timeout 100 --out " .. H.tmpfile()
+			.. " --hook output --mark 7 --log-level warn -v -v")
+		assert.equal(0, rc, out)
+		assert.matches("^replayed 0 packets", one_line(out))
+	end)
 
 	it("reports a syntax error with its line, in --check and at start", function()
 		local bad = H.tmpfile("return function(pkt)\n\tpkt:accept(\nend\n", ".lua")

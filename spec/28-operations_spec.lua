@@ -1,5 +1,6 @@
--- Operating the daemon: giving up root (--user), refusing scripts others can
--- change, syslog (--syslog) and the rate limit on per-packet error lines.
+-- Operating the daemon: giving up root (--user), the pidfile, refusing scripts
+-- others can change, syslog (--syslog) and the rate limit on per-packet error
+-- lines.
 local ffi = require "ffi"
 local H = require "helpers.net"
 
@@ -85,6 +86,83 @@ describe("nfqlua --user #kernel", function()
 			"setpriv --reuid=nobody --regid=nogroup --clear-groups ")
 		assert.equal(1, rc)
 		assert.matches("^nfqlua: %-%-user needs nfqlua to start as root", out)
+	end)
+end)
+
+describe("nfqlua --pidfile #kernel", function()
+	local dir
+	H.isolated_tests()
+	before_each(function()
+		dir = H.sh("mktemp -d"):gsub("%s+$", "")
+		H.sh("chmod 755 " .. dir .. " && cp " .. H.root .. "/scripts/examples/accept_all.lua " .. dir .. "/f.lua")
+	end)
+	after_each(function() os.execute("rm -rf " .. dir) end)
+
+	local function files()
+		return (H.sh("ls -A " .. dir):gsub("%s+$", ""):gsub("%s+", " "))
+	end
+
+	local function start(args)
+		local d = H.daemon(dir .. "/f.lua " .. args)
+		d:wait_output("bound")
+		return d
+	end
+
+	it("appears once the queue is bound, survives a second start that fails, and goes at a clean stop", function()
+		local pidfile = dir .. "/nfqlua.pid"
+		local d = start("--queue 1 --pidfile " .. pidfile)
+		H.wait_for(function() return H.read_file(pidfile) end, 5, "the pidfile")
+		assert.equal(d.pid .. "\n", H.read_file(pidfile))
+		local rc, out = H.run_nfqlua(dir .. "/f.lua --queue 1 --pidfile " .. pidfile)
+		assert.equal(1, rc)
+		assert.matches("^nfqlua: queue 1 is already bound by another socket", out)
+		assert.equal(d.pid .. "\n", H.read_file(pidfile), "the running daemon's pidfile stays")
+		assert.equal("f.lua nfqlua.pid", files(), "and nothing else is left behind")
+		d:signal("TERM")
+		assert.equal(0, d:wait())
+		assert.equal("f.lua", files())
+	end)
+
+	it("replaces a symlink at its path instead of writing through it", function()
+		local target = dir .. "/target"
+		H.sh(("echo precious > %s && ln -s %s %s/nfqlua.pid"):format(target, target, dir))
+		local d = start("--queue 1 --pidfile " .. dir .. "/nfqlua.pid")
+		H.wait_for(function() return H.read_file(dir .. "/nfqlua.pid") ~= "precious\n" end, 5, "the pidfile")
+		assert.equal("", H.sh("find " .. dir .. " -type l"), "the link is gone")
+		assert.equal(d.pid .. "\n", H.read_file(dir .. "/nfqlua.pid"))
+		assert.equal("precious\n", H.read_file(target))
+		d:signal("TERM")
+		assert.equal(0, d:wait())
+		assert.equal("f.lua target", files())
+		assert.equal("precious\n", H.read_file(target))
+	end)
+
+	it("is not removed at stop when another program has replaced it", function()
+		local pidfile = dir .. "/nfqlua.pid"
+		local d = start("--queue 1 --pidfile " .. pidfile)
+		H.wait_for(function() return H.read_file(pidfile) end, 5, "the pidfile")
+		H.sh(("echo 4242 > %s/new && mv %s/new %s"):format(dir, dir, pidfile))
+		d:signal("TERM")
+		assert.equal(0, d:wait())
+		assert.equal("4242\n", H.read_file(pidfile))
+	end)
+
+	it("is written as the --user, who must be able to create it in its directory", function()
+		local rc, out = H.run_nfqlua(dir .. "/f.lua --queue 1 --user nobody --pidfile " .. dir .. "/nfqlua.pid",
+			"timeout 10 ")
+		assert.equal(1, rc)
+		assert.equal(("nfqlua: cannot write pidfile '%s/nfqlua.pid': Permission denied (--user nobody must be able"
+			.. " to create files in its directory)\n"):format(dir), out:gsub("^nfqlua: info: running as user[^\n]*\n", ""))
+		assert.is_nil(H.queue_info(1), "it stopped before binding")
+		H.sh("mkdir " .. dir .. "/run && chown nobody " .. dir .. "/run")
+		local pidfile = dir .. "/run/nfqlua.pid"
+		local d = start("--queue 1 --user nobody --pidfile " .. pidfile)
+		H.wait_for(function() return H.read_file(pidfile) end, 5, "the pidfile")
+		assert.equal(d.pid .. "\n", H.read_file(pidfile))
+		assert.equal("nobody", H.sh("stat -c %U " .. pidfile):gsub("%s+$", ""))
+		d:signal("TERM")
+		assert.equal(0, d:wait())
+		assert.is_nil(H.read_file(pidfile))
 	end)
 end)
 

@@ -154,6 +154,19 @@ return {
 		assert.equal(5, #rx:recv_all(0.3), "queued packets got the fallback verdict")
 	end)
 
+	it("reloads after a slow start when SIGHUP came during it", function()
+		local script = H.tmpfile([[
+return {
+	on_start = function() local t = os.clock() while os.clock() - t < 0.8 do end end,
+	on_packet = function(pkt) pkt:accept() end,
+}]], ".lua")
+		local d = H.daemon(script .. " --queue 1")
+		H.wait_queue_ready(1)
+		d:signal("HUP")
+		d:wait_output("got SIGHUP while starting: reloading once every queue serves")
+		d:wait_output("queue 1: reloaded " .. script .. ": version 2 runs now")
+	end)
+
 	it("keeps the running version when a reload's top level or on_reload times out", function()
 		rule(9902)
 		local rx, tx = H.udp("127.0.0.1", 9902), H.udp()
@@ -263,5 +276,43 @@ return {
 		assert.matches("queue 1: received=%d+ .- reloads=1 reload_failures=1 version=2", out)
 		local _, lines = out:gsub("reload of ", "")
 		assert.equal(1, lines, "one line for the failed reload")
+	end)
+
+	-- The watchdog and the main thread reach into the workers' engines: a
+	-- ThreadSanitizer build (make tsan) must find no race among them.
+	local tsan = os.getenv("NFQLUA_TSAN")
+	local with_tsan = tsan and it or pending
+	with_tsan("races nothing between workers, watchdog and reloads (ThreadSanitizer build)", function()
+		rule(9905, "--queue-balance 0:1")
+		local rx, tx = H.udp("0.0.0.0", 9905), H.udp()
+		local script = H.tmpfile([[
+local seen = 0
+return {
+	on_packet = function(pkt)
+		seen = seen + 1
+		if pkt:get_payload():find("slow", 1, true) then jit.off() while true do end end
+		pkt:accept()
+	end,
+	on_reload = function() return { seen = seen } end,
+}]], ".lua")
+		local nfqlua = H.nfqlua
+		H.nfqlua = tsan
+		local d = H.daemon(script .. " --queue 0-1 --script-timeout 100", "TSAN_OPTIONS=exitcode=66")
+		H.nfqlua = nfqlua
+		H.wait_queue_ready(0)
+		H.wait_queue_ready(1)
+		for round = 1, 6 do
+			for i = 1, 20 do tx:sendto("x", "127.0.0." .. i, 9905) end
+			tx:sendto("slow", "127.0.0." .. round, 9905)
+			d:signal("HUP")
+			d:wait_output(("version %d runs now"):format(round + 1), 10)
+			rx:recv_all(0.05)
+		end
+		d:signal("TERM")
+		local rc = d:wait(20)
+		local out = d:output()
+		assert.is_nil(out:find("ThreadSanitizer", 1, true), out)
+		assert.equal(0, rc, out)
+		assert.matches("script_timeouts=[1-9]", out)
 	end)
 end)

@@ -6,14 +6,15 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <grp.h>
-#include <pthread.h>
 #include <pwd.h>
-#include <stddef.h>
 #include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -32,6 +33,7 @@ enum { EXIT_USAGE = 2 };
 static const char usage[] =
 	"usage: nfqlua SCRIPT --queue N [options]\n"
 	"       nfqlua --replay CAPTURE SCRIPT [--out KEPT] [--hook HOOK] [--mark M] [options]\n"
+	"       nfqlua SCRIPT --check [options]\n"
 	"\n"
 	"Filter the packets that an iptables -j NFQUEUE rule sends to queue N\n"
 	"with the Lua function that SCRIPT returns.\n"
@@ -40,7 +42,8 @@ static const char usage[] =
 	"                         one worker thread each (required)\n"
 	"      --max-len N        kernel queue length in packets (default 1024)\n"
 	"      --mode packet|meta copy whole packets or metadata only (default packet)\n"
-	"      --range N          bytes copied per packet, 1..65535 (default 65535)\n"
+	"      --range N          bytes copied per packet, 1..65535 (default 65535);\n"
+	"                         the kernel copies at most 65531\n"
 	"      --sock-len BYTES   netlink receive buffer (default: sized from --max-len)\n"
 	"      --fallback accept|drop\n"
 	"                         verdict for packets the script leaves without one\n"
@@ -54,21 +57,28 @@ static const char usage[] =
 	"                         script gets a memory error (default: no limit)\n"
 	"      --script-timeout MS  interrupt a call into the script that runs longer\n"
 	"                         (its packet gets the fallback verdict); default: none\n"
-	"      --check            load and compile SCRIPT, then exit\n"
+	"      --check            load and compile SCRIPT, then exit; goes with\n"
+	"                         --lua-mem-limit, --script-timeout, --user and logging\n"
 	"      --replay CAPTURE   run SCRIPT over a pcap/pcapng file instead of a queue:\n"
-	"                         one line per verdict and a summary; needs no root\n"
+	"                         one line per verdict and a summary; needs no root;\n"
+	"                         goes with --mode, --range, --fallback, --conntrack,\n"
+	"                         --lua-mem-limit, --script-timeout, --user and logging\n"
 	"      --out KEPT         with --replay: write the accepted packets to KEPT (pcap)\n"
 	"      --hook HOOK        with --replay: prerouting, input (default), forward,\n"
 	"                         output or postrouting\n"
 	"      --mark M           with --replay: the mark packets arrive with\n"
 	"      --user NAME        give up root before binding and loading SCRIPT: run as\n"
 	"                         NAME, keeping only CAP_NET_ADMIN (which verdicts need)\n"
-	"      --pidfile PATH     write the pid to PATH, removed at exit\n"
+	"      --pidfile PATH     write the pid to PATH once every queue is bound;\n"
+	"                         removed at exit\n"
 	"      --syslog           log to syslog (facility daemon) instead of stderr\n"
 	"      --log-level LEVEL  error, warn, info (default) or debug\n"
 	"  -v, --verbose          log at debug level, with Lua tracebacks\n"
 	"      --version          print the version and exit\n"
 	"  -h, --help             print this help and exit\n"
+	"\n"
+	"A flag may be given once (-v more: each raises the level); one that has no\n"
+	"effect in a run (--queue with --replay, --hook without it) is refused.\n"
 	"\n"
 	"Signals: SIGHUP reloads SCRIPT (a broken version is refused, the running one\n"
 	"stays); SIGUSR1 logs the counters; SIGINT and SIGTERM stop after giving held\n"
@@ -85,211 +95,282 @@ struct cli {
 	struct nfq_replay_opts replay;	/* with --replay */
 };
 
-static const char *pidfile;
-static FILE *pidfile_stream;	/* opened before giving up root, written once running */
 
-static void usage_error(const char *fmt, const char *arg)
+/*
+ * The pidfile: written to a new file beside PATH before the queues are bound,
+ * renamed over PATH once they all are, removed at exit only while PATH is
+ * still that file.
+ */
+static struct {
+	const char *path;
+	char *tmp;		/* the new file, until it is renamed over path */
+	dev_t dev;		/* the file this process wrote */
+	ino_t ino;
+} pidfile;
+
+__attribute__((format(printf, 1, 2), noreturn))
+static void usage_error(const char *fmt, ...)
 {
+	va_list ap;
+	va_start(ap, fmt);
 	fprintf(stderr, "nfqlua: ");
-	fprintf(stderr, fmt, arg);
+	vfprintf(stderr, fmt, ap);
 	fprintf(stderr, " (see nfqlua --help)\n");
+	va_end(ap);
 	exit(EXIT_USAGE);
 }
 
-static uint32_t parse_number(const char *flag, const char *s, unsigned long lo,
-			     unsigned long hi)
+static unsigned long parse_number(const char *flag, const char *s, unsigned long lo, unsigned long hi)
 {
 	char *end;
 	errno = 0;
 	unsigned long v = strtoul(s, &end, 10);
-	if (*s < '0' || *s > '9' || *end || errno || v < lo || v > hi) {
-		fprintf(stderr, "nfqlua: %s must be a number from %lu to %lu, got '%s' (see nfqlua --help)\n",
-			flag, lo, hi, s);
-		exit(EXIT_USAGE);
+	if (*s < '0' || *s > '9' || *end || errno || v < lo || v > hi)
+		usage_error("%s must be a number from %lu to %lu, got '%s'", flag, lo, hi, s);
+	return v;
+}
+
+/* The runs a flag has an effect in: the daemon, --replay, --check. */
+enum { LIVE = 1, REPLAY = 2, CHECK = 4, ANY = LIVE | REPLAY | CHECK };
+
+struct choice {
+	const char *word;
+	uint32_t value;
+};
+
+/*
+ * A command-line flag. set() stores its value (NULL for a switch) at field:
+ * a number within lo..hi, one of the choices' words, a queue flag bit.
+ * expect says what a bad value should have been.
+ */
+struct flag {
+	const char *name;
+	char letter;		/* its short form, or 0 */
+	int has_arg;		/* VALUE or SWITCH */
+	unsigned modes;		/* the runs it has an effect in */
+	int repeats;		/* may be given more than once */
+	void (*set)(struct cli *cli, const struct flag *f, const char *value);
+	size_t field, size;
+	unsigned long lo, hi;
+	uint32_t bit;
+	const struct choice *choices;
+	const char *expect;
+};
+
+enum { SWITCH = no_argument, VALUE = required_argument };
+
+#define FIELD(member) .field = offsetof(struct cli, member), .size = sizeof(((struct cli *)0)->member)
+#define AT(cli, f, type) ((type *)(void *)((char *)(cli) + (f)->field))
+
+static void set_number(struct cli *cli, const struct flag *f, const char *value)
+{
+	char name[32];
+	snprintf(name, sizeof name, "--%s", f->name);
+	unsigned long v = parse_number(name, value, f->lo, f->hi);
+	if (f->size == sizeof(size_t))
+		*AT(cli, f, size_t) = v;
+	else
+		*AT(cli, f, uint32_t) = (uint32_t)v;
+}
+
+static uint32_t choose(const struct flag *f, const char *value)
+{
+	for (const struct choice *c = f->choices; c->word; c++)
+		if (strcmp(value, c->word) == 0)
+			return c->value;
+	usage_error("--%s must be %s, got '%s'", f->name, f->expect, value);
+}
+
+static void set_choice(struct cli *cli, const struct flag *f, const char *value)
+{
+	*AT(cli, f, uint32_t) = choose(f, value);
+}
+
+static void set_text(struct cli *cli, const struct flag *f, const char *value)
+{
+	if (!*value)
+		usage_error("--%s needs %s", f->name, f->expect);
+	*AT(cli, f, const char *) = value;
+}
+
+static void set_true(struct cli *cli, const struct flag *f, const char *value)
+{
+	(void)value;
+	*AT(cli, f, int) = 1;
+}
+
+static void set_bit(struct cli *cli, const struct flag *f, const char *value)
+{
+	(void)value;
+	*AT(cli, f, uint32_t) |= f->bit;
+}
+
+static void clear_bit(struct cli *cli, const struct flag *f, const char *value)
+{
+	(void)value;
+	*AT(cli, f, uint32_t) &= ~f->bit;
+}
+
+/* N, or A-B for a range of up to NFQ_MAX_WORKERS queues. */
+static void set_queues(struct cli *cli, const struct flag *f, const char *value)
+{
+	(void)f;
+	char first[16];
+	const char *dash = strchr(value, '-');
+	cli->have_queue = 1;
+	if (!dash || dash == value || (size_t)(dash - value) >= sizeof first) {
+		cli->engine.queue_num = cli->last_queue = (uint32_t)parse_number("--queue", value, 0, 65535);
+		return;
 	}
-	return (uint32_t)v;
+	snprintf(first, sizeof first, "%.*s", (int)(dash - value), value);
+	cli->engine.queue_num = (uint32_t)parse_number("--queue", first, 0, 65535);
+	cli->last_queue = (uint32_t)parse_number("--queue", dash + 1, 0, 65535);
+	if (cli->last_queue < cli->engine.queue_num || cli->last_queue - cli->engine.queue_num >= NFQ_MAX_WORKERS)
+		usage_error("--queue A-B needs A <= B and at most %d queues, got '%s'", NFQ_MAX_WORKERS, value);
+}
+
+static void set_log_level(struct cli *cli, const struct flag *f, const char *value)
+{
+	(void)cli;
+	nfq_log_level = (int)choose(f, value);
+}
+
+static void raise_log_level(struct cli *cli, const struct flag *f, const char *value)
+{
+	(void)cli;
+	(void)f;
+	(void)value;
+	if (nfq_log_level < NFQ_LOG_DEBUG)
+		nfq_log_level++;
+}
+
+static void print_version(struct cli *cli, const struct flag *f, const char *value)
+{
+	(void)cli;
+	(void)f;
+	(void)value;
+	printf("nfqlua %s\n", NFQLUA_VERSION);
+	exit(0);
+}
+
+static void print_help(struct cli *cli, const struct flag *f, const char *value)
+{
+	(void)cli;
+	(void)f;
+	(void)value;
+	fputs(usage, stdout);
+	exit(0);
+}
+
+static const struct choice copy_modes[] = { { "packet", NFQ_COPY_PACKET }, { "meta", NFQ_COPY_META }, { 0 } };
+static const struct choice fallbacks[] = { { "accept", NFQ_ACCEPT }, { "drop", NFQ_DROP }, { 0 } };
+static const struct choice hooks[] = {
+	{ "prerouting", NFQ_HOOK_PREROUTING }, { "input", NFQ_HOOK_INPUT }, { "forward", NFQ_HOOK_FORWARD },
+	{ "output", NFQ_HOOK_OUTPUT }, { "postrouting", NFQ_HOOK_POSTROUTING }, { 0 }
+};
+static const struct choice log_levels[] = {
+	{ "error", NFQ_LOG_ERROR }, { "warn", NFQ_LOG_WARN }, { "info", NFQ_LOG_INFO }, { "debug", NFQ_LOG_DEBUG },
+	{ 0 }
+};
+
+/* Each value is parsed as it comes; whether a flag goes with the run is checked once all are in. */
+static const struct flag flags[] = {
+	{ "queue", 'q', VALUE, LIVE, .set = set_queues },
+	{ "max-len", 0, VALUE, LIVE, .set = set_number, FIELD(engine.max_len), .lo = 1, .hi = UINT32_MAX },
+	{ "mode", 0, VALUE, LIVE | REPLAY, .set = set_choice, FIELD(engine.mode), .choices = copy_modes,
+	  .expect = "'packet' or 'meta'" },
+	{ "range", 0, VALUE, LIVE | REPLAY, .set = set_number, FIELD(engine.range), .lo = 1, .hi = 65535 },
+	{ "sock-len", 0, VALUE, LIVE, .set = set_number, FIELD(engine.sock_len), .lo = 4096, .hi = INT32_MAX },
+	{ "fallback", 0, VALUE, LIVE | REPLAY, .set = set_choice, FIELD(engine.fallback), .choices = fallbacks,
+	  .expect = "'accept' or 'drop'" },
+	{ "fail-open", 0, SWITCH, LIVE, .set = set_bit, FIELD(engine.flags), .bit = NFQ_FLAG_FAIL_OPEN },
+	{ "no-gso", 0, SWITCH, LIVE, .set = clear_bit, FIELD(engine.flags), .bit = NFQ_FLAG_GSO },
+	/* --replay too: it lets the script set connection marks. */
+	{ "conntrack", 0, SWITCH, LIVE | REPLAY, .set = set_bit, FIELD(engine.flags), .bit = NFQ_FLAG_CONNTRACK },
+	{ "uid-gid", 0, SWITCH, LIVE, .set = set_bit, FIELD(engine.flags), .bit = NFQ_FLAG_UID_GID },
+	{ "secctx", 0, SWITCH, LIVE, .set = set_bit, FIELD(engine.flags), .bit = NFQ_FLAG_SECCTX },
+	{ "lua-mem-limit", 0, VALUE, ANY, .set = set_number, FIELD(engine.lua_mem_limit),
+	  .lo = 1 << 20, .hi = UINT32_MAX },
+	{ "script-timeout", 0, VALUE, ANY, .set = set_number, FIELD(engine.script_timeout_ms),
+	  .lo = 1, .hi = 3600000 },
+	{ "check", 0, SWITCH, CHECK, .set = set_true, FIELD(check) },
+	{ "replay", 0, VALUE, REPLAY, .set = set_text, FIELD(replay.capture), .expect = "a capture file" },
+	{ "out", 0, VALUE, REPLAY, .set = set_text, FIELD(replay.out), .expect = "a path" },
+	{ "hook", 0, VALUE, REPLAY, .set = set_choice, FIELD(replay.hook), .choices = hooks,
+	  .expect = "prerouting, input, forward, output or postrouting" },
+	{ "mark", 0, VALUE, REPLAY, .set = set_number, FIELD(replay.mark), .lo = 0, .hi = UINT32_MAX },
+	/* Any run: the script then runs as that user. */
+	{ "user", 0, VALUE, ANY, .set = set_text, FIELD(user), .expect = "a user name" },
+	{ "pidfile", 0, VALUE, LIVE, .set = set_text, FIELD(pidfile), .expect = "a path" },
+	{ "syslog", 0, SWITCH, ANY, .set = set_true, FIELD(syslog) },
+	{ "log-level", 0, VALUE, ANY, .set = set_log_level, .choices = log_levels,
+	  .expect = "error, warn, info or debug" },
+	{ "verbose", 'v', SWITCH, ANY, .repeats = 1, .set = raise_log_level },
+	{ "version", 0, SWITCH, ANY, .set = print_version },
+	{ "help", 'h', SWITCH, ANY, .set = print_help },
+};
+
+enum { N_FLAGS = sizeof flags / sizeof flags[0], FLAG_ID = 256 };
+
+static const struct flag *flag_for(int c)
+{
+	if (c >= FLAG_ID && c < FLAG_ID + N_FLAGS)
+		return &flags[c - FLAG_ID];
+	for (const struct flag *f = flags; f < flags + N_FLAGS; f++)
+		if (f->letter == c)
+			return f;
+	return NULL;
+}
+
+/* Refuse a flag that would do nothing in this run. */
+static void check_modes(const struct cli *cli, const unsigned *given)
+{
+	unsigned run = cli->replay.capture ? REPLAY : cli->check ? CHECK : LIVE;
+	for (const struct flag *f = flags; f < flags + N_FLAGS; f++) {
+		if (!given[f - flags] || (f->modes & run))
+			continue;
+		if (f->modes == REPLAY)
+			usage_error("--%s has no effect without --replay: --out, --hook and --mark go with --replay",
+				    f->name);
+		usage_error("--%s has no effect with --%s: leave it out", f->name, run == REPLAY ? "replay" : "check");
+	}
+	if (run == LIVE && !cli->have_queue)
+		usage_error("--queue N is required");
 }
 
 static void parse_args(int argc, char **argv, struct cli *cli)
 {
-	enum { OPT_MAX_LEN = 256, OPT_MODE, OPT_RANGE, OPT_SOCK_LEN, OPT_FALLBACK,
-	       OPT_CHECK, OPT_VERSION, OPT_PIDFILE, OPT_LOG_LEVEL, OPT_FAIL_OPEN,
-	       OPT_NO_GSO, OPT_CONNTRACK, OPT_UID_GID, OPT_SECCTX, OPT_REPLAY, OPT_OUT,
-	       OPT_HOOK, OPT_MARK, OPT_LUA_MEM_LIMIT, OPT_SCRIPT_TIMEOUT, OPT_USER, OPT_SYSLOG };
-	static const char *const hooks[] = { "prerouting", "input", "forward", "output", "postrouting" };
-	static const char *const levels[] = { "error", "warn", "info", "debug" };
-	static const struct option options[] = {
-		{ "queue", required_argument, NULL, 'q' },
-		{ "max-len", required_argument, NULL, OPT_MAX_LEN },
-		{ "mode", required_argument, NULL, OPT_MODE },
-		{ "range", required_argument, NULL, OPT_RANGE },
-		{ "sock-len", required_argument, NULL, OPT_SOCK_LEN },
-		{ "fallback", required_argument, NULL, OPT_FALLBACK },
-		{ "check", no_argument, NULL, OPT_CHECK },
-		{ "fail-open", no_argument, NULL, OPT_FAIL_OPEN },
-		{ "no-gso", no_argument, NULL, OPT_NO_GSO },
-		{ "conntrack", no_argument, NULL, OPT_CONNTRACK },
-		{ "uid-gid", no_argument, NULL, OPT_UID_GID },
-		{ "secctx", no_argument, NULL, OPT_SECCTX },
-		{ "replay", required_argument, NULL, OPT_REPLAY },
-		{ "out", required_argument, NULL, OPT_OUT },
-		{ "hook", required_argument, NULL, OPT_HOOK },
-		{ "mark", required_argument, NULL, OPT_MARK },
-		{ "lua-mem-limit", required_argument, NULL, OPT_LUA_MEM_LIMIT },
-		{ "script-timeout", required_argument, NULL, OPT_SCRIPT_TIMEOUT },
-		{ "pidfile", required_argument, NULL, OPT_PIDFILE },
-		{ "user", required_argument, NULL, OPT_USER },
-		{ "syslog", no_argument, NULL, OPT_SYSLOG },
-		{ "log-level", required_argument, NULL, OPT_LOG_LEVEL },
-		{ "verbose", no_argument, NULL, 'v' },
-		{ "version", no_argument, NULL, OPT_VERSION },
-		{ "help", no_argument, NULL, 'h' },
-		{ 0 }
-	};
-	struct nfq_engine_opts *o = &cli->engine;
-	o->mode = NFQ_COPY_PACKET;
-	o->range = 65535;
-	o->max_len = 1024;
-	o->fallback = NFQ_ACCEPT;
-	o->flags = NFQ_FLAG_GSO;
+	struct option options[N_FLAGS + 1] = { { 0 } };
+	char letters[2 * N_FLAGS + 2] = ":";
+	size_t n_letters = 1;
+	unsigned given[N_FLAGS] = { 0 };
+	for (int i = 0; i < N_FLAGS; i++) {
+		options[i] = (struct option){ flags[i].name, flags[i].has_arg, NULL, FLAG_ID + i };
+		if (flags[i].letter)
+			letters[n_letters++] = flags[i].letter;
+		if (flags[i].letter && flags[i].has_arg == VALUE)
+			letters[n_letters++] = ':';
+	}
+	cli->engine = (struct nfq_engine_opts){ .mode = NFQ_COPY_PACKET, .range = 65535, .max_len = 1024,
+						.fallback = NFQ_ACCEPT, .flags = NFQ_FLAG_GSO };
 	cli->replay.hook = NFQ_HOOK_INPUT;
 	opterr = 0;
-	int c;
-	while ((c = getopt_long(argc, argv, ":q:vh", options, NULL)) != -1) {
-		switch (c) {
-		case 'q': {
-			char first[16];
-			const char *dash = strchr(optarg, '-');
-			if (dash && dash != optarg && (size_t)(dash - optarg) < sizeof first) {
-				snprintf(first, sizeof first, "%.*s", (int)(dash - optarg), optarg);
-				o->queue_num = parse_number("--queue", first, 0, 65535);
-				cli->last_queue = parse_number("--queue", dash + 1, 0, 65535);
-				if (cli->last_queue < o->queue_num || cli->last_queue - o->queue_num >= NFQ_MAX_WORKERS)
-					usage_error("--queue A-B needs A <= B and at most 64 queues, got '%s'", optarg);
-			} else {
-				o->queue_num = parse_number("--queue", optarg, 0, 65535);
-				cli->last_queue = o->queue_num;
-			}
-			cli->have_queue = 1;
-			break;
-		}
-		case OPT_MAX_LEN:
-			o->max_len = parse_number("--max-len", optarg, 1, UINT32_MAX);
-			break;
-		case OPT_MODE:
-			if (strcmp(optarg, "packet") == 0)
-				o->mode = NFQ_COPY_PACKET;
-			else if (strcmp(optarg, "meta") == 0)
-				o->mode = NFQ_COPY_META;
-			else
-				usage_error("--mode must be 'packet' or 'meta', got '%s'", optarg);
-			break;
-		case OPT_RANGE:
-			o->range = parse_number("--range", optarg, 1, 65535);
-			break;
-		case OPT_SOCK_LEN:
-			o->sock_len = parse_number("--sock-len", optarg, 4096, INT32_MAX);
-			break;
-		case OPT_FALLBACK:
-			if (strcmp(optarg, "accept") == 0)
-				o->fallback = NFQ_ACCEPT;
-			else if (strcmp(optarg, "drop") == 0)
-				o->fallback = NFQ_DROP;
-			else
-				usage_error("--fallback must be 'accept' or 'drop', got '%s'", optarg);
-			break;
-		case OPT_CHECK:
-			cli->check = 1;
-			break;
-		case OPT_FAIL_OPEN:
-			o->flags |= NFQ_FLAG_FAIL_OPEN;
-			break;
-		case OPT_NO_GSO:
-			o->flags &= ~(uint32_t)NFQ_FLAG_GSO;
-			break;
-		case OPT_CONNTRACK:
-			o->flags |= NFQ_FLAG_CONNTRACK;
-			break;
-		case OPT_UID_GID:
-			o->flags |= NFQ_FLAG_UID_GID;
-			break;
-		case OPT_SECCTX:
-			o->flags |= NFQ_FLAG_SECCTX;
-			break;
-		case OPT_REPLAY:
-			cli->replay.capture = optarg;
-			break;
-		case OPT_OUT:
-			cli->replay.out = optarg;
-			break;
-		case OPT_HOOK: {
-			int found = -1;
-			for (int i = 0; i < 5; i++)
-				if (strcmp(optarg, hooks[i]) == 0)
-					found = i;
-			if (found < 0)
-				usage_error("--hook must be prerouting, input, forward, output or postrouting, got '%s'", optarg);
-			cli->replay.hook = (uint32_t)found;
-			break;
-		}
-		case OPT_SCRIPT_TIMEOUT:
-			o->script_timeout_ms = parse_number("--script-timeout", optarg, 1, 3600000);
-			break;
-		case OPT_LUA_MEM_LIMIT:
-			o->lua_mem_limit = parse_number("--lua-mem-limit", optarg, 1 << 20, UINT32_MAX);
-			break;
-		case OPT_MARK:
-			cli->replay.mark = parse_number("--mark", optarg, 0, UINT32_MAX);
-			break;
-		case OPT_PIDFILE:
-			if (!*optarg)
-				usage_error("--pidfile needs a path%s", "");
-			cli->pidfile = optarg;
-			break;
-		case OPT_USER:
-			if (!*optarg)
-				usage_error("--user needs a user name%s", "");
-			cli->user = optarg;
-			break;
-		case OPT_SYSLOG:
-			cli->syslog = 1;
-			break;
-		case OPT_LOG_LEVEL: {
-			int found = -1;
-			for (int i = 0; i < 4; i++)
-				if (strcmp(optarg, levels[i]) == 0)
-					found = i;
-			if (found < 0)
-				usage_error("--log-level must be error, warn, info or debug, got '%s'", optarg);
-			nfq_log_level = found;
-			break;
-		}
-		case 'v':
-			if (nfq_log_level < NFQ_LOG_DEBUG)
-				nfq_log_level++;
-			break;
-		case OPT_VERSION:
-			printf("nfqlua %s\n", NFQLUA_VERSION);
-			exit(0);
-		case 'h':
-			fputs(usage, stdout);
-			exit(0);
-		case ':':
+	for (int c; (c = getopt_long(argc, argv, letters, options, NULL)) != -1;) {
+		const struct flag *f = flag_for(c);
+		if (c == ':')
 			usage_error("option '%s' needs a value", argv[optind - 1]);
-			break;
-		default:
+		if (!f)
 			usage_error("unknown option '%s'", argv[optind - 1]);
-		}
+		if (given[f - flags]++ && !f->repeats)
+			usage_error("--%s is given twice: give it once", f->name);
+		f->set(cli, f, optarg);
 	}
 	if (optind >= argc)
-		usage_error("no SCRIPT given%s", "");
+		usage_error("no SCRIPT given");
 	if (optind + 1 < argc)
 		usage_error("unexpected argument '%s': give one SCRIPT", argv[optind + 1]);
-	o->script = argv[optind];
-	if ((cli->replay.out || cli->replay.hook != 1 || cli->replay.mark) && !cli->replay.capture)
-		usage_error("--out, --hook and --mark go with --replay%s", "");
-	if (!cli->check && !cli->have_queue && !cli->replay.capture)
-		usage_error("--queue N is required%s", "");
+	cli->engine.script = argv[optind];
+	check_modes(cli, given);
 }
 
 static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
@@ -323,44 +404,79 @@ static void log_line(void *ud, int level, const char *line)
 	nfq_log(level, "%s", line);
 }
 
+/*
+ * Before binding: write the pid to a new file beside PATH, as the user the
+ * daemon runs as (so that it can rename and remove it later). O_EXCL creates
+ * it or fails: a symlink planted at that name is never followed.
+ */
+static int prepare_pidfile(const char *path, const char *user)
+{
+	size_t len = strlen(path);
+	int fd = -1;
+	pidfile.tmp = malloc(len + sizeof ".XXXXXX");
+	if (pidfile.tmp) {
+		memcpy(pidfile.tmp, path, len);
+		memcpy(pidfile.tmp + len, ".XXXXXX", sizeof ".XXXXXX");
+		fd = mkostemp(pidfile.tmp, O_CLOEXEC);
+	}
+	struct stat st;
+	if (fd < 0 || fchmod(fd, 0644) < 0 || dprintf(fd, "%ld\n", (long)getpid()) < 0 || fstat(fd, &st) < 0) {
+		int saved = errno;
+		int user_hint = user && (saved == EACCES || saved == EPERM);
+		fprintf(stderr, "nfqlua: cannot write pidfile '%s': %s%s%s%s\n", path, strerror(saved),
+			user_hint ? " (--user " : "", user_hint ? user : "",
+			user_hint ? " must be able to create files in its directory)" : "");
+		if (fd >= 0)
+			unlink(pidfile.tmp);
+		free(pidfile.tmp);
+		pidfile.tmp = NULL;
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	close(fd);
+	pidfile.path = path;
+	pidfile.dev = st.st_dev;
+	pidfile.ino = st.st_ino;
+	return 0;
+}
+
+/* Once every queue is bound: the pidfile appears whole, replacing what was at PATH (a symlink too). */
+static int place_pidfile(void)
+{
+	if (rename(pidfile.tmp, pidfile.path) < 0) {
+		fprintf(stderr, "nfqlua: cannot write pidfile '%s': %s\n", pidfile.path, strerror(errno));
+		return -1;
+	}
+	free(pidfile.tmp);
+	pidfile.tmp = NULL;
+	return 0;
+}
+
+/*
+ * Remove the file this process wrote, and nothing else: a pidfile another
+ * nfqlua put at PATH since stays. 0, or -1 with errno. Async-signal-safe.
+ */
+static int remove_pidfile(void)
+{
+	struct stat st;
+	if (pidfile.tmp)
+		return unlink(pidfile.tmp);
+	if (!pidfile.path || lstat(pidfile.path, &st) < 0)
+		return 0;
+	if (st.st_dev != pidfile.dev || st.st_ino != pidfile.ino)
+		return 0;
+	return unlink(pidfile.path);
+}
+
 /* A second SIGINT or SIGTERM while draining: leave now. */
 static void exit_now(int sig)
 {
 	static const char msg[] = "nfqlua: error: second signal during the drain, exiting at once\n";
 	if (write(STDERR_FILENO, msg, sizeof msg - 1) < 0)
 		_exit(128 + sig);
-	if (pidfile)
-		unlink(pidfile);
+	remove_pidfile();
 	_exit(128 + sig);
-}
-
-/* Opened before giving up root, written once every queue runs. */
-static int open_pidfile(const char *path)
-{
-	pidfile_stream = fopen(path, "w");
-	if (!pidfile_stream) {
-		fprintf(stderr, "nfqlua: cannot write pidfile '%s': %s\n", path, strerror(errno));
-		return -1;
-	}
-	pidfile = path;
-	return 0;
-}
-
-static int write_pidfile(void)
-{
-	if (fprintf(pidfile_stream, "%ld\n", (long)getpid()) < 0 || fflush(pidfile_stream) != 0) {
-		fprintf(stderr, "nfqlua: cannot write pidfile '%s': %s\n", pidfile, strerror(errno));
-		return -1;
-	}
-	return 0;
-}
-
-/* After --user, the directory may not let us unlink: then at least empty it. */
-static void remove_pidfile(void)
-{
-	if (unlink(pidfile) < 0 && ftruncate(fileno(pidfile_stream), 0) < 0)
-		nfq_log(NFQ_LOG_WARN, "cannot remove pidfile '%s': %s", pidfile, strerror(errno));
-	fclose(pidfile_stream);
 }
 
 /*
@@ -417,8 +533,6 @@ int main(int argc, char **argv)
 	parse_args(argc, argv, &cli);
 
 	int live = !cli.check && !cli.replay.capture;
-	if (cli.pidfile && live && open_pidfile(cli.pidfile) < 0)
-		return 1;
 	/* The kernel's per-queue counters are root's alone: keep them readable. */
 	unsigned n_queues = cli.last_queue - cli.engine.queue_num + 1;
 	int kernel_stats_fds[NFQ_MAX_WORKERS];
@@ -454,7 +568,6 @@ int main(int argc, char **argv)
 		cli.replay.engine = cli.engine;
 		return nfq_replay_run(&cli.replay);
 	}
-
 	signal(SIGPIPE, SIG_IGN);
 	struct ev_loop *loop = EV_DEFAULT;
 	ev_signal sigint, sigterm, sighup, sigusr1;
@@ -466,16 +579,21 @@ int main(int argc, char **argv)
 	ev_signal_start(loop, &sigterm);
 	ev_signal_start(loop, &sighup);
 	ev_signal_start(loop, &sigusr1);
+	/* After the watchers: a stop from here on removes the new file too. */
+	if (cli.pidfile && prepare_pidfile(cli.pidfile, cli.user) < 0)
+		return 1;
 
 	int started = nfq_workers_start(loop, &cli.engine, n_queues, kernel_stats_fds);
-	if (started == 0 && pidfile && write_pidfile() < 0)
+	if (started == 0 && cli.pidfile && place_pidfile() < 0)
 		started = -1;
 	if (started == 0) {
+		/* Whatever range was asked, the kernel copies at most NFQ_MAX_COPY_RANGE bytes. */
+		uint32_t range = cli.engine.range < NFQ_MAX_COPY_RANGE ? cli.engine.range : NFQ_MAX_COPY_RANGE;
 		for (unsigned i = 0; i < n_queues; i++)
 			nfq_log(NFQ_LOG_INFO, "queue %u bound (mode %s, range %u, max-len %u, fallback %s), running %s",
 				cli.engine.queue_num + i, cli.engine.mode == NFQ_COPY_META ? "meta" : "packet",
-				cli.engine.range, cli.engine.max_len,
-				cli.engine.fallback ? "accept" : "drop", cli.engine.script);
+				range, cli.engine.max_len, cli.engine.fallback == NFQ_ACCEPT ? "accept" : "drop",
+				cli.engine.script);
 		ev_run(loop, 0);
 	}
 
@@ -484,8 +602,8 @@ int main(int argc, char **argv)
 	signal(SIGINT, exit_now);
 	signal(SIGTERM, exit_now);
 	nfq_workers_stop();
-	if (pidfile)
-		remove_pidfile();
+	if (remove_pidfile() < 0)
+		nfq_log(NFQ_LOG_WARN, "cannot remove pidfile '%s': %s", pidfile.path, strerror(errno));
 	int exit_status = nfq_workers_exit_status();
 	if (exit_status >= 0)
 		return exit_status;
@@ -494,7 +612,6 @@ int main(int argc, char **argv)
 	nfq_log(NFQ_LOG_INFO, "all queues unbound, exiting");
 	return 0;
 fail:
-	if (pidfile)
-		remove_pidfile();
+	remove_pidfile();
 	return 1;
 }

@@ -51,7 +51,8 @@ static struct ev_loop *main_loop;
 static ev_async main_wake;	/* a worker reported something */
 static ev_async exit_wake;	/* a script called os.exit() */
 static int starting;
-static int reloading, reload_again;
+static int reloading;
+static int reload_again;	/* a SIGHUP came during a start or a reload */
 static unsigned version = 1;
 static atomic_int exit_status = -1;
 static char tag[32];		/* "queue N" or "queues A-B" */
@@ -274,7 +275,8 @@ static void on_exit_wake(struct ev_loop *loop, ev_async *w, int revents)
 void nfq_workers_reload(void)
 {
 	if (starting) {
-		nfq_log(NFQ_LOG_WARN, "SIGHUP while starting: ignored (send it again once the queues are bound)");
+		nfq_log(NFQ_LOG_INFO, "got SIGHUP while starting: reloading once every queue serves");
+		reload_again = 1;
 		return;
 	}
 	if (reloading) {
@@ -352,16 +354,22 @@ int nfq_workers_start(struct ev_loop *loop, const struct nfq_engine_opts *opts,
 	for (unsigned i = 0; i < n_workers && rc == 0; i++) {
 		if (workers[i].started >= 0)
 			continue;
+		/* Among several queues, a reason that names no queue names its own. */
 		char which[32];
-		snprintf(which, sizeof which, "queue %u", workers[i].opts.queue_num);
-		/* A reason that names no queue names the one it is about. */
-		if (n_workers > 1 && !strstr(workers[i].err, which))
+		int len = snprintf(which, sizeof which, "queue %u", workers[i].opts.queue_num);
+		const char *at = strstr(workers[i].err, which);
+		int named = at && (at[len] < '0' || at[len] > '9');
+		if (n_workers > 1 && !named)
 			fprintf(stderr, "nfqlua: %s: %s\n", which, workers[i].err);
 		else
 			fprintf(stderr, "nfqlua: %s\n", workers[i].err);
 		rc = -1;
 	}
 	pthread_mutex_unlock(&lock);
+	if (rc == 0 && reload_again) {
+		reload_again = 0;
+		begin_reload();
+	}
 	return rc;
 }
 
