@@ -131,6 +131,7 @@ int nfq_replay_run(const struct nfq_replay_opts *o)
 	r.in = pcap_open_offline(o->capture, errbuf);
 	if (!r.in) {
 		fprintf(stderr, "nfqlua: cannot read capture '%s': %s\n", o->capture, errbuf);
+		nfq_sender_close(o->engine.sender);
 		return 1;
 	}
 	r.linktype = pcap_datalink(r.in);
@@ -140,6 +141,7 @@ int nfq_replay_run(const struct nfq_replay_opts *o)
 		if (!r.out) {
 			fprintf(stderr, "nfqlua: cannot write '%s': %s\n", o->out,
 				r.out_handle ? pcap_geterr(r.out_handle) : "out of memory");
+			nfq_sender_close(o->engine.sender);
 			goto done;
 		}
 	}

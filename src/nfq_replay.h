@@ -5,7 +5,7 @@
 #include "nfq_engine.h"
 
 struct nfq_replay_opts {
-	struct nfq_engine_opts engine;	/* script, mode, range, fallback, flags */
+	struct nfq_engine_opts engine;	/* script, mode, range, fallback, flags, sender (owned) */
 	const char *capture;		/* pcap or pcapng file to read */
 	const char *out;		/* capture of the accepted packets, or NULL */
 	uint32_t hook;			/* the hook packets claim to come from */
