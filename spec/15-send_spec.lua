@@ -392,3 +392,125 @@ describe("nfq.send #kernel", function()
 		assert.is_nil(H.queue_info(1), "not bound")
 	end)
 end)
+
+-- A daemon script that sends A<n> and B<n> around its verdict for each
+-- datagram <n>, to 127.0.0.1:7201. The IPv4 checksum is the kernel's, and
+-- UDP over IPv4 may go without one.
+local ORDER_SCRIPT = [[
+local nfq = require "nfq"
+local function u16(n) return string.char(math.floor(n / 256), n % 256) end
+local function udp(data)
+	return "\69\0" .. u16(28 + #data) .. "\0\0\0\0\64\17\0\0\127\0\0\1\127\0\0\1"
+		.. u16(7200) .. u16(7201) .. u16(8 + #data) .. "\0\0" .. data
+end
+return function(pkt)
+	local n = pkt:get_payload():sub(29)
+	assert(nfq.send(udp("A" .. n)))
+	pkt:accept()
+	assert(nfq.send(udp("B" .. n)))
+end
+]]
+
+-- Receive on 127.0.0.1:7201 until a second passes without a datagram; one line each.
+local RECEIVER = [[
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, 33, 32 << 20)  # SO_RCVBUFFORCE
+s.bind(("127.0.0.1", 7201))
+open(sys.argv[1] + ".ready", "w").close()
+s.settimeout(5)
+out = open(sys.argv[1], "w")
+try:
+    while True:
+        out.write(s.recv(100).decode() + "\n")
+        s.settimeout(1)
+except socket.timeout:
+    pass
+out.close()
+open(sys.argv[1] + ".done", "w").close()
+]]
+
+describe("nfqlua --send #kernel", function()
+	H.isolated_tests()
+
+	local function script(text)
+		local path = H.tmpfile(text, ".lua")
+		H.sh("chmod 644 " .. path)
+		return path
+	end
+
+	it("sends A, the original, B in that order for every datagram of a flood", function()
+		H.sh("iptables -A OUTPUT -m mark --mark 0x1/0x1 -j RETURN")
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 7201 -j NFQUEUE --queue-num 1")
+		local d = H.daemon(script(ORDER_SCRIPT) .. " --queue 1 --send --send-mark 0x1/0x1")
+		d:wait_output("sending is on (--send): sent packets leave with mark 0x1/0x1")
+		H.wait_queue_ready(1)
+		local got = H.tmpfile("")
+		os.execute(("python3 %s %s > %s.log 2>&1 &"):format(H.tmpfile(RECEIVER, ".py"), got, got))
+		H.wait_for(function() return H.read_file(got .. ".ready") end, 5, "the receiver")
+		local n = 3000
+		H.sh(("python3 -c 'import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+			.. "for i in range(%d): s.sendto(b\"%%d\" %% i, (\"127.0.0.1\", 7201))'"):format(n))
+		H.wait_for(function() return H.read_file(got .. ".done") end, 30, "the receiver to finish")
+		local lines, bad = {}, nil
+		for line in H.read_file(got):gmatch("[^\n]+") do lines[#lines + 1] = line end
+		assert.equal(3 * n, #lines)
+		for i = 0, n - 1 do
+			local want = { "A" .. i, tostring(i), "B" .. i }
+			for k = 1, 3 do
+				if not bad and lines[3 * i + k] ~= want[k] then
+					bad = ("datagram %d: %s where %s was due"):format(3 * i + k, lines[3 * i + k], want[k])
+				end
+			end
+		end
+		assert.is_nil(bad)
+		d:signal("TERM")
+		assert.equal(0, d:wait())
+		assert.matches(("received=%d accepted=%d .- sent=%d send_errors=0 "):format(n, n, 2 * n), d:output())
+	end)
+
+	it("with --user keeps CAP_NET_ADMIN only, and still sends", function()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 7202 -j NFQUEUE --queue-num 1")
+		local rx, tx = H.udp("127.0.0.1", 7201), H.udp()
+		local dir = H.sh("mktemp -d"):gsub("%s+$", "")
+		finally(function() os.execute("rm -rf " .. dir) end)
+		local f = assert(io.open(dir .. "/order.lua", "w"))
+		f:write(ORDER_SCRIPT)
+		f:close()
+		H.sh("chmod 755 " .. dir .. " && chmod 644 " .. dir .. "/order.lua")
+		local d = H.daemon(dir .. "/order.lua --queue 1 --user nobody --send")
+		d:wait_output("bound")
+		H.wait_queue_ready(1)
+		assert.matches("running as user nobody", d:output(), 1, true)
+		for task in H.sh("ls /proc/" .. d.pid .. "/task"):gmatch("%d+") do
+			local status = H.read_file(("/proc/%d/task/%s/status"):format(d.pid, task))
+			for _, set in ipairs { "CapEff", "CapPrm", "CapBnd" } do
+				assert.equal(0x1000, tonumber(status:match(set .. ":%s*(%x+)"), 16), set .. " of task " .. task)
+			end
+		end
+		tx:sendto("7", "127.0.0.1", 7202)
+		assert.same({ "A7", "B7" }, rx:recv_all(0.5))
+	end)
+
+	it("refuses what does not go together, and says why sending is off or cannot start", function()
+		local s = script(ORDER_SCRIPT)
+		local rc, out = H.run_nfqlua(s .. " --queue 1 --send-mark 0x1/0x1")
+		assert.same({ 2, "nfqlua: --send-mark goes with --send: add --send, or leave --send-mark out (see nfqlua --help)\n" },
+			{ rc, out })
+		rc, out = H.run_nfqlua(s .. " --queue 1 --send --send-mark 1/x")
+		assert.same({ 2, "nfqlua: --send-mark must be MARK or MARK/MASK, numbers from 0 to 0xffffffff, got '1/x' "
+			.. "(see nfqlua --help)\n" }, { rc, out })
+		rc, out = H.run_nfqlua(s .. " --check --send")
+		assert.same({ 2, "nfqlua: --send has no effect with --check: leave it out (see nfqlua --help)\n" }, { rc, out })
+		rc, out = H.run_nfqlua(s .. " --queue 1 --send", "setpriv --bounding-set=-net_raw ")
+		assert.same({ 1, "nfqlua: --send: cannot open the raw sockets for sending: Operation not permitted "
+			.. "(they need root or CAP_NET_RAW)\n" }, { rc, out })
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 7203 -j NFQUEUE --queue-num 1")
+		local rx, tx = H.udp("127.0.0.1", 7203), H.udp()
+		local d = H.daemon(s .. " --queue 1")
+		H.wait_queue_ready(1)
+		tx:sendto("1", "127.0.0.1", 7203)
+		assert.equal("1", rx:recv(1), "the script's error gives the fallback verdict")
+		d:wait_output("nfq.send: sending is off: run nfqlua with --send")
+	end)
+end)

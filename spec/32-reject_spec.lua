@@ -199,6 +199,46 @@ describe("pkt:reject without a kernel", function()
 		assert.same({ 1, 3, 3 }, { r.sent[2].packet:byte(10), r.sent[2].packet:byte(21), r.sent[2].packet:byte(22) })
 	end)
 
+	it("shows the answers under nfqlua --replay --send, and writes them to --out between the accepted packets",
+		function()
+			local function le32(n)
+				return string.char(n % 256, math.floor(n / 256) % 256, math.floor(n / 65536) % 256,
+					math.floor(n / 16777216))
+			end
+			local frames = {
+				testing.packet { proto = "tcp", dport = 23, payload = "one" },
+				testing.packet { proto = "udp", dport = 53, payload = "two" },
+				testing.packet { proto = "udp", dport = 5555, payload = "three" },
+			}
+			-- A raw-IP pcap (link type 101), packet i at 1700000000 + i seconds.
+			local out = { le32(0xa1b2c3d4), "\2\0\4\0", le32(0), le32(0), le32(65535), le32(101) }
+			for i, f in ipairs(frames) do out[#out + 1] = le32(1700000000 + i) .. le32(0) .. le32(#f) .. le32(#f) .. f end
+			local cap, kept = H.tmpfile(table.concat(out), ".pcap"), H.tmpfile()
+			local script = H.root .. "/scripts/examples/reject_port.lua"
+			local rc, text = H.run_nfqlua(("--replay %s %s --send --send-mark 0x1/0x1 --out %s"):format(cap, script, kept),
+				"NFQ_REJECT_PORTS=23,5555 ")
+			assert.equal(0, rc, text)
+			local lines = {}
+			for line in text:gmatch("[^\n]+") do
+				if not line:find("^reject_port:") then lines[#lines + 1] = line end
+			end
+			assert.same({
+				"#1 1700000001.000000 TCP packet, 43 bytes -> drop",
+				"sent 1700000001.000000 TCP packet, 40 bytes mark=0x1",
+				"#2 1700000002.000000 UDP packet, 31 bytes -> accept",
+				"#3 1700000003.000000 UDP packet, 33 bytes -> drop",
+				"sent 1700000003.000000 ICMP packet, 61 bytes mark=0x1",
+			}, { lines[1], lines[2], lines[3], lines[4], lines[5] })
+			assert.matches("accept=1 drop=2 .- sent=2 ", lines[6])
+			local dump = H.sh("tcpdump -r " .. kept .. " -n 2>/dev/null")
+			local order = {}
+			for proto in dump:gmatch("IP [%d.]+ > [%d.:]+ (%a+)") do order[#order + 1] = proto end
+			assert.same({ "Flags", "domain", "ICMP" }, order, dump)
+			rc, text = H.run_nfqlua(("--replay %s %s"):format(cap, script), "NFQ_REJECT_PORTS=23,5555 ")
+			assert.equal(0, rc)
+			assert.matches("script error: .-reject: sending is off: run nfqlua with %-%-send", text)
+		end)
+
 	it("replays its fuzz corpus through the builders without a crash", function()
 		local files = H.sh(("ls %s/spec/fuzz/corpus/reject | wc -l"):format(H.root))
 		local out = H.sh(("cd %s && build/replay_reject spec/fuzz/corpus/reject/*"):format(H.root))
@@ -386,6 +426,28 @@ describe("pkt:reject #kernel", function()
 		end
 		assert.same({ [C.NFQ_HOOK_FORWARD] = true }, hooks)
 		assert.same({ 4, 0 }, { q:stats().sent, q:stats().send_errors })
+	end)
+
+	it("reject_port.lua in the daemon refuses the listed ports to another host and lets the rest through", function()
+		local peer = peer_namespace("ex")
+		link("nfqre0", "nfqre1", peer, "169.254.94", "fd00:94")
+		for _, ipt in ipairs { "iptables", "ip6tables" } do
+			H.sh(ipt .. " -A INPUT -m mark --mark 0x1/0x1 -j RETURN")
+			H.sh(ipt .. " -A INPUT -i nfqre0 -j NFQUEUE --queue-num 1")
+		end
+		local open = H.tcp_listen("169.254.94.1", 7331)
+		finally(function() open:close() end)
+		local d = H.daemon(H.root .. "/scripts/examples/reject_port.lua --queue 1 --send --send-mark 0x1/0x1",
+			"NFQ_REJECT_PORTS=7330,7332")
+		H.wait_queue_ready(1)
+		assert_refused_at_once(refused(nil, "tcp", "169.254.94.1", 7330, peer))
+		assert_refused_at_once(refused(nil, "tcp", "fd00:94::1", 7330, peer))
+		assert_refused_at_once(refused(nil, "udp", "169.254.94.1", 7332, peer))
+		assert.equal("connected", refused(nil, "tcp", "169.254.94.1", 7331, peer))
+		d:signal("TERM")
+		assert.equal(0, d:wait())
+		assert.matches("reject_port: answered 3 packets, dropped 0 without an answer", d:output(), 1, true)
+		assert.matches("sent=3 send_errors=0", d:output(), 1, true)
 	end)
 
 	it("quotes the datagram it refuses in its ICMP and ICMPv6 error, which the socket reports", function()
