@@ -5,8 +5,8 @@
  *   raw_sender [-d 198.18.0.2] [-s SIZE] [-t SECONDS] [-b BATCH] [-c CPU]
  *
  * The destination must be in 198.18.0.0/15 (RFC 2544's benchmark range),
- * which send.sh routes to a dummy device in a private namespace: nothing
- * leaves the machine. Prints "sent=N errors=E seconds=S".
+ * which send.sh routes to a veth device in a private namespace whose peer
+ * drops it: nothing leaves the machine. Prints "sent=N errors=E seconds=S".
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>

@@ -2,12 +2,12 @@
 # make bench-send (also run by make bench): how many packets/s nfq.send gets
 # out of a script, against bench/raw_sender, a C raw-socket sender that sends
 # the same prebuilt packet with sendmmsg, 64 per call, as nfq.send's flush
-# does. Both are pinned to CPU (1) and send 64-byte UDP (IPv4) to a dummy
-# device in a private namespace, which drops them: the figure is the send
-# path alone. Packets/s come from the device's tx counter over each WINDOW,
-# CPU µs/packet from the sender's utime+stime; RUNS rounds, each measuring
-# every sender once, medians. Puts its section in bench/RESULTS.md, in place
-# of the last run's.
+# does. Both are pinned to CPU (1) and send 64-byte UDP (IPv4) out of a veth
+# device in a private namespace, whose peer drops them unread: the figure is
+# the send path. Packets/s come from the device's tx counter over each
+# WINDOW, CPU µs/packet from the sender's utime+stime; RUNS rounds, each
+# measuring every sender once, medians. Puts its section in
+# bench/RESULTS.md, in place of the last run's.
 set -euo pipefail
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$(dirname "$BENCH_DIR")"
@@ -26,9 +26,13 @@ if [[ ${1:-} != --inside ]]; then
 	exec unshare -n "$0" --inside
 fi
 ip link set lo up
-ip link add "$DEV" type dummy
+# A veth pair whose far end drops what it gets, unread: frames addressed to
+# a hardware address that is not its own (dummy devices are not in every kernel).
+ip link add "$DEV" type veth peer name "${DEV}p"
 ip addr add 198.18.0.1/15 dev "$DEV"
 ip link set "$DEV" up
+ip link set "${DEV}p" up
+ip neigh replace 198.18.0.2 lladdr 02:00:00:00:00:02 dev "$DEV" nud permanent
 TMP=$(mktemp -d /tmp/nfq-send.XXXXXX)
 PID=
 cleanup() {
@@ -38,7 +42,8 @@ cleanup() {
 trap cleanup EXIT
 CLK_TCK=$(getconf CLK_TCK)
 
-tx() { cat "/sys/class/net/$DEV/statistics/tx_packets"; }
+# The device's tx packets, from /proc/net/dev (sysfs shows another namespace's).
+tx() { awk -v d="$DEV:" '{ sub(/^ */, "") } index($0, d) == 1 { sub(d, ""); split($0, f); print f[10] }' /proc/net/dev; }
 cpu_ticks() {
 	local s
 	s=$(<"/proc/$1/stat")
@@ -107,8 +112,9 @@ report=$(cat <<MD
 
 ## Sending ($(date -u '+%Y-%m-%d %H:%M UTC'))
 
-\`bench/send.sh\`: ${SIZE}-byte UDP (IPv4) sent through raw sockets to a dummy device in a private namespace, sender pinned to
-CPU $CPU; packets/s from the device's tx counter, medians of $RUNS windows of ${WINDOW} s (rounds interleave the senders).
+\`bench/send.sh\`: ${SIZE}-byte UDP (IPv4) sent through raw sockets out of a veth device in a private namespace (its peer drops
+them unread), sender pinned to CPU $CPU; packets/s from the device's tx counter, medians of $RUNS windows of ${WINDOW} s
+(rounds interleave the senders).
 
 | sender | packets/s | vs C | CPU µs/packet |
 |---|---:|---:|---:|

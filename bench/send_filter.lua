@@ -1,7 +1,7 @@
 -- nfq.send's side of bench/send.sh: every on_timer call sends BENCH_SEND_BURST
 -- copies of one IPv4/UDP packet (BENCH_SEND_SIZE bytes of payload, the packet
--- bench/raw_sender sends) to 198.18.0.2, which send.sh routes to a dummy
--- device. Sends inside on_timer leave in batches, a sendmmsg() per 64, as
+-- bench/raw_sender sends) to 198.18.0.2, which send.sh routes out of a veth
+-- device whose peer drops it. Sends inside on_timer leave in batches, a sendmmsg() per 64, as
 -- the C reference sends them. BENCH_SEND_MARK gives every packet its own
 -- mark (opts.mark: an SO_MARK control message per packet).
 --   ./nfqlua bench/send_filter.lua --queue 0 --send
