@@ -513,4 +513,24 @@ describe("nfqlua --send #kernel", function()
 		assert.equal("1", rx:recv(1), "the script's error gives the fallback verdict")
 		d:wait_output("nfq.send: sending is off: run nfqlua with --send")
 	end)
+
+	it("logs what the kernel refuses to send from a callback, and counts it", function()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 7204 -j NFQUEUE --queue-num 1")
+		local tx = H.udp()
+		local d = H.daemon(script([[
+			local nfq = require "nfq"
+			return function(pkt)
+				local bytes = pkt:get_payload()
+				pkt:accept()
+				-- 10.99.0.1 has no route in this namespace.
+				assert(nfq.send(bytes:sub(1, 16) .. "\10\99\0\1" .. bytes:sub(21)))
+			end
+		]]) .. " --queue 1 --send")
+		H.wait_queue_ready(1)
+		tx:sendto("x", "127.0.0.1", 7204)
+		d:wait_output("queue 1: 1 sent packet refused, the last: sending a 29-byte IPv4 packet to 10.99.0.1: "
+			.. "Network is unreachable (no route to it)")
+		d:signal("USR1")
+		d:wait_output("sent=0 send_errors=1 ")
+	end)
 end)
