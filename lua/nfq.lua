@@ -286,9 +286,9 @@ Packet.rerun = Packet["repeat"]
 
 local describe_buf = ffi.new("char[64]")
 
--- The queue whose callback runs now (set by dispatch), the daemon's or an
--- offline run's queue outside callbacks (_set_send_queue), and the one
--- nfq.stats() reads (_adopt).
+-- The library queue whose callback runs now (set by q:run), the daemon's or
+-- an offline run's queue (_set_send_queue), and the one nfq.stats() reads
+-- (_adopt).
 local running_queue, default_send_queue, adopted_queue
 
 -- Library queues bound with send = true: nfq.send outside a callback takes
@@ -532,8 +532,6 @@ local function dispatch(self)
 	local q = self.q
 	local cb = self.callback
 	local pkts = self.pkts
-	local outer = running_queue
-	running_queue = self
 	while q.pos < q.count do
 		local i = q.pos
 		q.pos = i + 1
@@ -541,7 +539,6 @@ local function dispatch(self)
 		cb(packet_t(p, p.gen, p.id, p.mark, p.hw_protocol, p.hook))
 		C.nfq_packet_finish(p)
 	end
-	running_queue = outer
 end
 Queue._dispatch = dispatch
 
@@ -789,6 +786,7 @@ function Queue:run(block, max_batches)
 		end
 		self.dispatching = true
 		local outer = running_queue
+		running_queue = self
 		local ok, err = pcall(dispatch, self)
 		running_queue = outer
 		self.dispatching = false
@@ -963,12 +961,10 @@ local function sending_queue(level)
 	error(("nfq.send: %d queues are bound with send = true; call q:send() on the one to send from"):format(n), level + 1)
 end
 
---- For the daemon and offline runs: the queue nfq.send uses outside
--- callbacks (on_start, on_timer, on_stop), or nil when the run is over;
--- either way a callback's queue that an error left set is forgotten.
+--- For the daemon and offline runs: the queue nfq.send uses, in callbacks
+-- and outside them (on_start, on_timer, on_stop), or nil when the run is over.
 function _M._set_send_queue(queue)
 	default_send_queue = queue
-	running_queue = nil
 end
 
 --- Send a whole IPv4 or IPv6 packet: from the queue whose callback runs,

@@ -182,6 +182,8 @@ describe("nfq.send without a kernel (nfq.testing)", function()
 				pkt:reject()
 			end
 		end)
+		nfq._set_send_queue(queue)
+		finally(function() nfq._set_send_queue(nil) end)
 		local meta = ffi.new("struct nfq_packet")
 		local function round()
 			for i = 1, 64 do
