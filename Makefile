@@ -56,7 +56,8 @@ EXAMPLES = $(wildcard scripts/examples/*.lua) scripts/examples/embed.c \
 	$(wildcard scripts/examples/openresty/*)
 
 BUILD = build
-CORE_SRC = src/nfq_queue.c src/nfq_packet.c src/nfq_headers.c src/nfq_version.c
+CORE_SRC = src/nfq_queue.c src/nfq_packet.c src/nfq_headers.c src/nfq_send.c src/nfq_reject.c \
+	src/nfq_version.c
 ENGINE_SRC = src/nfq_engine.c
 # The daemon: main() and flags, its workers, its log, --replay.
 DAEMON_SRC = src/nfq_daemon.c src/nfq_workers.c src/nfq_log.c src/nfq_replay.c
@@ -70,9 +71,9 @@ SPEC_ENV = NFQ_ROOT=$(CURDIR) LUA_PATH='lua/?.lua;lua/?/init.lua;spec/?.lua;;' L
 FUZZ_CC ?= clang
 FUZZ_SECONDS ?= 600
 FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -fvisibility=hidden
-FUZZ_TARGETS = packet headers
+FUZZ_TARGETS = packet headers reject
 
-.PHONY: all lib asan tsan deps deps-build deps-fuzz lint test unit demo bench bench-scale soak install uninstall clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
+.PHONY: all lib asan tsan deps deps-build deps-fuzz lint test unit demo bench bench-scale bench-send soak install uninstall clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
 
 all: nfqlua lua/nfq/core.so lib
 
@@ -165,10 +166,17 @@ demo: deps-build
 	$(MAKE) all
 	./scripts/demo.sh
 
-# Figures, not assertions: writes bench/RESULTS.md (about 3 minutes, as root).
+# Figures, not assertions: writes bench/RESULTS.md (about 3 minutes, as root),
+# nfq.send's section included.
 bench: deps-build
 	$(MAKE) all
 	bench/run.sh
+	bench/send.sh
+
+# nfq.send against a C raw-socket sender: its section of bench/RESULTS.md.
+bench-send: deps-build
+	$(MAKE) all
+	bench/send.sh
 
 # nfqlua --queue 0-1 against one queue, two senders: its section of bench/RESULTS.md.
 bench-scale: deps-build
@@ -215,6 +223,8 @@ $(BUILD)/fuzz/%.o: spec/fuzz/%.c Makefile
 	$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_FLAGS) $(DEPFLAGS) -Isrc $(CORE_CFLAGS) $(LUA_CFLAGS) -c -o $@ $<
 
 $(BUILD)/fuzz_packet: $(BUILD)/fuzz/fuzz_packet.o $(FUZZ_CORE_OBJ)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ $(CORE_LIBS)
+$(BUILD)/fuzz_reject: $(BUILD)/fuzz/fuzz_reject.o $(FUZZ_CORE_OBJ)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ $(CORE_LIBS)
 $(BUILD)/fuzz_headers: $(BUILD)/fuzz/fuzz_headers.o $(FUZZ_CORE_OBJ) lua/nfq/cdef.lua
 	$(FUZZ_CC) $(FUZZ_FLAGS) -Wl,-E -o $@ $(filter %.o,$^) $(CORE_LIBS) $(LUA_LIBS)

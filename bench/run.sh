@@ -364,8 +364,8 @@ consumer_row() {
 	echo "| $2 B | $label | $(fmt "${R_PPS[$k]}") | $(fmtk "${R_MIN[$k]}")–$(fmtk "${R_MAX[$k]}") | $ratio | $ratio_mark | ${R_CPU[$k]} | ${R_BUSY[$k]}% | ${R_QDROP[$k]} / ${R_UDROP[$k]} (${drops_pct}% of sent) | ${R_RSS[$k]} MB |"
 }
 
-# make soak and make bench-scale append their own sections: keep them.
-APPENDED=$(awk '/^## (Soak|Scaling)/ {keep = 1} keep' "$OUT" 2>/dev/null || true)
+# make soak, make bench-scale and bench/send.sh append their own sections: keep them.
+APPENDED=$(awk '/^## (Soak|Scaling|Sending)/ {keep = 1} keep' "$OUT" 2>/dev/null || true)
 ELAPSED=$(awk -v a="$T0" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.0f", b - a}')
 CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 ref_id=$(cut -d'|' -f1 <<<"${CONSUMERS[0]}")

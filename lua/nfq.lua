@@ -18,7 +18,7 @@ local headers = require "nfq.headers"
 local band, bor, rshift = bit.band, bit.bor, bit.rshift
 local floor = math.floor
 local type, error, pcall, tostring, tonumber = type, error, pcall, tostring, tonumber
-local setmetatable, getmetatable, pairs, ipairs = setmetatable, getmetatable, pairs, ipairs
+local setmetatable, getmetatable, pairs, ipairs, next = setmetatable, getmetatable, pairs, ipairs, next
 local ffi_string, ffi_errno, ffi_gc, ffi_cast = ffi.string, ffi.errno, ffi.gc, ffi.cast
 
 if not pcall(function() return ffi.C.nfq_strerror end) then
@@ -77,7 +77,7 @@ local _M = {
 }
 
 local NF_DROP, NF_ACCEPT, NF_REPEAT = C.NFQ_DROP, C.NFQ_ACCEPT, C.NFQ_REPEAT
-local EINTR, EALREADY, EMSGSIZE = 4, 114, 90
+local EINTR, EPERM, EALREADY, EMSGSIZE = 4, 1, 114, 90
 
 local PKT_PENDING = C.NFQ_PKT_PENDING
 local PF_HW, PF_TIMESTAMP = C.NFQ_PF_HW, C.NFQ_PF_TIMESTAMP
@@ -292,6 +292,89 @@ Packet.rerun = Packet["repeat"]
 
 local describe_buf = ffi.new("char[64]")
 
+-- The library queue whose callback runs now (set by q:run), the daemon's or
+-- an offline run's queue (_set_send_queue), and the one nfq.stats() reads
+-- (_adopt).
+local running_queue, default_send_queue, adopted_queue
+
+-- Library queues bound with send = true: nfq.send outside a callback takes
+-- the only one.
+local send_queues = setmetatable({}, { __mode = "k" })
+
+local SEND_OFF = "sending is off: run nfqlua with --send (in library mode, bind the queue with send = true; "
+	.. "in nfq.testing.run, opts.send = true)"
+
+local reject_kinds = {
+	["tcp-reset"] = C.NFQ_REJECT_TCP_RESET,
+	["icmp-port-unreachable"] = C.NFQ_REJECT_PORT_UNREACHABLE,
+	["icmp-host-unreachable"] = C.NFQ_REJECT_HOST_UNREACHABLE,
+	["icmp-net-unreachable"] = C.NFQ_REJECT_NET_UNREACHABLE,
+	["icmp-admin-prohibited"] = C.NFQ_REJECT_ADMIN_PROHIBITED,
+	["icmp-host-prohibited"] = C.NFQ_REJECT_HOST_PROHIBITED,
+	["icmp-net-prohibited"] = C.NFQ_REJECT_NET_PROHIBITED,
+	-- ip6tables' names, for the same answers
+	["icmp6-port-unreachable"] = C.NFQ_REJECT_PORT_UNREACHABLE,
+	["icmp6-addr-unreachable"] = C.NFQ_REJECT_HOST_UNREACHABLE,
+	["icmp6-no-route"] = C.NFQ_REJECT_NET_UNREACHABLE,
+	["icmp6-adm-prohibited"] = C.NFQ_REJECT_ADMIN_PROHIBITED,
+}
+local reject_names = {}
+for name in pairs(reject_kinds) do reject_names[#reject_names + 1] = name end
+table.sort(reject_names)
+local REJECT_MAX_LEN = C.NFQ_REJECT_MAX_LEN
+local REJECT_VERIFY_CSUM, REJECT_ENOTTCP = C.NFQ_REJECT_VERIFY_CSUM, C.NFQ_REJECT_ENOTTCP
+local SKB_CSUMNOTREADY = 1
+local reject_buf = ffi.new("uint8_t[?]", REJECT_MAX_LEN)
+
+--- Drop the packet and answer its sender as iptables REJECT does: true, or
+-- nil and why no answer was sent (the packet is dropped all the same).
+-- After its first C call it reads nothing more from self: the JIT can then
+-- leave the packet object unallocated (see README, Sending and rejecting).
+function Packet:reject(how)
+	local p = live(self)
+	local id = self.id
+	local kind = C.NFQ_REJECT_DEFAULT
+	if how ~= nil then
+		kind = reject_kinds[how]
+		if not kind then
+			error(("nfq: reject: unknown answer %s; the answers are %s"):format(shown(how),
+				table.concat(reject_names, ", ")), 2)
+		end
+	end
+	check_pending(self, p)
+	local q = p.queue
+	if q == nil then
+		error(("nfq: packet %d: its queue was unbound or closed, which gave it the fallback verdict"):format(id), 2)
+	end
+	if q.sender == nil then
+		error("nfq: reject: " .. SEND_OFF, 2)
+	end
+	if p.payload == nil then
+		error(("nfq: reject: packet %d has no payload to answer: the queue copies metadata only "
+			.. "(bind with mode = nfq.COPY_PACKET)"):format(id), 2)
+	end
+	-- A local packet's checksum may be left to the device: not checked then.
+	if band(p.flags, PF_SKBINFO) == 0 or band(p.skbinfo, SKB_CSUMNOTREADY) == 0 then
+		kind = bor(kind, REJECT_VERIFY_CSUM)
+	end
+	local n = C.nfq_reject_build(reject_buf, REJECT_MAX_LEN, p.payload, p.payload_len, kind)
+	if n == REJECT_ENOTTCP then
+		error(("nfq: reject: tcp-reset answers TCP segments only, and packet %d is not one; "
+			.. "give an ICMP answer instead"):format(id), 2)
+	end
+	if C.nfq_packet_verdict(p, NF_DROP) ~= 0 then
+		error(("nfq: verdict for packet %d: %s"):format(id, strerror(ffi_errno())), 2)
+	end
+	if n < 0 then
+		return nil, ffi_string(C.nfq_reject_strerror(n)) .. " (the packet was dropped)"
+	end
+	-- An IPv6 link-local sender is answered on the interface its packet came in on.
+	if C.nfq_queue_send(q, reject_buf, n, 0, 0, p.indev) ~= 0 then
+		return nil, ffi_string(q.errmsg) .. " (the packet was dropped)"
+	end
+	return true
+end
+
 local function describe(pkt)
 	local p = pkt.p
 	if p.gen ~= pkt.gen then
@@ -485,8 +568,6 @@ function _M.new(opts)
 	return setmetatable({ q = q }, Queue)
 end
 
-local adopted_queue
-
 --- A Queue over a queue that C owns (the daemon's); it cannot unbind it.
 function _M._adopt(qptr, callback)
 	local q = ffi_cast(queue_ptr_t, qptr)
@@ -509,6 +590,7 @@ end
 local bind_opts = {
 	max_len = true, mode = true, range = true, sock_len = true, fallback = true,
 	fail_open = true, gso = true, conntrack = true, uid_gid = true, secctx = true,
+	send = true, send_mark = true, send_mask = true,
 }
 -- Boolean bind options that set queue flags, with their defaults.
 local flag_opts = {
@@ -518,6 +600,29 @@ local flag_opts = {
 	{ "uid_gid", C.NFQ_FLAG_UID_GID, false },
 	{ "secctx", C.NFQ_FLAG_SECCTX, false },
 }
+
+-- The sender that bind options ask for: nil without send = true, or the
+-- reason it could not be opened.
+local function open_sender(opts, level)
+	if opts.send ~= nil and type(opts.send) ~= "boolean" then
+		error("nfq: send must be true or false, got " .. shown(opts.send), level + 1)
+	end
+	if not opts.send then
+		if opts.send_mark ~= nil or opts.send_mask ~= nil then
+			error("nfq: send_mark and send_mask go with send = true", level + 1)
+		end
+		return nil
+	end
+	local mark = check_int(opts.send_mark or 0, 0, 0xffffffff, "send_mark", level + 1)
+	local mask = check_int(opts.send_mask or 0, 0, 0xffffffff, "send_mask", level + 1)
+	local sender = C.nfq_sender_open(mark, mask, 1)
+	if sender == nil then
+		local e = ffi_errno()
+		return ("cannot open the raw sockets that send = true needs: %s%s"):format(strerror(e),
+			e == EPERM and " (they need root or CAP_NET_RAW)" or "")
+	end
+	return sender
+end
 
 function Queue:bind(queue_num, callback, opts)
 	local q = queue_of(self, 2)
@@ -553,9 +658,14 @@ function Queue:bind(queue_num, callback, opts)
 		end
 		if on then flags = bor(flags, bit_value) end
 	end
+	local sender = open_sender(opts, 2)
+	if type(sender) == "string" then return nil, sender end
 	if C.nfq_queue_bind(q, queue_num, mode, range, max_len, sock_len, flags) ~= 0 then
+		C.nfq_sender_close(sender)
 		return nil, ffi_string(q.errmsg)
 	end
+	C.nfq_queue_set_sender(q, sender)
+	send_queues[self] = sender ~= nil or nil
 	self.callback = callback
 	self.queue_num = queue_num
 	-- The slot array lives as long as the queue: caching the pointer saves
@@ -604,6 +714,7 @@ function Queue:unbind()
 	end
 	self.queue_num = nil
 	self.callback = nil
+	send_queues[self] = nil
 	if self.dispatching then
 		defer(self, "unbind")
 		return true
@@ -622,6 +733,7 @@ function Queue:close()
 	end
 	self.queue_num = nil
 	self.callback = nil
+	send_queues[self] = nil
 	if self.dispatching then
 		defer(self, "close")
 		return
@@ -691,7 +803,10 @@ function Queue:run(block, max_batches)
 			end
 		end
 		self.dispatching = true
+		local outer = running_queue
+		running_queue = self
 		local ok, err = pcall(dispatch, self)
+		running_queue = outer
 		self.dispatching = false
 		if not ok then
 			q.stats.script_errors = q.stats.script_errors + 1
@@ -707,7 +822,8 @@ end
 
 local stat_names = {
 	"received", "accepted", "dropped", "repeated", "requeued", "fallback",
-	"verdict_errors", "enobufs", "script_errors", "script_timeouts", "reloads", "reload_failures",
+	"verdict_errors", "enobufs", "sent", "send_errors", "script_errors", "script_timeouts", "reloads",
+	"reload_failures",
 }
 _M.stat_names = stat_names
 
@@ -776,6 +892,105 @@ end
 _M.ntop = headers.ntop
 _M.csum_replace16 = headers.csum_replace16
 _M.csum_replace32 = headers.csum_replace32
+
+--------------------------------------------------------------------------
+-- Sending
+--------------------------------------------------------------------------
+
+-- The longest packet there is: an IPv6 header and 65535 bytes of payload.
+local MAX_SEND_LEN = 40 + 65535
+local send_opts = { mark = true }
+
+local function view_of(obj) return obj.view end
+
+-- What nfq.send was given, as pointer, length and options: (string [, opts]),
+-- (ptr, len [, opts]), or (object with view() [, opts]).
+local function send_args(what, data, x, y, level)
+	local t = type(data)
+	if t == "string" and type(x) ~= "number" then return data, #data, x end
+	if type(x) == "number" then
+		if t ~= "cdata" then
+			error(("nfq: %s: a length goes with a pointer (cdata), but the first argument is %s"):format(what, shown(data)),
+				level + 1)
+		end
+		return data, check_int(x, 0, MAX_SEND_LEN, what .. ": the length", level + 1), y
+	end
+	if t == "cdata" or t == "table" or t == "userdata" then
+		local found, view = pcall(view_of, data)
+		if found and is_callable(view) then
+			local ptr, len = view(data)
+			return ptr, len, x
+		end
+		if t == "cdata" then
+			error(("nfq: %s: a pointer needs its length: %s(ptr, len [, opts])"):format(what, what), level + 1)
+		end
+	end
+	error(("nfq: %s expects a string, a packet or buffer (an object with view()), or a pointer and a length, got %s")
+		:format(what, shown(data)), level + 1)
+end
+
+local function send_on(q, what, level, data, x, y)
+	local ptr, len, opts = send_args(what, data, x, y, level + 1)
+	local mark, has_mark = 0, 0
+	if opts ~= nil then
+		-- Without a loop over opts: a loop would end the JIT's trace here.
+		local key = type(opts) == "table" and next(opts)
+		if key == nil or (key == "mark" and next(opts, key) == nil) then
+			mark = opts.mark
+		else
+			check_opts(opts, send_opts, what, level + 1)
+		end
+		if mark ~= nil then
+			mark, has_mark = check_int(mark, 0, 0xffffffff, what .. ": mark", level + 1), 1
+		else
+			mark = 0
+		end
+	end
+	if q.sender == nil then
+		error(("nfq: %s: %s"):format(what, SEND_OFF), level + 1)
+	end
+	if C.nfq_queue_send(q, ptr, len, mark, has_mark, 0) ~= 0 then
+		return nil, ffi_string(q.errmsg)
+	end
+	return true
+end
+
+--- Send a whole IPv4 or IPv6 packet through this queue's raw sockets (bind
+-- with send = true): true, or nil and why. Inside a callback it leaves in
+-- order with the batch's verdicts; outside, at once.
+function Queue:send(data, x, y)
+	return send_on(queue_of(self, 2), "q:send", 2, data, x, y)
+end
+
+-- The queue nfq.send sends through.
+local function sending_queue(level)
+	local queue = running_queue or default_send_queue
+	if queue then return queue end
+	local only, n = nil, 0
+	for candidate in pairs(send_queues) do
+		if candidate.q ~= nil then
+			only, n = candidate, n + 1
+		end
+	end
+	if n == 1 then return only end
+	if n == 0 then
+		error("nfq.send: outside a callback, it sends through the queue bound with send = true, and there is none", level + 1)
+	end
+	error(("nfq.send: %d queues are bound with send = true; call q:send() on the one to send from"):format(n), level + 1)
+end
+
+--- For the daemon and offline runs: the queue nfq.send uses, in callbacks
+-- and outside them (on_start, on_timer, on_stop), or nil when the run is over.
+function _M._set_send_queue(queue)
+	default_send_queue = queue
+end
+
+--- Send a whole IPv4 or IPv6 packet: from the queue whose callback runs,
+-- the daemon's queue, or the only library queue bound with send = true.
+function _M.send(data, x, y)
+	local queue = sending_queue(2)
+	return send_on(queue_of(queue, 2), "nfq.send", 2, data, x, y)
+end
 
 --- In a daemon script: the daemon queue's counters, as q:stats() gives them.
 function _M.stats()

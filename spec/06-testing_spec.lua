@@ -259,8 +259,8 @@ describe("nfq.testing", function()
 				run_error(p, nil, { on_packet = accept, on_timer = accept, timer_interval = 0 }))
 			assert.matches('opts.fallback must be "accept" or "drop", got string "reject"$',
 				run_error(p, { fallback = "reject" }))
-			assert.matches("run: opts: unknown field hooks %(the fields are fallback, hook, mode, range%)$",
-				run_error(p, { hooks = "input" }))
+			assert.matches("run: opts: unknown field hooks %(the fields are fallback, hook, mode, range, send, send_mark, "
+				.. "send_mask%)$", run_error(p, { hooks = "input" }))
 			assert.matches("opts.range must be an integer from 1 to 65535, got number 0$", run_error(p, { range = 0 }))
 		end)
 

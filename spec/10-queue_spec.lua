@@ -61,7 +61,8 @@ int main(void)
 ]], ".c")
 		local bin = src .. ".bin"
 		H.sh(("cd %s && cc -g -fsanitize=address -Isrc -o %s %s src/nfq_queue.c src/nfq_packet.c src/nfq_headers.c "
-			.. "-Wl,--wrap=calloc $(pkg-config --libs libmnl libnetfilter_queue) -lpthread"):format(dir, bin, src))
+			.. "src/nfq_send.c -Wl,--wrap=calloc $(pkg-config --libs libmnl libnetfilter_queue) -lpthread")
+			:format(dir, bin, src))
 		local f = io.popen("ASAN_OPTIONS=detect_leaks=1 " .. bin .. " 2>&1; echo rc=$?")
 		local out = f:read("*a")
 		f:close()

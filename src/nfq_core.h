@@ -104,6 +104,39 @@ enum {
 	NFQ_OFFLINE_DRAIN_SECONDS = 60
 };
 
+/*
+ * pkt:reject(how): the answer to build. The ICMP kinds answer IPv6 packets
+ * with their ICMPv6 counterparts. NFQ_REJECT_VERIFY_CSUM, or'ed in, refuses
+ * an original whose transport checksum is wrong, as iptables REJECT does.
+ */
+enum {
+	NFQ_REJECT_DEFAULT = 0,			/* a TCP reset for TCP, port unreachable otherwise */
+	NFQ_REJECT_TCP_RESET = 1,
+	NFQ_REJECT_PORT_UNREACHABLE = 2,	/* ICMP 3/3, ICMPv6 1/4 */
+	NFQ_REJECT_HOST_UNREACHABLE = 3,	/* ICMP 3/1, ICMPv6 1/3 (address unreachable) */
+	NFQ_REJECT_NET_UNREACHABLE = 4,		/* ICMP 3/0, ICMPv6 1/0 (no route) */
+	NFQ_REJECT_ADMIN_PROHIBITED = 5,	/* ICMP 3/13, ICMPv6 1/1 */
+	NFQ_REJECT_HOST_PROHIBITED = 6,		/* ICMP 3/10, ICMPv6 1/1 */
+	NFQ_REJECT_NET_PROHIBITED = 7,		/* ICMP 3/9, ICMPv6 1/1 */
+	NFQ_REJECT_KIND_MASK = 0xff,
+	NFQ_REJECT_VERIFY_CSUM = 0x100,
+	NFQ_REJECT_MAX_LEN = 1280		/* the longest answer: an ICMPv6 error */
+};
+
+/* Why nfq_reject_build() built no answer (nfq_reject_strerror() says it). */
+enum {
+	NFQ_REJECT_EMALFORMED = -1,	/* not a whole IPv4/IPv6 header, or lengths that lie */
+	NFQ_REJECT_ENOTTCP = -2,	/* a TCP reset asked for a packet that is not TCP */
+	NFQ_REJECT_ESHORT = -3,		/* the copy ends before the transport header does */
+	NFQ_REJECT_EFRAGMENT = -4,	/* a fragment other than the first */
+	NFQ_REJECT_ERST = -5,		/* a TCP reset */
+	NFQ_REJECT_EICMPERROR = -6,	/* an ICMP or ICMPv6 error */
+	NFQ_REJECT_EADDRESS = -7,	/* from or to a broadcast, multicast or unspecified address */
+	NFQ_REJECT_ECHECKSUM = -8,	/* its transport checksum is wrong */
+	NFQ_REJECT_EROOM = -9,		/* the output buffer is too small */
+	NFQ_REJECT_EKIND = -10		/* an unknown kind of answer */
+};
+
 struct nfq_queue;
 
 /*
@@ -167,6 +200,8 @@ struct nfq_stats {
 	uint64_t enobufs;		/* receive overruns reported by the kernel */
 	uint64_t script_errors;
 	uint64_t script_timeouts;	/* calls cut short by the watchdog */
+	uint64_t sent;			/* packets nfq.send and pkt:reject gave the kernel */
+	uint64_t send_errors;		/* packets the kernel refused to send */
 	uint64_t reloads;		/* scripts swapped in by a reload */
 	uint64_t reload_failures;	/* reloads refused, old script kept */
 };
@@ -179,6 +214,7 @@ struct nfq_kernel_stats {
 };
 
 struct nfq_queue_priv;
+struct nfq_sender;
 
 struct nfq_queue {
 	struct nfq_packet *pkts;	/* the current batch */
@@ -194,6 +230,7 @@ struct nfq_queue {
 	struct nfq_stats stats;
 	char errmsg[256];		/* why the last call failed */
 	struct nfq_queue_priv *priv;
+	struct nfq_sender *sender;	/* NULL: sending is off (nfq_queue_set_sender) */
 };
 
 /* Protocol headers as they lie in the payload; multi-byte fields are big-endian. */
@@ -255,15 +292,22 @@ struct nfq_lua_packet {
 	const uint8_t hook;
 };
 
-/* A verdict given on an offline queue (replay, tests) instead of being sent. */
+/* What an offline queue records, in the order of the calls. */
+enum {
+	NFQ_RECORD_VERDICT = 0,		/* a verdict, instead of sending it */
+	NFQ_RECORD_SENT = 1		/* a packet nfq.send gave it: payload, mark */
+};
+
+/* A verdict given on an offline queue (replay, tests), or a packet it sent. */
 struct nfq_verdict_record {
+	uint32_t kind;			/* NFQ_RECORD_* */
 	uint32_t id;
 	uint32_t verdict;
 	uint32_t flags;			/* the packet's NFQ_PF_* when it got the verdict */
-	uint32_t mark;			/* with NFQ_PF_MARK_SET */
+	uint32_t mark;			/* with NFQ_PF_MARK_SET; a sent packet's mark */
 	uint32_t connmark;		/* with NFQ_PF_CONNMARK_SET */
 	uint32_t payload_len;
-	uint8_t *payload;		/* with NFQ_PF_PAYLOAD_SET; owned by the queue */
+	uint8_t *payload;		/* with NFQ_PF_PAYLOAD_SET, or the packet sent; owned by the queue */
 };
 
 struct nfq_queue *nfq_queue_open(int sockfd);
@@ -306,6 +350,37 @@ int nfq_packet_verdict(struct nfq_packet *p, uint32_t verdict);
 int nfq_packet_set_payload(struct nfq_packet *p, const void *data, size_t len);
 struct nfq_packet *nfq_packet_retain(struct nfq_packet *p);
 void nfq_packet_release(struct nfq_packet *p);
+/*
+ * Sending whole IP packets (nfq.send, pkt:reject). A sender is a raw IPv4
+ * and a raw IPv6 socket with the IP header included (raw != 0; opening them
+ * needs CAP_NET_RAW), or none (raw == 0: for an offline queue, which only
+ * records what it sends). Sent packets leave with the send mark: mark, or
+ * the script's own mark with the bits in mask taken from mark. NULL and
+ * errno on failure.
+ */
+struct nfq_sender *nfq_sender_open(uint32_t mark, uint32_t mask, int raw);
+void nfq_sender_close(struct nfq_sender *s);
+/* The queue sends through s from now on, and owns it; NULL turns sending off. */
+void nfq_queue_set_sender(struct nfq_queue *q, struct nfq_sender *s);
+/*
+ * Send a whole IPv4 or IPv6 packet through the queue's sender, with mark
+ * (when has_mark) under the send mark, and scope as the interface of an
+ * IPv6 link-local destination (0: none). Inside a dispatch it waits for the
+ * flush and leaves in order with the verdicts; otherwise it leaves at once.
+ * 0, or -1 with errno and q->errmsg: EOPNOTSUPP without a sender, EINVAL for
+ * a malformed packet, or the kernel's error.
+ */
+int nfq_queue_send(struct nfq_queue *q, const void *data, size_t len, uint32_t mark, int has_mark,
+		   uint32_t scope);
+/*
+ * Build into out (cap bytes, NFQ_REJECT_MAX_LEN is always enough) the answer
+ * iptables REJECT gives the IPv4/IPv6 packet pkt (len bytes captured): how is
+ * an NFQ_REJECT_* kind, with NFQ_REJECT_VERIFY_CSUM or'ed in. Its length, or
+ * a negative NFQ_REJECT_E* code.
+ */
+int nfq_reject_build(uint8_t *out, size_t cap, const uint8_t *pkt, size_t len, uint32_t how);
+/* Why nfq_reject_build() refused, for a code it returned. */
+const char *nfq_reject_strerror(int code);
 /* The core's version ("0.1.0"): lua/nfq.lua refuses a core of another one. */
 const char *nfq_version(void);
 /* END CDEF */

@@ -69,6 +69,11 @@ static const char usage[] =
 	"      --mark M           with --replay: the mark packets arrive with\n"
 	"      --user NAME        give up root before binding and loading SCRIPT: run as\n"
 	"                         NAME, keeping only CAP_NET_ADMIN (which verdicts need)\n"
+	"      --send             let the script send packets (nfq.send, pkt:reject): raw\n"
+	"                         sockets opened at start, before --user (with --replay:\n"
+	"                         sent packets are printed and written to --out)\n"
+	"      --send-mark MARK[/MASK]  with --send: the mark sent packets leave with; a\n"
+	"                         script's own mark keeps the bits of MASK from MARK\n"
 	"      --pidfile PATH     write the pid to PATH once every queue is bound;\n"
 	"                         removed at exit\n"
 	"      --syslog           log to syslog (facility daemon) instead of stderr\n"
@@ -92,6 +97,9 @@ struct cli {
 	const char *pidfile;
 	const char *user;	/* --user */
 	int syslog;
+	int send;		/* --send */
+	int have_send_mark;
+	uint32_t send_mark, send_mask;	/* --send-mark MARK[/MASK] */
 	struct nfq_replay_opts replay;	/* with --replay */
 };
 
@@ -229,6 +237,31 @@ static void set_queues(struct cli *cli, const struct flag *f, const char *value)
 		usage_error("--queue A-B needs A <= B and at most %d queues, got '%s'", NFQ_MAX_WORKERS, value);
 }
 
+/* A mark in decimal or 0x hex. */
+static uint32_t parse_mark(const char *s, const char *whole)
+{
+	char *end;
+	errno = 0;
+	unsigned long v = strtoul(s, &end, 0);
+	if (*s < '0' || *s > '9' || *end || errno || v > UINT32_MAX)
+		usage_error("--send-mark must be MARK or MARK/MASK, numbers from 0 to 0xffffffff, got '%s'", whole);
+	return (uint32_t)v;
+}
+
+/* MARK[/MASK]: without MASK, a script's own mark replaces MARK whole. */
+static void set_send_mark(struct cli *cli, const struct flag *f, const char *value)
+{
+	(void)f;
+	char mark[32];
+	const char *slash = strchr(value, '/');
+	if (slash && (size_t)(slash - value) >= sizeof mark)
+		usage_error("--send-mark must be MARK or MARK/MASK, numbers from 0 to 0xffffffff, got '%s'", value);
+	snprintf(mark, sizeof mark, "%.*s", slash ? (int)(slash - value) : (int)strlen(value), value);
+	cli->send_mark = parse_mark(mark, value);
+	cli->send_mask = slash ? parse_mark(slash + 1, value) : 0;
+	cli->have_send_mark = 1;
+}
+
 static void set_log_level(struct cli *cli, const struct flag *f, const char *value)
 {
 	(void)cli;
@@ -301,6 +334,9 @@ static const struct flag flags[] = {
 	{ "mark", 0, VALUE, REPLAY, .set = set_number, FIELD(replay.mark), .lo = 0, .hi = UINT32_MAX },
 	/* Any run: the script then runs as that user. */
 	{ "user", 0, VALUE, ANY, .set = set_text, FIELD(user), .expect = "a user name" },
+	/* --replay too: the script may send, and the sent packets are shown. */
+	{ "send", 0, SWITCH, LIVE | REPLAY, .set = set_true, FIELD(send) },
+	{ "send-mark", 0, VALUE, LIVE | REPLAY, .set = set_send_mark },
 	{ "pidfile", 0, VALUE, LIVE, .set = set_text, FIELD(pidfile), .expect = "a path" },
 	{ "syslog", 0, SWITCH, ANY, .set = set_true, FIELD(syslog) },
 	{ "log-level", 0, VALUE, ANY, .set = set_log_level, .choices = log_levels,
@@ -336,6 +372,8 @@ static void check_modes(const struct cli *cli, const unsigned *given)
 	}
 	if (run == LIVE && !cli->have_queue)
 		usage_error("--queue N is required");
+	if (cli->have_send_mark && !cli->send)
+		usage_error("--send-mark goes with --send: add --send, or leave --send-mark out");
 }
 
 static void parse_args(int argc, char **argv, struct cli *cli)
@@ -523,6 +561,36 @@ fail:
 	return -1;
 }
 
+/*
+ * --send: a sender per queue (raw sockets) for the daemon, opened now, as
+ * the raw sockets need CAP_NET_RAW to be opened and not to be used: a
+ * --user daemon keeps none. --replay only records what is sent. 0, or -1
+ * with the reason printed.
+ */
+static int open_senders(const struct cli *cli, int live, unsigned n, struct nfq_sender **senders)
+{
+	for (unsigned i = 0; i < n; i++) {
+		senders[i] = nfq_sender_open(cli->send_mark, cli->send_mask, live);
+		if (!senders[i]) {
+			int saved = errno;
+			fprintf(stderr, "nfqlua: --send: cannot open the raw sockets for sending: %s%s\n", strerror(saved),
+				saved == EPERM ? " (they need root or CAP_NET_RAW)" : "");
+			while (i > 0)
+				nfq_sender_close(senders[--i]);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static void close_senders(struct nfq_sender **senders, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++) {
+		nfq_sender_close(senders[i]);
+		senders[i] = NULL;
+	}
+}
+
 int main(int argc, char **argv)
 {
 	struct cli cli = { 0 };
@@ -538,6 +606,10 @@ int main(int argc, char **argv)
 	int kernel_stats_fds[NFQ_MAX_WORKERS];
 	for (unsigned i = 0; i < n_queues; i++)
 		kernel_stats_fds[i] = cli.user && live ? open(NFQ_KERNEL_STATS_PATH, O_RDONLY | O_CLOEXEC) : -1;
+	struct nfq_sender *senders[NFQ_MAX_WORKERS] = { 0 };
+	unsigned n_senders = cli.send ? (live ? n_queues : 1) : 0;
+	if (open_senders(&cli, live, n_senders, senders) < 0)
+		return 1;
 	/* From here on, the script is only read as the user it runs as. */
 	if (cli.user && drop_privileges(cli.user) < 0)
 		goto fail;
@@ -566,6 +638,7 @@ int main(int argc, char **argv)
 
 	if (cli.replay.capture) {
 		cli.replay.engine = cli.engine;
+		cli.replay.engine.sender = senders[0];
 		return nfq_replay_run(&cli.replay);
 	}
 	signal(SIGPIPE, SIG_IGN);
@@ -580,10 +653,13 @@ int main(int argc, char **argv)
 	ev_signal_start(loop, &sighup);
 	ev_signal_start(loop, &sigusr1);
 	/* After the watchers: a stop from here on removes the new file too. */
-	if (cli.pidfile && prepare_pidfile(cli.pidfile, cli.user) < 0)
+	if (cli.pidfile && prepare_pidfile(cli.pidfile, cli.user) < 0) {
+		close_senders(senders, n_senders);
 		return 1;
+	}
 
-	int started = nfq_workers_start(loop, &cli.engine, n_queues, kernel_stats_fds);
+	int started = nfq_workers_start(loop, &cli.engine, n_queues, kernel_stats_fds,
+					cli.send ? senders : NULL);
 	if (started == 0 && cli.pidfile && place_pidfile() < 0)
 		started = -1;
 	if (started == 0) {
@@ -594,6 +670,9 @@ int main(int argc, char **argv)
 				cli.engine.queue_num + i, cli.engine.mode == NFQ_COPY_META ? "meta" : "packet",
 				range, cli.engine.max_len, cli.engine.fallback == NFQ_ACCEPT ? "accept" : "drop",
 				cli.engine.script);
+		if (cli.send)
+			nfq_log(NFQ_LOG_INFO, "sending is on (--send): sent packets leave with mark 0x%x/0x%x",
+				cli.send_mark, cli.send_mask);
 		ev_run(loop, 0);
 	}
 
@@ -612,6 +691,7 @@ int main(int argc, char **argv)
 	nfq_log(NFQ_LOG_INFO, "all queues unbound, exiting");
 	return 0;
 fail:
+	close_senders(senders, n_senders);
 	remove_pidfile();
 	return 1;
 }

@@ -77,7 +77,7 @@ struct watch {
 };
 
 /* Kinds of lines that can repeat per packet, each counted when held back. */
-enum { LIMIT_SCRIPT_ERROR, LIMIT_RECEIVE_ERROR, LIMIT_KINDS };
+enum { LIMIT_SCRIPT_ERROR, LIMIT_RECEIVE_ERROR, LIMIT_SEND_ERROR, LIMIT_KINDS };
 
 struct log_limit {
 	long long window_start_ms;
@@ -106,6 +106,7 @@ struct nfq_engine {
 	atomic_int stopping;	/* nfq_engine_interrupt() was called */
 	int exit_status;	/* os.exit's status while the call that asked unwinds, or -1 */
 	struct log_limit packet_log;
+	uint64_t send_errors_logged;	/* q->stats.send_errors when last looked at */
 };
 
 /* The engine a state belongs to: kept in the state's registry. */
@@ -140,7 +141,7 @@ static void elog(const struct nfq_engine *e, int level, const char *fmt, ...)
 		default_log(NULL, level, line);
 }
 
-static const char *const limit_names[LIMIT_KINDS] = { "script error", "receive error" };
+static const char *const limit_names[LIMIT_KINDS] = { "script error", "receive error", "send error" };
 
 /* Report the lines held back so far, if any, naming what they were. */
 static void log_flush(struct nfq_engine *e)
@@ -658,6 +659,24 @@ static int call_packets(struct nfq_engine *e, int ref, void *arg)
 }
 
 /*
+ * Send the verdicts and the packets sent, in order. Packets the kernel
+ * refused to send are counted; one line says why (rate-limited, as the
+ * script's errors are).
+ */
+static void flush(struct nfq_engine *e)
+{
+	struct nfq_queue *q = e->q;
+	nfq_queue_flush(q);
+	if (q->stats.send_errors == e->send_errors_logged)
+		return;
+	uint64_t n = q->stats.send_errors - e->send_errors_logged;
+	e->send_errors_logged = q->stats.send_errors;
+	if (log_allow(e, LIMIT_SEND_ERROR))
+		elog(e, NFQ_LOG_WARN, "%s: %llu sent packet%s refused, the last: %s", e->tag, (unsigned long long)n,
+		     n == 1 ? "" : "s", nfq_queue_send_error(q));
+}
+
+/*
  * Give the batch to the script. A failed call leaves its packet to the
  * fallback verdict and goes on with the next; a call that could not start
  * (the engine is stopping) leaves the whole rest to it.
@@ -675,7 +694,7 @@ static void run_batch(struct nfq_engine *e)
 		else
 			nfq_queue_finish_current(q);
 	}
-	nfq_queue_flush(q);
+	flush(e);
 }
 
 /*
@@ -733,7 +752,7 @@ static void run_timer(struct nfq_engine *e)
 {
 	e->q->in_dispatch = 1;
 	call_packets(e, e->cur.timer_ref, NULL);
-	nfq_queue_flush(e->q);
+	flush(e);
 }
 
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
@@ -865,7 +884,7 @@ static int hand_over_packets(struct nfq_engine *e)
 	e->q->in_dispatch = 1;
 	for (int i = 0; i < n; i++)
 		call_packets(e, e->cur.redeliver_ref, held[i]);
-	nfq_queue_flush(e->q);
+	flush(e);
 	free(held);
 	return n;
 }
@@ -932,11 +951,13 @@ struct nfq_engine *nfq_engine_create(struct ev_loop *loop,
 {
 	if (!opts->script || strlen(opts->script) >= sizeof ((struct nfq_engine *)0)->script) {
 		snprintf(err, errlen, "the script path is missing or longer than 4095 bytes");
+		nfq_sender_close(opts->sender);
 		return NULL;
 	}
 	struct nfq_engine *e = calloc(1, sizeof *e);
 	if (!e) {
 		snprintf(err, errlen, "out of memory");
+		nfq_sender_close(opts->sender);
 		return NULL;
 	}
 	e->loop = loop;
@@ -989,6 +1010,9 @@ int nfq_engine_start(struct nfq_engine *e, char *err, size_t errlen)
 		}
 	}
 	e->q->fallback = opts->fallback;
+	/* The queue owns the sender from here on. */
+	nfq_queue_set_sender(e->q, e->opts.sender);
+	e->opts.sender = NULL;
 	if (state_attach(e, &e->cur, err, errlen) < 0 ||
 	    call_hook(e, &e->cur, CALL_SCRIPT, "on_start", 0, err, errlen) < 0)
 		return -1;
@@ -1061,12 +1085,15 @@ void nfq_engine_free(struct nfq_engine *e)
 	pthread_cond_destroy(&e->watch.wake);
 	pthread_mutex_destroy(&e->watch.lock);
 	nfq_queue_close(e->q);
+	nfq_sender_close(e->opts.sender);
 	free(e);
 }
 
 int nfq_engine_check_script(const struct nfq_engine_opts *opts, char *err, size_t errlen)
 {
-	struct nfq_engine *e = nfq_engine_create(NULL, opts, err, errlen);
+	struct nfq_engine_opts check = *opts;
+	check.sender = NULL;	/* stays the caller's */
+	struct nfq_engine *e = nfq_engine_create(NULL, &check, err, errlen);
 	if (!e)
 		return -1;
 	snprintf(e->tag, sizeof e->tag, "check");
@@ -1092,13 +1119,14 @@ int nfq_engine_format_stats(const struct nfq_engine *e, char *buf, size_t len)
 	nfq_queue_kernel_stats(e->q, &k);
 	int lua_kb = e->cur.L ? lua_gc(e->cur.L, LUA_GCCOUNT, 0) : e->lua_kb;
 	return snprintf(buf, len,
-		"received=%llu accepted=%llu dropped=%llu repeated=%llu requeued=%llu fallback=%llu script_errors=%llu script_timeouts=%llu verdict_errors=%llu enobufs=%llu reloads=%llu reload_failures=%llu version=%u kernel_queue_dropped=%lld kernel_user_dropped=%lld lua_kb=%d",
+		"received=%llu accepted=%llu dropped=%llu repeated=%llu requeued=%llu fallback=%llu script_errors=%llu script_timeouts=%llu verdict_errors=%llu enobufs=%llu sent=%llu send_errors=%llu reloads=%llu reload_failures=%llu version=%u kernel_queue_dropped=%lld kernel_user_dropped=%lld lua_kb=%d",
 		(unsigned long long)s->received, (unsigned long long)s->accepted,
 		(unsigned long long)s->dropped, (unsigned long long)s->repeated,
 		(unsigned long long)s->requeued, (unsigned long long)s->fallback,
 		(unsigned long long)s->script_errors, (unsigned long long)s->script_timeouts,
 		(unsigned long long)s->verdict_errors,
-		(unsigned long long)s->enobufs, (unsigned long long)s->reloads,
+		(unsigned long long)s->enobufs, (unsigned long long)s->sent,
+		(unsigned long long)s->send_errors, (unsigned long long)s->reloads,
 		(unsigned long long)s->reload_failures, e->version,
 		(long long)k.queue_dropped, (long long)k.user_dropped, lua_kb);
 }

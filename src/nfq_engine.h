@@ -63,6 +63,13 @@ struct nfq_engine_opts {
 	 */
 	void (*on_exit)(void *on_exit_ud, int status);
 	void *on_exit_ud;
+	/*
+	 * Sending (nfq.send, pkt:reject): NULL keeps it off. A sender from
+	 * nfq_sender_open() (nfq_core.h), with raw sockets for a live queue,
+	 * opened before the host gives up root: the engine owns it from
+	 * nfq_engine_create() on, also when that fails.
+	 */
+	struct nfq_sender *sender;
 };
 
 /*

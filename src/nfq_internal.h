@@ -36,6 +36,9 @@ int nfq_queue_receive_in_recv(struct nfq_queue *q, int timeout_ms);
  * /proc/net/netfilter/nfnetlink_queue) from now on; the queue closes it. */
 void nfq_queue_set_stats_fd(struct nfq_queue *q, int fd);
 
+/* Why the kernel last refused a packet the queue sent ("" if never). */
+const char *nfq_queue_send_error(const struct nfq_queue *q);
+
 /* Append the verdict message for p to the queue's send buffer. */
 int nfq_queue_put_verdict(struct nfq_queue *q, const struct nfq_packet *p,
 			  uint32_t verdict);
@@ -43,5 +46,36 @@ void nfq_queue_link_retained(struct nfq_queue *q, struct nfq_packet *p);
 void nfq_queue_unlink_retained(struct nfq_queue *q, struct nfq_packet *p);
 /* Verdict p with its queue's fallback verdict, counting it as a fallback. */
 void nfq_packet_fallback(struct nfq_packet *p);
+
+/* Packets a sender keeps for one flush: one sendmmsg() at most. */
+#define NFQ_SEND_BATCH 64
+
+/*
+ * nfq_send.c. The check every packet to send passes: one whole IPv4 or IPv6
+ * packet whose header lengths match len. 0, or -1 and the reason in why.
+ */
+int nfq_send_check(const uint8_t *data, size_t len, char *why, size_t whylen);
+/* The sender has sockets (an offline queue's has none). */
+int nfq_sender_is_raw(const struct nfq_sender *s);
+/* The mark a packet leaves with: the script's (has_mark) under the send mark. */
+uint32_t nfq_sender_mark(const struct nfq_sender *s, uint32_t mark, int has_mark);
+/* Send a checked packet now: 0, or -1 with errno and the reason in why. */
+int nfq_sender_send(struct nfq_sender *s, const uint8_t *data, size_t len, uint32_t mark, uint32_t scope,
+		    char *why, size_t whylen);
+/* Whether one more packet of len bytes may wait for this flush. */
+int nfq_sender_has_room(const struct nfq_sender *s, size_t len);
+/* Keep a copy of a checked packet for the flush, where the verdict bytes
+ * before offset at have gone: 0, or -1 (ENOBUFS without room, ENOMEM). */
+int nfq_sender_add(struct nfq_sender *s, const uint8_t *data, size_t len, uint32_t mark, uint32_t scope,
+		   size_t at);
+unsigned nfq_sender_waiting(const struct nfq_sender *s);
+/* The offset in the verdict bytes that the i-th waiting packet goes after. */
+size_t nfq_sender_position(const struct nfq_sender *s, unsigned i);
+/* Send the waiting packets [from, to) in order: the count the kernel took;
+ * *failed counts the others, the last one's reason in why. */
+unsigned nfq_sender_send_waiting(struct nfq_sender *s, unsigned from, unsigned to, unsigned *failed,
+				 char *why, size_t whylen);
+/* The waiting packets have gone. */
+void nfq_sender_clear(struct nfq_sender *s);
 
 #endif

@@ -1,6 +1,7 @@
 /*
  * nfq_queue.c: the netlink side: the socket, binding a queue, receiving
- * batches of packets and sending verdicts.
+ * batches of packets and sending verdicts, in order with the packets the
+ * script sends (nfq_send.c).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -56,6 +57,12 @@ struct nfq_queue_priv {
 	struct iovec iov[NFQ_BATCH_SLOTS];
 	uint8_t *tx;
 	size_t tx_len, tx_cap;
+	/*
+	 * Where tx ends with a verdict that lets a packet go on (any but a
+	 * drop): a packet sent now must follow the verdicts up to here, no more.
+	 */
+	size_t release_pos;
+	char send_error[256];	/* why the kernel last refused a sent packet */
 	/*
 	 * Plain accepts of batch slots wait here, in id order, and go out as
 	 * one NFQNL_MSG_VERDICT_BATCH when nothing older is still pending.
@@ -200,18 +207,55 @@ static int send_all(struct nfq_queue *q, const void *buf, size_t len)
 	}
 }
 
-/* Send what the buffer holds. */
-static int send_tx(struct nfq_queue *q)
+/* Send the verdict messages in tx[from, to). */
+static int send_verdicts(struct nfq_queue *q, size_t from, size_t to)
 {
-	struct nfq_queue_priv *s = q->priv;
-	if (s->tx_len == 0)
+	if (to <= from)
 		return 0;
-	int rc = send_all(q, s->tx, s->tx_len);
+	int rc = send_all(q, q->priv->tx + from, to - from);
 	if (rc < 0) {
 		q->stats.verdict_errors++;
 		set_error(q, "sending verdicts: %s", strerror(errno));
 	}
+	return rc;
+}
+
+/*
+ * Send what waits, in the order the script gave it: the verdicts up to
+ * where the first waiting packet was sent, then that packet and those sent
+ * at the same point (a sendmmsg() per run of one family), then the next
+ * verdicts, and so on. Without sent packets, all verdicts go in one sendto().
+ */
+static int send_tx(struct nfq_queue *q)
+{
+	struct nfq_queue_priv *s = q->priv;
+	struct nfq_sender *snd = q->sender;
+	unsigned n = snd ? nfq_sender_waiting(snd) : 0;
+	size_t done = 0;
+	int rc = 0;
+	for (unsigned i = 0; i < n;) {
+		size_t at = nfq_sender_position(snd, i);
+		unsigned end = i + 1;
+		while (end < n && nfq_sender_position(snd, end) == at)
+			end++;
+		if (send_verdicts(q, done, at) < 0)
+			rc = -1;
+		done = at;
+		unsigned failed = 0;
+		char why[sizeof q->errmsg];
+		q->stats.sent += nfq_sender_send_waiting(snd, i, end, &failed, why, sizeof why);
+		if (failed) {
+			q->stats.send_errors += failed;
+			snprintf(s->send_error, sizeof s->send_error, "%s", why);
+		}
+		i = end;
+	}
+	if (send_verdicts(q, done, s->tx_len) < 0)
+		rc = -1;
+	if (n)
+		nfq_sender_clear(snd);
 	s->tx_len = 0;
+	s->release_pos = 0;
 	return rc;
 }
 
@@ -224,20 +268,31 @@ int nfq_queue_flush(struct nfq_queue *q)
 	return send_tx(q);
 }
 
-static int record_verdict(struct nfq_queue *q, const struct nfq_packet *p,
-			  uint32_t verdict)
+/* The next record of an offline queue, zeroed; NULL without memory. */
+static struct nfq_verdict_record *new_record(struct nfq_queue *q)
 {
 	struct nfq_queue_priv *s = q->priv;
 	if (s->n_records == s->records_cap) {
 		uint32_t cap = s->records_cap ? s->records_cap * 2 : 64;
 		struct nfq_verdict_record *r = realloc(s->records, cap * sizeof *r);
 		if (!r)
-			return -1;
+			return NULL;
 		s->records = r;
 		s->records_cap = cap;
 	}
 	struct nfq_verdict_record *r = &s->records[s->n_records];
 	memset(r, 0, sizeof *r);
+	return r;
+}
+
+static int record_verdict(struct nfq_queue *q, const struct nfq_packet *p,
+			  uint32_t verdict)
+{
+	struct nfq_queue_priv *s = q->priv;
+	struct nfq_verdict_record *r = new_record(q);
+	if (!r)
+		return -1;
+	r->kind = NFQ_RECORD_VERDICT;
 	r->id = p->id;
 	r->verdict = verdict;
 	r->flags = p->flags;
@@ -251,6 +306,25 @@ static int record_verdict(struct nfq_queue *q, const struct nfq_packet *p,
 		r->payload_len = p->new_payload_len;
 	}
 	s->n_records++;
+	return 0;
+}
+
+/* An offline queue records a packet sent, between the verdicts. */
+static int record_sent(struct nfq_queue *q, const void *data, size_t len, uint32_t mark)
+{
+	struct nfq_verdict_record *r = new_record(q);
+	uint8_t *copy = r ? malloc(len) : NULL;
+	if (!copy) {
+		set_error(q, "recording a sent packet: out of memory");
+		return -1;
+	}
+	memcpy(copy, data, len);
+	r->kind = NFQ_RECORD_SENT;
+	r->payload = copy;
+	r->payload_len = (uint32_t)len;
+	r->mark = mark;
+	q->priv->n_records++;
+	q->stats.sent++;
 	return 0;
 }
 
@@ -316,6 +390,7 @@ static int emit_deferred(struct nfq_queue *q)
 			nfq_nlmsg_verdict_put_mark(nlh, s->deferred_mark);
 		s->tx_len += nlh->nlmsg_len;
 	}
+	s->release_pos = s->tx_len;
 	return 0;
 }
 
@@ -358,6 +433,69 @@ int nfq_queue_put_verdict(struct nfq_queue *q, const struct nfq_packet *p,
 	if (p->flags & NFQ_PF_PAYLOAD_SET)
 		nfq_nlmsg_verdict_put_pkt(nlh, p->new_payload, plen);
 	s->tx_len += nlh->nlmsg_len;
+	if ((verdict & NF_VERDICT_MASK) != NF_DROP)
+		s->release_pos = s->tx_len;
+	return 0;
+}
+
+const char *nfq_queue_send_error(const struct nfq_queue *q)
+{
+	return q->priv->send_error;
+}
+
+void nfq_queue_set_sender(struct nfq_queue *q, struct nfq_sender *snd)
+{
+	if (q->sender == snd)
+		return;
+	/* What the old sender holds leaves first, in its place among the verdicts. */
+	if (q->sender && nfq_sender_waiting(q->sender))
+		send_tx(q);
+	nfq_sender_close(q->sender);
+	q->sender = snd;
+}
+
+int nfq_queue_send(struct nfq_queue *q, const void *data, size_t len, uint32_t mark, int has_mark,
+		   uint32_t scope)
+{
+	struct nfq_queue_priv *s = q->priv;
+	struct nfq_sender *snd = q->sender;
+	if (!snd) {
+		errno = EOPNOTSUPP;
+		set_error(q, "sending is off for this queue");
+		return -1;
+	}
+	if (nfq_send_check(data, len, q->errmsg, sizeof q->errmsg) < 0) {
+		errno = EINVAL;
+		return -1;
+	}
+	mark = nfq_sender_mark(snd, mark, has_mark);
+	if (s->offline)
+		return record_sent(q, data, len, mark);
+	if (!nfq_sender_is_raw(snd)) {
+		errno = EOPNOTSUPP;
+		set_error(q, "this queue's sender has no sockets (it was opened for an offline queue)");
+		return -1;
+	}
+	if (!q->in_dispatch) {
+		if (nfq_sender_send(snd, data, len, mark, scope, q->errmsg, sizeof q->errmsg) < 0) {
+			q->stats.send_errors++;
+			snprintf(s->send_error, sizeof s->send_error, "%s", q->errmsg);
+			return -1;
+		}
+		q->stats.sent++;
+		return 0;
+	}
+	/* Accepts given before the send leave before it; a drop need not. */
+	if (s->n_deferred > 0 && emit_deferred(q) < 0) {
+		set_error(q, "sending: out of memory");
+		return -1;
+	}
+	if (!nfq_sender_has_room(snd, len))
+		send_tx(q);
+	if (nfq_sender_add(snd, data, len, mark, scope, s->release_pos) < 0) {
+		set_error(q, "sending: out of memory");
+		return -1;
+	}
 	return 0;
 }
 
@@ -998,6 +1136,7 @@ void nfq_queue_close(struct nfq_queue *q)
 		close(q->fd);
 	if (s->stats_fd >= 0)
 		close(s->stats_fd);
+	nfq_queue_set_sender(q, NULL);
 	if (q->pkts)
 		put_slots(q->pkts);
 	nfq_queue_clear_records(q);

@@ -1,7 +1,7 @@
 /*
  * nfq_replay.c: nfqlua --replay: a capture file instead of the kernel. This
- * file reads the capture (libpcap), writes the accepted packets to --out and
- * prints the summary; the loop that gives each packet to the script, acts on
+ * file reads the capture (libpcap), writes the accepted and the sent packets
+ * to --out and prints the summary; the loop that gives each packet to the script, acts on
  * its verdicts and prints them is the offline driver in lua/nfq/offline.lua,
  * which nfqlua --replay shares with nfq.testing and which calls the functions
  * below through the FFI. No root needed.
@@ -103,15 +103,15 @@ void nfq_replay_note(struct nfq_replay *r, const char *msg)
 }
 
 void nfq_replay_summary(struct nfq_replay *r, uint64_t accept, uint64_t drop, uint64_t queue,
-			uint64_t stop, uint64_t fallback, uint64_t repeat_loops)
+			uint64_t stop, uint64_t fallback, uint64_t repeat_loops, uint64_t sent)
 {
 	double secs = now() - r->started;
 	unsigned long replayed = r->read - r->skipped;
-	printf("replayed %lu packets in %.3f s (%.0f packets/s): accept=%llu drop=%llu queue=%llu stop=%llu fallback=%llu repeat_loops=%llu skipped=%lu",
+	printf("replayed %lu packets in %.3f s (%.0f packets/s): accept=%llu drop=%llu queue=%llu stop=%llu fallback=%llu repeat_loops=%llu sent=%llu skipped=%lu",
 	       replayed, secs, secs > 0 ? (double)replayed / secs : 0.0,
 	       (unsigned long long)accept, (unsigned long long)drop, (unsigned long long)queue,
 	       (unsigned long long)stop, (unsigned long long)fallback,
-	       (unsigned long long)repeat_loops, r->skipped);
+	       (unsigned long long)repeat_loops, (unsigned long long)sent, r->skipped);
 	if (r->skipped) {
 		const char *link_name = pcap_datalink_val_to_name(r->linktype);
 		printf(" (no IPv4/IPv6 packet found; link type %d%s%s)", r->linktype,
@@ -131,6 +131,7 @@ int nfq_replay_run(const struct nfq_replay_opts *o)
 	r.in = pcap_open_offline(o->capture, errbuf);
 	if (!r.in) {
 		fprintf(stderr, "nfqlua: cannot read capture '%s': %s\n", o->capture, errbuf);
+		nfq_sender_close(o->engine.sender);
 		return 1;
 	}
 	r.linktype = pcap_datalink(r.in);
@@ -140,6 +141,7 @@ int nfq_replay_run(const struct nfq_replay_opts *o)
 		if (!r.out) {
 			fprintf(stderr, "nfqlua: cannot write '%s': %s\n", o->out,
 				r.out_handle ? pcap_geterr(r.out_handle) : "out of memory");
+			nfq_sender_close(o->engine.sender);
 			goto done;
 		}
 	}

@@ -5,7 +5,7 @@
 #include "nfq_engine.h"
 
 struct nfq_replay_opts {
-	struct nfq_engine_opts engine;	/* script, mode, range, fallback, flags */
+	struct nfq_engine_opts engine;	/* script, mode, range, fallback, flags, sender (owned) */
 	const char *capture;		/* pcap or pcapng file to read */
 	const char *out;		/* capture of the accepted packets, or NULL */
 	uint32_t hook;			/* the hook packets claim to come from */
@@ -46,9 +46,9 @@ NFQ_REPLAY_FFI void nfq_replay_script_error(struct nfq_replay *r, const char *wh
 					    const char *msg);
 /* Log a warning about the run. */
 NFQ_REPLAY_FFI void nfq_replay_note(struct nfq_replay *r, const char *msg);
-/* Print the summary line, with the final verdicts the driver counted. */
+/* Print the summary line, with the final verdicts and the sent packets the driver counted. */
 NFQ_REPLAY_FFI void nfq_replay_summary(struct nfq_replay *r, uint64_t accept, uint64_t drop,
 				       uint64_t queue, uint64_t stop, uint64_t fallback,
-				       uint64_t repeat_loops);
+				       uint64_t repeat_loops, uint64_t sent);
 
 #endif

@@ -309,7 +309,7 @@ void nfq_workers_request_stop(void)
 }
 
 int nfq_workers_start(struct ev_loop *loop, const struct nfq_engine_opts *opts,
-		      unsigned n, const int *kernel_stats_fds)
+		      unsigned n, const int *kernel_stats_fds, struct nfq_sender *const *senders)
 {
 	main_loop = loop;
 	ev_async_init(&main_wake, on_main_wake);
@@ -331,6 +331,8 @@ int nfq_workers_start(struct ev_loop *loop, const struct nfq_engine_opts *opts,
 		wk->opts.queue_num = opts->queue_num + i;
 		wk->opts.own_thread = 1;
 		wk->opts.on_exit = on_script_exit;
+		/* The worker's engine owns its sender from nfq_engine_create() on. */
+		wk->opts.sender = senders ? senders[i] : NULL;
 		wk->kernel_stats_fd = kernel_stats_fds[i];
 		wk->loop = ev_loop_new(EVFLAG_AUTO);
 		ev_async_init(&wk->reload, on_reload_async);
@@ -341,6 +343,9 @@ int nfq_workers_start(struct ev_loop *loop, const struct nfq_engine_opts *opts,
 		if (!wk->loop || pthread_create(&wk->thread, NULL, worker_main, wk) != 0) {
 			snprintf(wk->err, sizeof wk->err, "cannot start a worker thread");
 			wk->started = -1;
+			/* The senders no engine took. */
+			for (unsigned j = i; senders && j < n; j++)
+				nfq_sender_close(senders[j]);
 			break;
 		}
 		wk->has_thread = 1;

@@ -14,11 +14,12 @@
 /*
  * Start a worker for each of the n queues from opts->queue_num on, and run
  * main_loop until every one serves, one failed (its reason printed), or
- * the daemon was asked to stop. kernel_stats_fds[i] (or -1) is handed to
+ * the daemon was asked to stop. kernel_stats_fds[i] (or -1) and senders[i]
+ * (senders may be NULL: no sending; see nfq_engine_opts.sender) are handed to
  * worker i. 0 when all serve, -1 when one failed, 1 when stopped.
  */
 int nfq_workers_start(struct ev_loop *main_loop, const struct nfq_engine_opts *opts,
-		      unsigned n, const int *kernel_stats_fds);
+		      unsigned n, const int *kernel_stats_fds, struct nfq_sender *const *senders);
 
 /* Reload every worker's script, all or none (SIGHUP). */
 void nfq_workers_reload(void);

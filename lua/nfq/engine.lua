@@ -106,6 +106,7 @@ end
 -- timer_interval seconds (default 1) when the script has one.
 function _M.attach(qptr, hooks)
 	local queue = nfq._adopt(qptr, hooks.on_packet)
+	nfq._set_send_queue(queue)
 	local dispatch = queue._dispatch
 	local on_timer = hooks.on_timer
 	return function() dispatch(queue) end,

@@ -16,6 +16,8 @@
 -- * After the last packet, on_timer goes on while the script holds packets,
 --   for at most NFQ_OFFLINE_DRAIN_SECONDS; then on_stop runs and what is still
 --   held gets the fallback verdict, as at a daemon's stop.
+-- * Packets the script sends (nfq.send, pkt:reject) are reported where they
+--   were sent, between the final verdicts, in the order of the calls.
 --
 -- A front end (nfq.testing, or replay() below for --replay) gives the packets
 -- and takes the final verdicts.
@@ -34,6 +36,7 @@ local _M = { _VERSION = nfq._VERSION }
 local VERDICT_MASK, QUEUE_SHIFT, QUEUE_BYPASS = C.NFQ_VERDICT_MASK, C.NFQ_QUEUE_SHIFT, C.NFQ_QUEUE_BYPASS
 local NF_DROP, NF_ACCEPT, NF_QUEUE, NF_REPEAT, NF_STOP = C.NFQ_DROP, C.NFQ_ACCEPT, C.NFQ_QUEUE, C.NFQ_REPEAT, C.NFQ_STOP
 local PF_MARK_SET, PF_CONNMARK_SET, PF_FALLBACK = C.NFQ_PF_MARK_SET, C.NFQ_PF_CONNMARK_SET, C.NFQ_PF_FALLBACK
+local RECORD_SENT = C.NFQ_RECORD_SENT
 local MAX_REPEATS = C.NFQ_OFFLINE_MAX_REPEATS
 local DRAIN_SECONDS = C.NFQ_OFFLINE_DRAIN_SECONDS
 -- The most of one gap between packets that on_timer catches up on: a
@@ -58,6 +61,8 @@ local count_box = ffi.new("uint32_t[1]")
 --   verdict(r, meta)     a final verdict: r = { id, verdict, queue_num,
 --                        bypass, mark, connmark, payload, fallback, repeats,
 --                        repeat_loop, time, packet }
+--   sent(s)              a packet the script sent: s = { sent = true, packet,
+--                        mark, time }
 --   failed(what, err)    a call into the script failed ("script error",
 --                        "on_stop failed"); may raise
 --   note(text)           something the run did that the user should know
@@ -65,6 +70,7 @@ local count_box = ffi.new("uint32_t[1]")
 function _M.run(q, hooks, source, front)
 	q = ffi.cast(queue_ptr_t, q)
 	local queue = nfq._adopt(q, hooks.on_packet)
+	nfq._set_send_queue(queue)
 	local dispatch = queue._dispatch
 	local call, failed = front.call, front.failed
 	local on_timer = hooks.on_timer
@@ -99,15 +105,19 @@ function _M.run(q, hooks, source, front)
 		end
 	end
 
-	-- Act on the verdicts recorded since the last call: a repeated packet
-	-- goes back into the queue, the others are final. True if any went back.
+	-- Act on what was recorded since the last call: a repeated packet goes
+	-- back into the queue, the other verdicts are final, sent packets are
+	-- reported between them. True if any packet went back.
 	local function take()
 		local recs = C.nfq_queue_records(q, count_box)
 		local again
 		for i = 0, count_box[0] - 1 do
 			local r = recs[i]
-			local p = pending[r.id]
-			if p then
+			local p = r.kind ~= RECORD_SENT and pending[r.id]
+			if r.kind == RECORD_SENT then
+				front.sent({ sent = true, packet = ffi_string(r.payload, r.payload_len), mark = tonumber(r.mark),
+					time = clock })
+			elseif p then
 				local v = band(r.verdict, VERDICT_MASK)
 				local payload = r.payload ~= nil and ffi_string(r.payload, r.payload_len) or nil
 				local mark = band(r.flags, PF_MARK_SET) ~= 0 and tonumber(r.mark) or nil
@@ -205,6 +215,7 @@ function _M.run(q, hooks, source, front)
 	stopped = true
 	C.nfq_queue_unbind(q)
 	take()
+	nfq._set_send_queue(nil)
 	return timer_skipped
 end
 
@@ -222,7 +233,7 @@ if not pcall(ffi.typeof, "struct nfq_replay") then
 	void nfq_replay_script_error(struct nfq_replay *r, const char *what, const char *msg);
 	void nfq_replay_note(struct nfq_replay *r, const char *msg);
 	void nfq_replay_summary(struct nfq_replay *r, uint64_t accept, uint64_t drop, uint64_t queue,
-				uint64_t stop, uint64_t fallback, uint64_t repeat_loops);
+				uint64_t stop, uint64_t fallback, uint64_t repeat_loops, uint64_t sent);
 	]]
 end
 
@@ -256,7 +267,7 @@ function _M.replay(q, hooks, reader, call)
 	local R = ffi.C
 	reader = ffi.cast("struct nfq_replay *", reader)
 	local data, len = ffi.new("const uint8_t *[1]"), ffi.new("uint32_t[1]")
-	local counts = { accept = 0, drop = 0, queue = 0, stop = 0, fallback = 0, repeat_loops = 0 }
+	local counts = { accept = 0, drop = 0, queue = 0, stop = 0, fallback = 0, repeat_loops = 0, sent = 0 }
 	local out = io.stdout
 
 	local function source()
@@ -281,14 +292,26 @@ function _M.replay(q, hooks, reader, call)
 		end
 	end
 
+	-- A sent packet: a line, and its place in --out among the accepted ones.
+	local function sent(s)
+		counts.sent = counts.sent + 1
+		C.nfq_describe(s.packet, #s.packet, describe_buf, 64)
+		out:write("sent ", ("%.6f"):format(s.time), " ", ffi_string(describe_buf))
+		if s.mark ~= 0 then out:write((" mark=0x%x"):format(s.mark)) end
+		out:write("\n")
+		local sec = floor(s.time)
+		R.nfq_replay_write(reader, s.packet, #s.packet, sec, floor((s.time - sec) * 1e6 + 0.5))
+	end
+
 	_M.run(q, hooks, source, {
 		call = call,
 		verdict = verdict,
+		sent = sent,
 		failed = function(what, err) R.nfq_replay_script_error(reader, what, error_text(err)) end,
 		note = function(text) R.nfq_replay_note(reader, text) end,
 	})
 	R.nfq_replay_summary(reader, counts.accept, counts.drop, counts.queue, counts.stop, counts.fallback,
-		counts.repeat_loops)
+		counts.repeat_loops, counts.sent)
 end
 
 return _M

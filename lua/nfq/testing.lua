@@ -223,7 +223,8 @@ local function check_input(input, i, default_hook)
 	return { bytes = bytes, time = t, mark = input.mark or 0, hook = hook, hw = input.hw }
 end
 
-local run_opts = { mode = true, range = true, hook = true, fallback = true }
+local run_opts = { mode = true, range = true, hook = true, fallback = true, send = true, send_mark = true,
+	send_mask = true }
 local fallbacks = { accept = C.NFQ_ACCEPT, drop = C.NFQ_DROP }
 
 local function check_opts(opts)
@@ -241,6 +242,16 @@ local function check_opts(opts)
 	end
 	if opts.fallback ~= nil and not fallbacks[opts.fallback] then
 		return "nfq.testing: opts.fallback must be \"accept\" or \"drop\", got " .. shown(opts.fallback)
+	end
+	if opts.send ~= nil and type(opts.send) ~= "boolean" then
+		return "nfq.testing: opts.send must be true or false, got " .. shown(opts.send)
+	end
+	for _, name in ipairs { "send_mark", "send_mask" } do
+		if opts[name] ~= nil then
+			msg = bad_int(opts[name], 0, 0xffffffff, "opts." .. name)
+				or not opts.send and ("nfq.testing: opts.%s goes with opts.send = true"):format(name)
+			if msg then return msg end
+		end
 	end
 	local _, err = hook_number(opts.hook or "input", "opts.hook")
 	return err
@@ -271,9 +282,11 @@ end
 --- Run a script (a path, a callback, or a table with on_packet) on packets:
 -- byte strings, or tables { bytes = ..., mark = ..., hook = ..., hw = ...,
 -- time = ... }. opts: mode (nfq.COPY_PACKET), range (65535), hook ("input"),
--- fallback ("accept"). Returns the final verdicts in the order they were
--- given, as nfq.offline reports them, with by_id (the same by packet number)
--- and timer_skipped (on_timer calls skipped over long gaps).
+-- fallback ("accept"), send (false), send_mark and send_mask (0). Returns
+-- the final verdicts and the packets the script sent, in the order they
+-- were given, as nfq.offline reports them, with by_id (the verdicts by
+-- packet number), sent (the sent packets alone) and timer_skipped (on_timer
+-- calls skipped over long gaps).
 function _M.run(script, packets, opts)
 	opts = opts or {}
 	local msg = check_opts(opts)
@@ -293,6 +306,11 @@ function _M.run(script, packets, opts)
 	if q == nil then error("nfq.testing: cannot open an offline queue: out of memory", 2) end
 	q = ffi.gc(q, C.nfq_queue_close)
 	q.fallback = fallbacks[opts.fallback or "accept"]
+	if opts.send then
+		local sender = C.nfq_sender_open(opts.send_mark or 0, opts.send_mask or 0, 0)
+		if sender == nil then error("nfq.testing: cannot open an offline sender: out of memory", 2) end
+		C.nfq_queue_set_sender(q, sender)
+	end
 
 	local i = 0
 	local function source()
@@ -312,23 +330,33 @@ function _M.run(script, packets, opts)
 		return input.bytes, input.time, meta
 	end
 
-	local results = {}
+	local results, sent = {}, {}
 	local front = {
 		call = pcall,
 		verdict = function(r) results[#results + 1] = r end,
+		sent = function(r)
+			results[#results + 1] = r
+			sent[#sent + 1] = r
+		end,
 		failed = function(_, err) error(err, 0) end,
 		note = function() end,
 	}
 	-- on_start sees the first packet's time, as the script's clock starts there.
 	nfq._set_now(inputs[1] and inputs[1].time or 0)
 	local ok, skipped = pcall(function()
+		-- The queue is the script's before on_start, as in the daemon: it may send.
+		nfq._set_send_queue(nfq._adopt(q, hooks_table.on_packet))
 		if hooks_table.on_start then hooks_table.on_start() end
 		return offline.run(q, hooks_table, source, front)
 	end)
 	nfq._set_now(nil)
+	nfq._set_send_queue(nil)
 	if not ok then error(skipped, 0) end
 	results.by_id = {}
-	for _, r in ipairs(results) do results.by_id[r.id] = r end
+	for _, r in ipairs(results) do
+		if r.id then results.by_id[r.id] = r end
+	end
+	results.sent = sent
 	results.timer_skipped = skipped
 	return results
 end
