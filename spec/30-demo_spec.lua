@@ -16,7 +16,7 @@ describe("make demo #kernel", function()
 		assert.truthy(v1, "both versions handled part of the traffic:\n" .. out)
 		assert.equal(2000, tonumber(v1) + tonumber(v2))
 		local counters = "received=2003 accepted=2002 dropped=1 repeated=0 requeued=0 fallback=0 script_errors=0 "
-			.. "script_timeouts=0 verdict_errors=0 enobufs=0 reloads=1 reload_failures=0 version=2 "
+			.. "script_timeouts=0 verdict_errors=0 enobufs=0 sent=0 send_errors=0 reloads=1 reload_failures=0 version=2 "
 			.. "kernel_queue_dropped=0 kernel_user_dropped=0"
 		assert.matches("== 3. the counters (SIGUSR1)\n   nfqlua: info: queue 1: " .. counters, out, 1, true)
 		-- The demo takes about 3 s; the bound is generous for a loaded machine.
