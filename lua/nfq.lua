@@ -578,6 +578,7 @@ local function recycle_buffers()
 	end
 end
 _M.recycle_buffers = recycle_buffers
+_M._buffer_pool = buffer_pool -- for specs: its in_use and allocated counts; not a public API
 
 -- n buffers from the pool into pieces[0..n-1].
 local function take_buffers(n, what, level)

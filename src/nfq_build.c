@@ -233,9 +233,10 @@ int nfq_build_tcp_split(const uint8_t *in, uint32_t len, const uint32_t *cuts, u
 		uint32_t start, end;
 		piece_range(cuts, ncuts, payload, overlap, i, &start, &end);
 		struct nfq_buffer *b = piece_out(out, ncuts, flags, i);
+		/* Never more than the input's length: the bound of every write. */
 		uint32_t size = hdr + (end - start);
 		if (size > NFQ_BUFFER_SIZE)
-			return fail(err, errlen, "piece %u would have %u bytes, more than %d", i + 1, size, NFQ_BUFFER_SIZE);
+			return fail(err, errlen, "piece %u would have %u bytes", i + 1, size);
 		memcpy(b->data, in, hdr);
 		memcpy(b->data + hdr, in + hdr + start, end - start);
 		b->len = size;
@@ -324,6 +325,8 @@ static int fragment_ipv4(const uint8_t *in, uint32_t len, const uint32_t *cuts, 
 		piece_range(cuts, ncuts, data_len, 0, i, &start, &end);
 		struct nfq_buffer *b = piece_out(out, ncuts, flags, i);
 		uint32_t size = ihl + (end - start);
+		if (size > NFQ_BUFFER_SIZE)
+			return fail(err, errlen, "fragment %u would have %u bytes", i + 1, size);
 		memcpy(b->data, in, ihl);
 		if (i > 0)
 			blank_uncopied_options(b->data, ihl);
@@ -378,16 +381,12 @@ static int fragment_ipv6(const uint8_t *in, uint32_t len, const uint32_t *cuts, 
 	for (uint32_t i = 0; i <= ncuts; i++) {
 		uint32_t start, end;
 		piece_range(cuts, ncuts, data_len, 0, i, &start, &end);
+		struct nfq_buffer *b = piece_out(out, ncuts, flags, i);
+		/* A piece lacks at least the 8 bytes before its cut, so its
+		 * Fragment header keeps it within the input's length. */
 		uint32_t size = unfrag + 8 + (end - start);
 		if (size > NFQ_BUFFER_SIZE)
-			return fail(err, errlen, "fragment %u would have %u bytes with its Fragment header, more than "
-				    "%d: cut it smaller", i + 1, size, NFQ_BUFFER_SIZE);
-	}
-	for (uint32_t i = 0; i <= ncuts; i++) {
-		uint32_t start, end;
-		piece_range(cuts, ncuts, data_len, 0, i, &start, &end);
-		struct nfq_buffer *b = piece_out(out, ncuts, flags, i);
-		uint32_t size = unfrag + 8 + (end - start);
+			return fail(err, errlen, "fragment %u would have %u bytes", i + 1, size);
 		memcpy(b->data, in, unfrag);
 		b->data[next_at] = PROTO_FRAGMENT;
 		uint8_t *fh = b->data + unfrag;
