@@ -2,6 +2,10 @@
 -- nothing. Batches of real IPv4/UDP payloads go through the module's own
 -- dispatch and verdict code; the verdict messages go to a queue number that
 -- nobody bound, so the kernel refuses them and no traffic is touched.
+-- The jit.attach handler below uses these locals, no globals: under busted,
+-- a global looked up inside a trace event failed ("attempt to call global
+-- 'ipairs' (a nil value)") and left the test's own globals broken after it.
+local ipairs, type, tostring = ipairs, type, tostring
 local ffi = require "ffi"
 local jit_util = require "jit.util"
 local vmdef = require "jit.vmdef"
