@@ -765,7 +765,11 @@ local function read_cuts(what, ...)
 		error(("nfq: %s: %d offsets make more than %d pieces"):format(what, n, MAX_PIECES), 3)
 	end
 	for i = 1, n do
-		cuts[i - 1] = check_int(select(i, ...), 0, BUFFER_SIZE, ("%s: offset %d"):format(what, i), 3)
+		local cut = select(i, ...)
+		if type(cut) ~= "number" or cut ~= floor(cut) or cut < 0 or cut > BUFFER_SIZE then
+			check_int(cut, 0, BUFFER_SIZE, ("%s: offset %d"):format(what, i), 3)
+		end
+		cuts[i - 1] = cut
 	end
 	return n, opts
 end
