@@ -256,9 +256,9 @@ function Packet:get_payload_len()
 	return len
 end
 
-local function check_pending(p)
+local function check_pending(pkt, p)
 	if p.state ~= PKT_PENDING then
-		error(("nfq: packet %d already has a verdict"):format(p.id), 3)
+		error(("nfq: packet %d already has a verdict"):format(pkt.id), 3)
 	end
 end
 
@@ -273,7 +273,7 @@ function Packet:set_payload(data)
 	else
 		error("nfq: set_payload expects a string or a packet buffer, got " .. shown(data), 2)
 	end
-	check_pending(p)
+	check_pending(self, p)
 	if C.nfq_packet_set_payload(p, bytes, len) ~= 0 then
 		local e = ffi_errno()
 		if e == EMSGSIZE then
@@ -286,7 +286,7 @@ end
 function Packet:set_mark(mark)
 	local p = live(self)
 	check_int(mark, 0, 0xffffffff, "mark", 2)
-	check_pending(p)
+	check_pending(self, p)
 	p.new_mark = mark
 	p.flags = bor(p.flags, PF_MARK_SET)
 end
@@ -390,7 +390,7 @@ end
 function Packet:set_connmark(mark)
 	local p = live(self)
 	check_int(mark, 0, 0xffffffff, "connmark", 2)
-	check_pending(p)
+	check_pending(self, p)
 	if p.queue == nil or band(p.queue.flags, FLAG_CONNTRACK) == 0 then
 		error("nfq: set_connmark needs a queue bound with conntrack = true", 2)
 	end

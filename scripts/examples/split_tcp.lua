@@ -5,7 +5,7 @@
 -- receiver's TCP puts the pieces back together; other segments pass as they
 -- are.
 --
--- nfqlua scripts/examples/split_tcp.lua --queue 1 --no-gso --send
+-- nfqlua scripts/examples/split_tcp.lua --queue 1 --no-gso --send --send-mark 0x1/0x1
 -- Rules: the pieces leave with the send mark and skip the queue, and
 -- connbytes queues only the first packets of each connection:
 --   iptables -A OUTPUT -p tcp --dport 443 -m mark --mark 0x1/0x1 -j RETURN
