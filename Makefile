@@ -57,7 +57,7 @@ EXAMPLES = $(wildcard scripts/examples/*.lua) scripts/examples/embed.c \
 
 BUILD = build
 CORE_SRC = src/nfq_queue.c src/nfq_packet.c src/nfq_headers.c src/nfq_send.c src/nfq_reject.c \
-	src/nfq_version.c
+	src/nfq_buffer.c src/nfq_build.c src/nfq_version.c
 ENGINE_SRC = src/nfq_engine.c
 # The daemon: main() and flags, its workers, its log, --replay.
 DAEMON_SRC = src/nfq_daemon.c src/nfq_workers.c src/nfq_log.c src/nfq_replay.c
@@ -71,7 +71,7 @@ SPEC_ENV = NFQ_ROOT=$(CURDIR) LUA_PATH='lua/?.lua;lua/?/init.lua;spec/?.lua;;' L
 FUZZ_CC ?= clang
 FUZZ_SECONDS ?= 600
 FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -fvisibility=hidden
-FUZZ_TARGETS = packet headers reject
+FUZZ_TARGETS = packet headers reject build
 
 .PHONY: all lib asan tsan deps deps-build deps-fuzz lint test unit demo bench bench-scale bench-send soak install uninstall clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
 
@@ -228,6 +228,8 @@ $(BUILD)/fuzz_reject: $(BUILD)/fuzz/fuzz_reject.o $(FUZZ_CORE_OBJ)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ $(CORE_LIBS)
 $(BUILD)/fuzz_headers: $(BUILD)/fuzz/fuzz_headers.o $(FUZZ_CORE_OBJ) lua/nfq/cdef.lua
 	$(FUZZ_CC) $(FUZZ_FLAGS) -Wl,-E -o $@ $(filter %.o,$^) $(CORE_LIBS) $(LUA_LIBS)
+$(BUILD)/fuzz_build: $(BUILD)/fuzz/fuzz_build.o $(FUZZ_CORE_OBJ)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ $(CORE_LIBS)
 
 fuzz: deps-fuzz $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%)
 	for t in $(FUZZ_TARGETS); do \

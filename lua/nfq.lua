@@ -17,9 +17,10 @@ local headers = require "nfq.headers"
 
 local band, bor, rshift = bit.band, bit.bor, bit.rshift
 local floor = math.floor
-local type, error, pcall, tostring, tonumber = type, error, pcall, tostring, tonumber
-local setmetatable, getmetatable, pairs, ipairs, next = setmetatable, getmetatable, pairs, ipairs, next
+local type, error, pcall, tostring, tonumber, select = type, error, pcall, tostring, tonumber, select
+local setmetatable, getmetatable, pairs, ipairs, next, unpack = setmetatable, getmetatable, pairs, ipairs, next, unpack
 local ffi_string, ffi_errno, ffi_gc, ffi_cast = ffi.string, ffi.errno, ffi.gc, ffi.cast
+local ffi_copy, ffi_fill, ffi_istype = ffi.copy, ffi.fill, ffi.istype
 
 if not pcall(function() return ffi.C.nfq_strerror end) then
 	ffi.cdef [[char *nfq_strerror(int errnum) asm("strerror");]]
@@ -160,16 +161,74 @@ end
 --------------------------------------------------------------------------
 
 local Packet = {}
+-- Packet buffers, defined below: their type and their bytes.
+local buffer_t, buffer_bytes
 
--- The C packet behind a Lua packet, if it is still alive: a slot is alive
+-- A packet in a batch slot reaches the script as a pointer-typed value, not
+-- a struct (see struct nfq_lua_packet_ref): slot_arrays' index of its slot
+-- array times 2^40, plus its slot times 2^32, plus the slot's generation.
+-- Such a value is one the JIT never has to allocate, even when the script
+-- calls C between two uses of the packet. A slot packet the script retained
+-- is found by that value in moved_packets. Packets handed over by a reload
+-- come as a struct nfq_lua_packet, which retain() points at its copy.
+local packet_ref_t = ffi.typeof("struct nfq_lua_packet_ref *")
+local uintptr_t = ffi.typeof("uintptr_t")
+local PKT_MOVED = C.NFQ_PKT_MOVED
+local SLOT_SCALE, SLOT_ARRAY_SCALE, MAX_SLOT_ARRAYS = 2 ^ 32, 2 ^ 40, 4096
+local SLOTS_PER_ARRAY = SLOT_ARRAY_SCALE / SLOT_SCALE
+local slot_arrays = ffi.new("struct nfq_packet *[?]", MAX_SLOT_ARRAYS)
+local slot_array_number, slot_arrays_used = {}, 0
+local moved_packets = {}
+
+--- The value that the first slot's packets of a queue's slot array start
+-- from. Slot arrays are never freed (a closed queue's go to the next one
+-- opened), so one seen before keeps its number.
+local function slot_array_base(pkts)
+	local key = tonumber(ffi_cast(uintptr_t, pkts))
+	local n = slot_array_number[key]
+	if not n then
+		if slot_arrays_used == MAX_SLOT_ARRAYS then
+			error(("nfq: more than %d queues were opened in this Lua state"):format(MAX_SLOT_ARRAYS), 3)
+		end
+		n = slot_arrays_used
+		slot_arrays_used = n + 1
+		slot_arrays[n] = pkts
+		slot_array_number[key] = n
+	end
+	return n * SLOT_ARRAY_SCALE
+end
+
+-- The C packet behind a Lua packet, or nil once it is gone: a slot is alive
 -- until its callback returns, a retained copy until it is collected.
-local function live(pkt)
+local function resolve(pkt)
+	if ffi_istype(packet_ref_t, pkt) then
+		local v = tonumber(ffi_cast(uintptr_t, pkt))
+		local gen = v % SLOT_SCALE
+		local slot = (v - gen) / SLOT_SCALE
+		local index = slot % SLOTS_PER_ARRAY
+		local p = slot_arrays[(slot - index) / SLOTS_PER_ARRAY] + index
+		if p.gen == gen and p.state ~= PKT_MOVED then
+			return p
+		end
+		return moved_packets[v]
+	end
 	local p = pkt.p
-	if p.gen ~= pkt.gen then
-		error(("nfq: packet %d is gone: its callback returned, so it got its verdict; "
-			.. "call pkt:retain() inside the callback to keep it"):format(pkt.id), 3)
+	if p.gen == pkt.gen then return p end
+	return nil
+end
+
+local function live(pkt, level)
+	local p = resolve(pkt)
+	if p == nil then
+		error("nfq: this packet is gone: its callback returned, so it got its verdict; "
+			.. "call pkt:retain() inside the callback to keep it", level or 3)
 	end
 	return p
+end
+
+--- The struct nfq_packet behind a live Lua packet, for specs and tools; not a public API.
+function _M._c_packet(pkt)
+	return live(pkt)
 end
 
 local function payload_of(p)
@@ -179,11 +238,12 @@ local function payload_of(p)
 	return p.payload, p.payload_len
 end
 
-local function payload_or_error(pkt)
-	local data, len = payload_of(live(pkt))
+local function payload_or_error(pkt, level)
+	local p = live(pkt, level and level + 1)
+	local data, len = payload_of(p)
 	if data == nil then
 		error(("nfq: packet %d has no payload: the queue copies metadata only "
-			.. "(bind with mode = nfq.COPY_PACKET)"):format(pkt.id), 3)
+			.. "(bind with mode = nfq.COPY_PACKET)"):format(p.id), level or 3)
 	end
 	return data, len
 end
@@ -208,16 +268,22 @@ local function check_pending(pkt, p)
 	end
 end
 
+--- Replace the packet with a string or the bytes of a packet buffer.
 function Packet:set_payload(data)
 	local p = live(self)
-	if type(data) ~= "string" then
-		error("nfq: set_payload expects a string, got " .. shown(data), 2)
+	local bytes, len = data, nil
+	if type(data) == "string" then
+		len = #data
+	elseif ffi_istype(buffer_t, data) then
+		bytes, len = buffer_bytes(data, 3)
+	else
+		error("nfq: set_payload expects a string or a packet buffer, got " .. shown(data), 2)
 	end
 	check_pending(self, p)
-	if C.nfq_packet_set_payload(p, data, #data) ~= 0 then
+	if C.nfq_packet_set_payload(p, bytes, len) ~= 0 then
 		local e = ffi_errno()
 		if e == EMSGSIZE then
-			error(("nfq: a payload of %d bytes is larger than a verdict can carry (65531)"):format(#data), 2)
+			error(("nfq: a payload of %d bytes is larger than a verdict can carry (65531)"):format(len), 2)
 		end
 		error("nfq: set_payload: " .. strerror(e), 2)
 	end
@@ -255,6 +321,13 @@ local function release_retained(pkt)
 	C.nfq_packet_release(pkt.p)
 end
 
+local function release_moved(pkt)
+	local v = tonumber(ffi_cast(uintptr_t, pkt))
+	local copy = moved_packets[v]
+	moved_packets[v] = nil
+	if copy then C.nfq_packet_release(copy) end
+end
+
 function Packet:retain()
 	local p = live(self)
 	if band(p.flags, PF_RETAINED) ~= 0 then return self end
@@ -263,9 +336,14 @@ function Packet:retain()
 		error("nfq: retain: out of memory", 2)
 	end
 	if copy ~= p then -- a slot was copied: this object owns the copy
-		self.p = copy
-		self.gen = copy.gen
-		ffi_gc(self, release_retained)
+		if ffi_istype(packet_ref_t, self) then
+			moved_packets[tonumber(ffi_cast(uintptr_t, self))] = copy
+			ffi_gc(self, release_moved)
+		else
+			self.p = copy
+			self.gen = copy.gen
+			ffi_gc(self, release_retained)
+		end
 	end
 	return self
 end
@@ -273,14 +351,14 @@ end
 local function give_verdict(pkt, verdict)
 	local p = live(pkt)
 	if p.queue == nil then
-		error(("nfq: packet %d: its queue was unbound or closed, which gave it the fallback verdict"):format(pkt.id), 3)
+		error(("nfq: packet %d: its queue was unbound or closed, which gave it the fallback verdict"):format(p.id), 3)
 	end
 	if C.nfq_packet_verdict(p, verdict) ~= 0 then
 		local e = ffi_errno()
 		if e == EALREADY then
-			error(("nfq: packet %d already has a verdict"):format(pkt.id), 3)
+			error(("nfq: packet %d already has a verdict"):format(p.id), 3)
 		end
-		error(("nfq: verdict for packet %d: %s"):format(pkt.id, strerror(e)), 3)
+		error(("nfq: verdict for packet %d: %s"):format(p.id, strerror(e)), 3)
 	end
 end
 
@@ -376,13 +454,13 @@ function Packet:reject(how)
 end
 
 local function describe(pkt)
-	local p = pkt.p
-	if p.gen ~= pkt.gen then
-		return ("packet %d (gone)"):format(pkt.id)
+	local p = resolve(pkt)
+	if p == nil then
+		return "packet (gone)"
 	end
 	local data, len = payload_of(p)
 	if data == nil or len == 0 then
-		return ("packet %d, no payload"):format(pkt.id)
+		return ("packet %d, no payload"):format(p.id)
 	end
 	C.nfq_describe(data, len, describe_buf, 64)
 	return ffi_string(describe_buf)
@@ -483,6 +561,10 @@ end
 
 -- Kernel metadata read as fields: pkt.indev, pkt.uid, pkt.ct_state...
 local metadata = {
+	id = function(p) return p.id end,
+	mark = function(p) return p.mark end,
+	hw_protocol = function(p) return p.hw_protocol end,
+	hook = function(p) return p.hook end,
 	indev = function(p) return p.indev end,
 	outdev = function(p) return p.outdev end,
 	physindev = function(p) return p.physindev end,
@@ -508,14 +590,354 @@ local metadata = {
 	csum_not_verified = flagged(PF_SKBINFO, function(p) return band(p.skbinfo, 4) ~= 0 end),
 }
 
-local packet_t = ffi.metatype("struct nfq_lua_packet", {
+local packet_mt = {
 	__index = function(pkt, k)
 		local get = metadata[k]
 		if get then return get(live(pkt)) end
 		return Packet[k]
 	end,
 	__tostring = describe,
+}
+local packet_t = ffi.metatype("struct nfq_lua_packet", packet_mt)
+ffi.metatype("struct nfq_lua_packet_ref", packet_mt)
+
+--------------------------------------------------------------------------
+-- Packet buffers
+--------------------------------------------------------------------------
+
+-- Buffers come from one pool per Lua state (src/nfq_buffer.c) and go back
+-- to it at the end of each packet callback (recycle_buffers, from dispatch):
+-- every buffer made since the last recycling, unless b:retain() kept it
+-- until b:release() or its collection. A handle is a pointer-typed value,
+-- not a struct (see struct nfq_lua_buffer): the buffer's index in the pool
+-- times 2^32 plus the generation the buffer had when it was lent, so a stale
+-- handle raises instead of reading bytes that belong to another packet.
+local buffer_pool = C.nfq_buffer_pool_new()
+if buffer_pool == nil then
+	error("nfq: cannot allocate the packet buffer pool: out of memory", 2)
+end
+ffi_gc(buffer_pool, C.nfq_buffer_pool_close)
+local pool_buffers = buffer_pool.all
+
+local BUFFER_SIZE, MAX_IN_USE, MAX_PIECES = C.NFQ_BUFFER_SIZE, C.NFQ_BUFFER_MAX_IN_USE, C.NFQ_BUILD_MAX_PIECES
+local BUF_LENT, BUF_KEPT, BUILD_REVERSE = C.NFQ_BUF_LENT, C.NFQ_BUF_KEPT, C.NFQ_BUILD_REVERSE
+local ENOBUFS = 105
+local HANDLE_SCALE = 2 ^ 32
+local bytes_t = ffi.typeof("uint8_t *")
+buffer_t = ffi.typeof("struct nfq_lua_buffer *")
+-- Scratch space of the split and fragment calls, allocated once.
+local pieces = ffi.new("struct nfq_buffer *[?]", MAX_PIECES)
+local cuts = ffi.new("uint32_t[?]", MAX_PIECES)
+local BUILD_ERR_LEN = 256
+local build_err = ffi.new("char[?]", BUILD_ERR_LEN)
+
+local Buffer = {}
+
+local function handle_of(b)
+	return ffi_cast(buffer_t, b.index * HANDLE_SCALE + b.gen)
+end
+
+-- The C buffer behind a handle, and the handle's generation.
+local function decode(h)
+	local v = tonumber(ffi_cast(uintptr_t, h))
+	local gen = v % HANDLE_SCALE
+	return pool_buffers[(v - gen) / HANDLE_SCALE], gen
+end
+
+-- The C buffer behind a handle, if the handle is not stale.
+local function buffer_of(h, level)
+	local b, gen = decode(h)
+	if b.gen ~= gen then
+		error("nfq: this packet buffer is gone: it went back to the pool when the packet callback that made it "
+			.. "returned, or at b:release(); call b:retain() to keep a buffer longer", level or 3)
+	end
+	return b
+end
+
+buffer_bytes = function(h, level)
+	local b = buffer_of(h, level + 1)
+	return b.data, b.len
+end
+
+--- Every buffer made since the last recycling and not retained goes back
+-- to the pool: what the end of each packet callback does.
+local function recycle_buffers()
+	if buffer_pool.lent_list ~= nil then
+		C.nfq_buffer_recycle(buffer_pool)
+	end
+end
+_M.recycle_buffers = recycle_buffers
+_M._buffer_pool = buffer_pool -- for specs: its in_use and allocated counts; not a public API
+
+-- n buffers from the pool into pieces[0..n-1].
+local function take_buffers(n, what, level)
+	if C.nfq_buffer_get(buffer_pool, n, pieces) ~= 0 then
+		if ffi_errno() == ENOBUFS then
+			error(("nfq: %s: %d packet buffers are in use, the most there can be: release the ones you "
+				.. "retained (b:release())"):format(what, MAX_IN_USE), level + 1)
+		end
+		error(("nfq: %s: out of memory"):format(what), level + 1)
+	end
+end
+
+local function new_buffer(data, len, what, level)
+	take_buffers(1, what, level + 1)
+	local b = pieces[0]
+	ffi_copy(b.data, data, len)
+	b.len = len
+	return handle_of(b)
+end
+
+--- The bytes of a packet given as a string, a packet buffer or a packet, or
+-- (with len) a pointer: ptr, length.
+local function packet_bytes(x, len, what, level)
+	if type(x) == "string" then
+		return x, #x
+	elseif ffi_istype(buffer_t, x) then
+		return buffer_bytes(x, level + 1)
+	elseif ffi_istype(packet_ref_t, x) or ffi_istype(packet_t, x) then
+		return payload_or_error(x, level + 1)
+	elseif type(x) == "cdata" and len ~= nil then
+		return x, check_int(len, 0, BUFFER_SIZE, what .. ": the length", level + 1)
+	end
+	error(("nfq: %s expects a packet (a string, a packet buffer, a packet, or a pointer and a length), got %s")
+		:format(what, shown(x)), level + 1)
+end
+
+--- A packet buffer: a copy of bytes (a string, a buffer, a packet, or a
+-- pointer and a length), or len zero bytes.
+function _M.buffer(data, len)
+	if type(data) == "number" then
+		check_int(data, 0, BUFFER_SIZE, "nfq.buffer: the length", 2)
+		take_buffers(1, "nfq.buffer", 2)
+		local b = pieces[0]
+		ffi_fill(b.data, data)
+		b.len = data
+		return handle_of(b)
+	end
+	local bytes, n = packet_bytes(data, len, "nfq.buffer", 2)
+	if n > BUFFER_SIZE then
+		error(("nfq: nfq.buffer: %d bytes are more than a buffer holds (%d)"):format(n, BUFFER_SIZE), 2)
+	end
+	return new_buffer(bytes, n, "nfq.buffer", 2)
+end
+
+--- A packet buffer holding a copy of the packet (after set_payload, of the
+-- new one).
+function Packet:copy()
+	local data, len = payload_or_error(self, 2)
+	return new_buffer(data, len, "pkt:copy", 2)
+end
+
+--- Zero-copy view: a const uint8_t* to the first byte, and the length.
+function Buffer:view()
+	local b = buffer_of(self)
+	return ffi_cast(const_bytes_t, b.data), b.len
+end
+
+--- The same, writable: for payload bytes and options the views do not name.
+function Buffer:data()
+	local b = buffer_of(self)
+	return ffi_cast(bytes_t, b.data), b.len
+end
+
+function Buffer:bytes()
+	local b = buffer_of(self)
+	return ffi_string(b.data, b.len)
+end
+
+function Buffer:len()
+	return buffer_of(self).len
+end
+
+--- Cut or grow the packet to n bytes; grown bytes are zeros. Length fields
+-- stay as they are until fix_checksums().
+function Buffer:set_len(n)
+	local b = buffer_of(self)
+	check_int(n, 0, BUFFER_SIZE, "the buffer length", 2)
+	if n > b.len then
+		ffi_fill(b.data + b.len, n - b.len)
+	end
+	b.len = n
+end
+
+function Buffer:copy()
+	local b = buffer_of(self)
+	return new_buffer(b.data, b.len, "b:copy", 2)
+end
+
+--- Set IP lengths and every checksum after an edit.
+function Buffer:fix_checksums()
+	local b = buffer_of(self)
+	if C.nfq_fix_checksums(b.data, b.len) ~= 0 then
+		error("nfq: fix_checksums: the buffer does not hold an IPv4 or IPv6 packet", 2)
+	end
+end
+
+-- Writable header views: nil when the bytes are not a whole header.
+function Buffer:ip()
+	local b = buffer_of(self)
+	return headers.ipv4_writable(b.data, b.len)
+end
+function Buffer:ip6()
+	local b = buffer_of(self)
+	return headers.ipv6_writable(b.data, b.len)
+end
+function Buffer:transport()
+	local b = buffer_of(self)
+	return headers.transport(C, b.data, b.len)
+end
+function Buffer:udp()
+	local b = buffer_of(self)
+	return (headers.udp_writable(C, b.data, b.len))
+end
+function Buffer:tcp()
+	local b = buffer_of(self)
+	return (headers.tcp_writable(C, b.data, b.len))
+end
+function Buffer:icmp()
+	local b = buffer_of(self)
+	return (headers.icmp_writable(C, b.data, b.len))
+end
+
+local function release_kept(h)
+	local b, gen = decode(h)
+	if b.gen == gen then
+		C.nfq_buffer_release(b)
+	end
+end
+
+--- Keep the buffer past its callback: until b:release(), or until it is
+-- garbage-collected.
+function Buffer:retain()
+	local b = buffer_of(self)
+	if b.state == BUF_LENT then
+		C.nfq_buffer_keep(b)
+		ffi_gc(self, release_kept)
+	end
+	return self
+end
+
+--- Give the buffer back to the pool now; it is gone from then on. Releasing
+-- a buffer that is gone does nothing.
+function Buffer:release()
+	local b, gen = decode(self)
+	if b.gen ~= gen then return end
+	if b.state == BUF_KEPT then
+		ffi_gc(self, nil)
+	end
+	C.nfq_buffer_release(b)
+end
+
+ffi.metatype("struct nfq_lua_buffer", {
+	__index = Buffer,
+	__len = function(h) return buffer_of(h, 2).len end,
+	__tostring = function(h)
+		local b, gen = decode(h)
+		if b.gen ~= gen then return "packet buffer (gone)" end
+		C.nfq_describe(b.data, b.len, describe_buf, 64)
+		return ffi_string(describe_buf)
+	end,
 })
+
+-- The offsets after the packet in nfq.tcp_split and nfq.ip_fragment, into
+-- cuts; their number, and the options table that may end the list.
+local function read_cuts(what, ...)
+	local n = select("#", ...)
+	local opts = n > 0 and select(n, ...) or nil
+	if type(opts) == "table" then
+		n = n - 1
+	else
+		opts = nil
+	end
+	if n >= MAX_PIECES then
+		error(("nfq: %s: %d offsets make more than %d pieces"):format(what, n, MAX_PIECES), 3)
+	end
+	for i = 1, n do
+		local cut = select(i, ...)
+		if type(cut) ~= "number" or cut ~= floor(cut) or cut < 0 or cut > BUFFER_SIZE then
+			check_int(cut, 0, BUFFER_SIZE, ("%s: offset %d"):format(what, i), 3)
+		end
+		cuts[i - 1] = cut
+	end
+	return n, opts
+end
+
+-- The new pieces as buffers, in pieces[0..count-1]: two or three without a table.
+local function piece_buffers(count)
+	local p = pieces
+	if count == 2 then
+		return handle_of(p[0]), handle_of(p[1])
+	elseif count == 3 then
+		return handle_of(p[0]), handle_of(p[1]), handle_of(p[2])
+	end
+	local list = {}
+	for i = 0, count - 1 do
+		list[i + 1] = handle_of(p[i])
+	end
+	return unpack(list, 1, count)
+end
+
+local split_opts = { overlap = true, reverse = true }
+
+local function check_reverse(v, what)
+	if v ~= nil and type(v) ~= "boolean" then
+		error(("nfq: %s: reverse must be true or false, got %s"):format(what, shown(v)), 3)
+	end
+	return v and BUILD_REVERSE or 0
+end
+
+--- The segments of one TCP segment cut at the payload offsets given, as
+-- packet buffers; options (a table after the offsets): overlap (bytes each
+-- piece after the first starts early), reverse (last piece first).
+function _M.tcp_split(packet, ...)
+	local data, len = packet_bytes(packet, nil, "tcp_split", 2)
+	local n, opts = read_cuts("tcp_split", ...)
+	local overlap, flags = 0, 0
+	if opts then
+		check_opts(opts, split_opts, "tcp_split", 2)
+		if opts.overlap ~= nil then
+			overlap = check_int(opts.overlap, 0, BUFFER_SIZE, "tcp_split: overlap", 2)
+		end
+		flags = check_reverse(opts.reverse, "tcp_split")
+	end
+	take_buffers(n + 1, "tcp_split", 2)
+	if C.nfq_build_tcp_split(data, len, cuts, n, overlap, flags, pieces, build_err, BUILD_ERR_LEN) < 0 then
+		C.nfq_buffer_release_many(pieces, n + 1)
+		error("nfq: tcp_split: " .. ffi_string(build_err), 2)
+	end
+	return piece_buffers(n + 1)
+end
+
+local fragment_opts = { reverse = true, id = true }
+
+--- The fragments of an IPv4 or IPv6 packet cut at the offsets given (in its
+-- fragmentable part, multiples of 8), as packet buffers; options: reverse,
+-- id (IPv6: the Fragment header's identification; a new one by default).
+function _M.ip_fragment(packet, ...)
+	local data, len = packet_bytes(packet, nil, "ip_fragment", 2)
+	local n, opts = read_cuts("ip_fragment", ...)
+	local flags, id = 0, nil
+	if opts then
+		check_opts(opts, fragment_opts, "ip_fragment", 2)
+		if opts.id ~= nil then
+			id = check_int(opts.id, 0, 0xffffffff, "ip_fragment: id", 2)
+		end
+		flags = check_reverse(opts.reverse, "ip_fragment")
+	end
+	take_buffers(n + 1, "ip_fragment", 2)
+	local rc = C.nfq_build_ip_fragment(data, len, cuts, n, id or C.nfq_build_fragment_id(), flags, pieces,
+		build_err, BUILD_ERR_LEN)
+	if rc < 0 or (id and rshift(pieces[0].data[0], 4) == 4) then
+		C.nfq_buffer_release_many(pieces, n + 1)
+		if rc >= 0 then
+			error("nfq: ip_fragment: id is the identification of an IPv6 Fragment header; IPv4 fragments "
+				.. "keep the packet's id (set b:ip().id to change it)", 2)
+		end
+		error("nfq: ip_fragment: " .. ffi_string(build_err), 2)
+	end
+	return piece_buffers(n + 1)
+end
 
 --------------------------------------------------------------------------
 -- Queues
@@ -538,12 +960,14 @@ local function dispatch(self)
 	local q = self.q
 	local cb = self.callback
 	local pkts = self.pkts
+	local base = self.ref_base
 	while q.pos < q.count do
 		local i = q.pos
 		q.pos = i + 1
 		local p = pkts + i
-		cb(packet_t(p, p.gen, p.id, p.mark, p.hw_protocol, p.hook))
+		cb(ffi_cast(packet_ref_t, base + i * SLOT_SCALE + p.gen))
 		C.nfq_packet_finish(p)
+		recycle_buffers()
 	end
 end
 Queue._dispatch = dispatch
@@ -571,8 +995,8 @@ end
 --- A Queue over a queue that C owns (the daemon's); it cannot unbind it.
 function _M._adopt(qptr, callback)
 	local q = ffi_cast(queue_ptr_t, qptr)
-	adopted_queue = setmetatable({ q = q, pkts = q.pkts, callback = callback, queue_num = q.queue_num,
-		adopted = true }, Queue)
+	adopted_queue = setmetatable({ q = q, pkts = q.pkts, ref_base = slot_array_base(q.pkts), callback = callback,
+		queue_num = q.queue_num, adopted = true }, Queue)
 	return adopted_queue
 end
 
@@ -584,6 +1008,7 @@ function Queue:_redeliver(packet_ptr)
 	local pkt = ffi_gc(packet_t(p, p.gen, p.id, p.mark, p.hw_protocol, p.hook), release_retained)
 	local ok, err = pcall(self.callback, pkt)
 	C.nfq_packet_finish(p)
+	recycle_buffers()
 	if not ok then error(err, 0) end
 end
 
@@ -671,6 +1096,7 @@ function Queue:bind(queue_num, callback, opts)
 	-- The slot array lives as long as the queue: caching the pointer saves
 	-- a cdata box per batch.
 	self.pkts = q.pkts
+	self.ref_base = slot_array_base(q.pkts)
 	return true
 end
 
@@ -811,6 +1237,7 @@ function Queue:run(block, max_batches)
 		if not ok then
 			q.stats.script_errors = q.stats.script_errors + 1
 			C.nfq_queue_finish_current(q)
+			recycle_buffers()
 			C.nfq_queue_flush(q)
 			if self.deferred then finish_deferred(self) end
 			error(err, 0)

@@ -123,8 +123,10 @@ describe("nfq module", function()
 				assert.has_error(function() pkt:queue(70000) end,
 					"nfq: queue_num must be an integer from 0 to 65535, got number 70000")
 				assert.has_error(function() pkt:queue(1.5) end, "nfq: queue_num must be an integer from 0 to 65535, got number 1.5")
-				assert.has_error(function() pkt:set_payload(5) end, "nfq: set_payload expects a string, got number 5")
-				assert.has_error(function() pkt:set_payload(nil) end, "nfq: set_payload expects a string, got nil")
+				assert.has_error(function() pkt:set_payload(5) end,
+					"nfq: set_payload expects a string or a packet buffer, got number 5")
+				assert.has_error(function() pkt:set_payload(nil) end,
+					"nfq: set_payload expects a string or a packet buffer, got nil")
 				pkt:accept()
 			end, { testing.packet {} })
 		end)

@@ -3,7 +3,7 @@
 local H = require "helpers.net"
 
 describe("fuzz corpus replay", function()
-	for _, target in ipairs { "packet", "headers" } do
+	for _, target in ipairs { "packet", "headers", "build" } do
 		it("runs every " .. target .. " input without a crash", function()
 			local files = H.sh(("ls %s/spec/fuzz/corpus/%s | wc -l"):format(H.root, target))
 			local out = H.sh(("cd %s && build/replay_%s spec/fuzz/corpus/%s/*"):format(H.root, target, target))

@@ -109,7 +109,7 @@ describe("nfq.testing", function()
 		-- set_connmark needs a conntrack queue; offline queues take the flag as given.
 		local nfq = require "nfq"
 		local r = testing.run(function(pkt)
-			pkt.p.queue.flags = nfq._C.NFQ_FLAG_CONNTRACK
+			nfq._c_packet(pkt).queue.flags = nfq._C.NFQ_FLAG_CONNTRACK
 			return dofile(example("connmark_classifier.lua"))(pkt)
 		end, { testing.packet { dport = 53 }, testing.packet { dport = 6666 }, testing.packet { dport = 8080 } })
 		assert.same({ 1, 2, 3 }, { r.by_id[1].connmark, r.by_id[2].connmark, r.by_id[3].connmark })

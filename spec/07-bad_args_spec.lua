@@ -41,7 +41,8 @@ describe("bad arguments", function()
 		local r = testing.run(function(pkt)
 			assert.has_error(function() pkt:set_payload(string.rep("z", 70000)) end,
 				"nfq: a payload of 70000 bytes is larger than a verdict can carry (65531)")
-			assert.has_error(function() pkt:set_payload({}) end, "nfq: set_payload expects a string, got table")
+			assert.has_error(function() pkt:set_payload({}) end,
+				"nfq: set_payload expects a string or a packet buffer, got table")
 			assert.has_error(function() pkt:set_mark(0 / 0) end)
 			assert.has_error(function() pkt:set_mark(-1) end)
 			assert.has_error(function() pkt:set_mark(2 ^ 32) end)

@@ -345,7 +345,10 @@ describe("queue #kernel", function()
 		assert.matches("retain", err)
 		assert.has_error(function() plain:accept() end)
 		assert.matches("callback returned", tostring(select(2, pcall(plain.drop, plain))))
-		assert.equal("packet " .. plain.id .. " (gone)", tostring(plain))
+		assert.equal("packet (gone)", tostring(plain))
+		assert.has_error(function() return plain.id end,
+			"nfq: this packet is gone: its callback returned, so it got its verdict; "
+			.. "call pkt:retain() inside the callback to keep it")
 		assert.equal("kept", H.udp4_data(kept:get_payload()))
 		assert.equal("plain", rx:recv(1))
 		assert.is_nil(rx:recv(0.2))

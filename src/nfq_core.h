@@ -282,7 +282,16 @@ struct nfq_icmp_hdr {
 	uint32_t rest_be;
 } __attribute__((packed));
 
-/* The Lua view of a packet: a pointer plus the generation it was made for. */
+/*
+ * The Lua view of a packet in a batch slot is a struct nfq_lua_packet_ref *
+ * that points nowhere: its value numbers the slot array (lua/nfq.lua keeps a
+ * list), the slot and the generation it was made for. An immutable value,
+ * unlike a struct, is one the JIT never has to allocate, even when the
+ * script calls C between two uses of the packet.
+ */
+struct nfq_lua_packet_ref;
+
+/* The Lua view of a packet handed over by a reload: a pointer plus the generation it was made for. */
 struct nfq_lua_packet {
 	struct nfq_packet *p;
 	uint32_t gen;
@@ -309,6 +318,99 @@ struct nfq_verdict_record {
 	uint32_t payload_len;
 	uint8_t *payload;		/* with NFQ_PF_PAYLOAD_SET, or the packet sent; owned by the queue */
 };
+
+/*
+ * Packet buffers (nfq.buffer, pkt:copy, nfq.tcp_split, nfq.ip_fragment): a
+ * mutable IP packet of up to NFQ_BUFFER_SIZE bytes, from a pool that each Lua
+ * state owns. A buffer is lent to the script until the pool is recycled (at
+ * the end of each packet callback), kept when the script retains it (until
+ * it releases it), or free. The pool never frees a buffer while it lives, so
+ * a stale Lua handle can still read its gen; the split and fragment builders
+ * make at most NFQ_BUILD_MAX_PIECES pieces.
+ */
+enum {
+	NFQ_BUFFER_SIZE = 65535,
+	NFQ_BUFFER_MAX_IN_USE = 4096,
+	NFQ_BUILD_MAX_PIECES = 64
+};
+
+enum {
+	NFQ_BUF_FREE = 0,
+	NFQ_BUF_LENT = 1,
+	NFQ_BUF_KEPT = 2
+};
+
+/* Flags of nfq_build_tcp_split() and nfq_build_ip_fragment(). */
+enum {
+	NFQ_BUILD_REVERSE = 1		/* the pieces come out last first */
+};
+
+struct nfq_buffer_pool;
+
+struct nfq_buffer {
+	uint32_t len;			/* bytes of data in use */
+	uint32_t gen;			/* bumped when it goes back to the pool: stale Lua handles notice */
+	uint32_t state;			/* NFQ_BUF_* */
+	uint32_t index;			/* in its pool's all[] */
+	struct nfq_buffer_pool *pool;
+	struct nfq_buffer *prev;	/* the pool's lent list (free list: next only) */
+	struct nfq_buffer *next;
+	uint8_t data[65535];		/* NFQ_BUFFER_SIZE */
+};
+
+struct nfq_buffer_pool {
+	struct nfq_buffer *free_list;
+	struct nfq_buffer *lent_list;	/* NULL when nothing is to recycle */
+	uint32_t in_use;		/* lent and kept */
+	uint32_t allocated;		/* buffers in all[] */
+	uint32_t closed;		/* its owner is gone: kept buffers are freed on release */
+	uint32_t reserved;
+	struct nfq_buffer *all[4096];	/* NFQ_BUFFER_MAX_IN_USE: every buffer it made, by index */
+};
+
+/*
+ * The Lua handle of a buffer is a struct nfq_lua_buffer * that points
+ * nowhere: its value is the buffer's index in its pool times 2^32 plus the
+ * gen it was lent at. An immutable value, unlike a struct, is one the JIT
+ * never has to allocate, even when the script calls C between two uses.
+ */
+struct nfq_lua_buffer;
+
+struct nfq_buffer_pool *nfq_buffer_pool_new(void);
+/* Free the pool's free and lent buffers; kept ones go when released. */
+void nfq_buffer_pool_close(struct nfq_buffer_pool *pool);
+/*
+ * n lent buffers of length 0 into out; -1 with errno ENOBUFS when that would
+ * put more than NFQ_BUFFER_MAX_IN_USE in use, ENOMEM when out of memory.
+ */
+int nfq_buffer_get(struct nfq_buffer_pool *pool, uint32_t n, struct nfq_buffer **out);
+/* A lent buffer becomes kept: recycling leaves it to the script. */
+void nfq_buffer_keep(struct nfq_buffer *b);
+/* Back to the pool now, lent or kept. */
+void nfq_buffer_release(struct nfq_buffer *b);
+void nfq_buffer_release_many(struct nfq_buffer *const *b, uint32_t n);
+/* Every lent buffer back to the pool. */
+void nfq_buffer_recycle(struct nfq_buffer_pool *pool);
+/*
+ * The TCP segment of the IPv4/IPv6 packet in[0..len) cut at the ncuts payload
+ * offsets cuts (increasing), each piece after the first starting overlap
+ * bytes early, into out[0..ncuts]; the pieces' lengths, sequence numbers,
+ * flags, IPv4 ids and checksums set. The number of pieces, or -1 with why in
+ * err (errlen bytes, NUL-terminated); nothing is written past a piece's data.
+ */
+int nfq_build_tcp_split(const uint8_t *in, uint32_t len, const uint32_t *cuts, uint32_t ncuts,
+			uint32_t overlap, uint32_t flags, struct nfq_buffer *const *out,
+			char *err, uint32_t errlen);
+/*
+ * The IPv4 or IPv6 packet in[0..len) as fragments cut at the ncuts offsets
+ * (multiples of 8, increasing) of its fragmentable part, into out[0..ncuts].
+ * IPv4 keeps its id; IPv6 gets a Fragment header with identification id6.
+ */
+int nfq_build_ip_fragment(const uint8_t *in, uint32_t len, const uint32_t *cuts, uint32_t ncuts,
+			  uint32_t id6, uint32_t flags, struct nfq_buffer *const *out,
+			  char *err, uint32_t errlen);
+/* A new identification for an IPv6 Fragment header: different on each call. */
+uint32_t nfq_build_fragment_id(void);
 
 struct nfq_queue *nfq_queue_open(int sockfd);
 /* A queue with no kernel behind it: packets are pushed, verdicts recorded. */

@@ -109,9 +109,15 @@ function _M.attach(qptr, hooks)
 	nfq._set_send_queue(queue)
 	local dispatch = queue._dispatch
 	local on_timer = hooks.on_timer
+	local recycle_buffers = nfq.recycle_buffers
+	-- Packet buffers made in on_timer go back to the pool when it returns,
+	-- as those of a packet callback do when it returns.
 	return function() dispatch(queue) end,
 		function(packet_ptr) queue:_redeliver(packet_ptr) end,
-		on_timer,
+		on_timer and function()
+			on_timer()
+			recycle_buffers()
+		end,
 		on_timer and (hooks.timer_interval or 1) or 0
 end
 

@@ -15,10 +15,11 @@ function B.udp_packet(dport)
 	return "\69\0\0\36\0\0\0\0\64\17\0\0\127\0\0\1\127\0\0\1" .. l4
 end
 
---- A queue whose batch we fill ourselves, packet i going to dport_of(i).
--- Returns run(), which dispatches the whole batch to callback and sends its
--- verdicts, and a table that keeps slots and payloads alive while in use.
-function B.synthetic_queue(callback, dport_of)
+--- A queue whose batch we fill ourselves, packet i going to dport_of(i)
+-- (or, with packet_of, being packet_of(i)). Returns run(), which dispatches
+-- the whole batch to callback and sends its verdicts, and a table that keeps
+-- slots and payloads alive while in use.
+function B.synthetic_queue(callback, dport_of, packet_of)
 	local q = C.nfq_queue_open(-1)
 	assert(q ~= nil, "cannot open a netlink socket")
 	local pkts = ffi.new("struct nfq_packet[?]", B.SIZE)
@@ -29,7 +30,7 @@ function B.synthetic_queue(callback, dport_of)
 	end)
 	local payloads = {}
 	for i = 0, B.SIZE - 1 do
-		local data = B.udp_packet(dport_of(i))
+		local data = packet_of and packet_of(i) or B.udp_packet(dport_of(i))
 		payloads[i] = ffi.new("uint8_t[?]", #data)
 		ffi.copy(payloads[i], data, #data)
 		pkts[i].payload, pkts[i].payload_len = payloads[i], #data
