@@ -261,3 +261,33 @@ describe("split and fragmented packets on the wire #kernel", function()
 		udp_fragments(AF_INET6, 1280, 5092)
 	end)
 end)
+
+describe("split_tcp.lua in the daemon #kernel", function()
+	H.isolated_tests()
+
+	it("sends each connection's first data segment as two pieces, and the receiver reads it whole", function()
+		H.sh("iptables -A OUTPUT -o lo -p tcp --dport 9443 -m mark --mark 0x1/0x1 -j RETURN")
+		H.sh("iptables -A OUTPUT -o lo -p tcp --dport 9443 -j NFQUEUE --queue-num 1")
+		local d = H.daemon(H.root .. "/scripts/examples/split_tcp.lua --queue 1 --no-gso --send --send-mark 0x1/0x1")
+		H.wait_queue_ready(1)
+		local server = H.tcp_listen("127.0.0.1", 9443)
+		local request = "GET / HTTP/1.1\r\nHost: split.example\r\n\r\n"
+		for round = 1, 3 do
+			local client = H.tcp_connect("127.0.0.1", 9443)
+			local conn = assert(server:accept(2), "the connection")
+			client:send(request)
+			local got = ""
+			while #got < #request do
+				local part = conn:recv(2)
+				if not part then break end
+				got = got .. part
+			end
+			assert.equal(request, got, "round " .. round)
+			client:close()
+			conn:close()
+		end
+		d:signal("USR1")
+		d:wait_output("sent=6 send_errors=0")
+		assert.matches("dropped=3 ", d:output(), 1, true)
+	end)
+end)
