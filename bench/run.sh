@@ -54,6 +54,7 @@ CONSUMERS=(
 	"ref-mark|C reference that marks every packet (the filter's kernel work)|bench/ref_consumer -q $QUEUE -m $MAXLEN -k 0x42"
 	"filter|nfqlua bench/filter.lua (parse IPv4+UDP, mark)|./nfqlua bench/filter.lua --queue $QUEUE --max-len $MAXLEN"
 	"lib|library mode: luajit bench/lib_filter.lua|$LUA_ENV BENCH_MAXLEN=$MAXLEN luajit bench/lib_filter.lua $QUEUE"
+	"copy|nfqlua bench/copy_send.lua (drop, send two copies with a new TTL)|./nfqlua bench/copy_send.lua --queue $QUEUE --max-len $MAXLEN --send --send-mark 0x1/0x1"
 	"ruby|Ruby: ruby-nfqueue, bench/consumers/accept.rb|ruby bench/consumers/accept.rb $QUEUE $MAXLEN"
 	"go|Go: nfqueue-go (chifflier), bench/consumers/accept.go|bench/go_accept $QUEUE $MAXLEN"
 )
@@ -114,10 +115,12 @@ fi
 
 # --- Inside the namespace. -----------------------------------------------
 ip link set lo up
-# queue_at TABLE CHAIN: the run's one NFQUEUE rule, in that table's chain.
+# queue_at TABLE CHAIN: the run's one NFQUEUE rule, in that table's chain,
+# after one that lets packets with the send mark (0x1/0x1) pass.
 queue_at() {
 	iptables -w -F OUTPUT
 	iptables -w -t mangle -F POSTROUTING
+	iptables -w -t "$1" -A "$2" -o lo -m mark --mark 0x1/0x1 -j RETURN
 	iptables -w -t "$1" -A "$2" -o lo -p udp --dport "$PORT" -j NFQUEUE --queue-num "$QUEUE"
 }
 queue_at filter OUTPUT
