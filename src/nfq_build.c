@@ -40,30 +40,10 @@ static int fail(char *err, uint32_t errlen, const char *fmt, ...)
 	return -1;
 }
 
-static uint32_t get16(const uint8_t *p) { return (uint32_t)p[0] << 8 | p[1]; }
-static uint32_t get32(const uint8_t *p) { return get16(p) << 16 | get16(p + 2); }
-
-static void put16(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)(v >> 8);
-	p[1] = (uint8_t)v;
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-	put16(p, v >> 16);
-	put16(p + 2, v);
-}
-
 static void set_ipv4_checksum(uint8_t *h, uint32_t ihl)
 {
-	uint32_t acc = 0;
-	put16(h + 10, 0);
-	for (uint32_t i = 0; i + 1 < ihl; i += 2)
-		acc += get16(h + i);
-	while (acc >> 16)
-		acc = (acc & 0xffff) + (acc >> 16);
-	put16(h + 10, ~acc & 0xffff);
+	nfq_put16(h + 10, 0);
+	nfq_put16(h + 10, nfq_fold(nfq_sum16(h, ihl, 0)));
 }
 
 /*
@@ -86,17 +66,17 @@ static int check_ip(const uint8_t *in, uint32_t len, char *err, uint32_t errlen)
 			return fail(err, errlen, "the IPv4 header length is %u, less than 20", ihl);
 		if (ihl > len)
 			return fail(err, errlen, "the IPv4 header length (%u) is more than the packet's %u bytes", ihl, len);
-		if (get16(in + 2) != len)
+		if (nfq_get16(in + 2) != len)
 			return fail(err, errlen, "the IPv4 total length (%u) does not match the packet's %u bytes "
-				    "(b:fix_checksums() sets it)", get16(in + 2), len);
+				    "(b:fix_checksums() sets it)", nfq_get16(in + 2), len);
 		return 4;
 	}
 	if (version == 6) {
 		if (len < 40)
 			return fail(err, errlen, "%u bytes are too short for an IPv6 header (40)", len);
-		if (get16(in + 4) + 40 != len)
+		if (nfq_get16(in + 4) + 40 != len)
 			return fail(err, errlen, "the IPv6 payload length (%u) does not match the %u bytes after the "
-				    "40-byte header (b:fix_checksums() sets it)", get16(in + 4), len - 40);
+				    "40-byte header (b:fix_checksums() sets it)", nfq_get16(in + 4), len - 40);
 		return 6;
 	}
 	return fail(err, errlen, "not an IPv4 or IPv6 packet (version %u)", version);
@@ -193,7 +173,7 @@ int nfq_build_tcp_split(const uint8_t *in, uint32_t len, const uint32_t *cuts, u
 		return -1;
 	uint32_t l4;
 	if (version == 4) {
-		if (get16(in + 6) & (IP4_MF | IP4_OFFSET))
+		if (nfq_get16(in + 6) & (IP4_MF | IP4_OFFSET))
 			return fail(err, errlen, "the packet is an IPv4 fragment, not a whole TCP segment");
 		if (in[9] != PROTO_TCP)
 			return fail(err, errlen, "not a TCP packet (IPv4 protocol %u)", in[9]);
@@ -217,7 +197,7 @@ int nfq_build_tcp_split(const uint8_t *in, uint32_t len, const uint32_t *cuts, u
 		return -1;
 
 	const uint8_t *tcp = in + l4;
-	uint32_t seq = get32(tcp + 4), tflags = tcp[13], urgent = get16(tcp + 18);
+	uint32_t seq = nfq_get32(tcp + 4), tflags = tcp[13], urgent = nfq_get16(tcp + 18);
 	uint32_t syn = tflags & TCP_SYN ? 1 : 0;
 	/* The piece that keeps URG: the first that holds the urgent byte, the
 	 * one before the pointer (the last piece if that is past the data). */
@@ -250,16 +230,16 @@ int nfq_build_tcp_split(const uint8_t *in, uint32_t len, const uint32_t *cuts, u
 			f &= ~(uint32_t)(TCP_FIN | TCP_PSH);
 		if (f & TCP_URG) {
 			if (i == urgent_piece) {
-				put16(t + 18, urgent - delta);
+				nfq_put16(t + 18, urgent - delta);
 			} else {
 				f &= ~(uint32_t)TCP_URG;
-				put16(t + 18, 0);
+				nfq_put16(t + 18, 0);
 			}
 		}
-		put32(t + 4, seq + delta);
+		nfq_put32(t + 4, seq + delta);
 		t[13] = (uint8_t)f;
 		if (version == 4)
-			put16(b->data + 4, get16(in + 4) + i);
+			nfq_put16(b->data + 4, nfq_get16(in + 4) + i);
 		nfq_fix_checksums(b->data, size);
 	}
 	return (int)ncuts + 1;
@@ -306,7 +286,7 @@ static void blank_uncopied_options(uint8_t *h, uint32_t ihl)
 static int fragment_ipv4(const uint8_t *in, uint32_t len, const uint32_t *cuts, uint32_t ncuts,
 			 uint32_t flags, struct nfq_buffer *const *out, char *err, uint32_t errlen)
 {
-	uint32_t frag = get16(in + 6);
+	uint32_t frag = nfq_get16(in + 6);
 	if (frag & IP4_DF)
 		return fail(err, errlen, "the packet has DF (don't fragment) set: clear it first "
 			    "(b:ip().dont_fragment = false)");
@@ -332,8 +312,8 @@ static int fragment_ipv4(const uint8_t *in, uint32_t len, const uint32_t *cuts, 
 			blank_uncopied_options(b->data, ihl);
 		memcpy(b->data + ihl, in + ihl + start, end - start);
 		b->len = size;
-		put16(b->data + 2, size);
-		put16(b->data + 6, (base + start) / 8 | (i < ncuts ? IP4_MF : more));
+		nfq_put16(b->data + 2, size);
+		nfq_put16(b->data + 6, (base + start) / 8 | (i < ncuts ? IP4_MF : more));
 		set_ipv4_checksum(b->data, ihl);
 	}
 	return (int)ncuts + 1;
@@ -393,11 +373,11 @@ static int fragment_ipv6(const uint8_t *in, uint32_t len, const uint32_t *cuts, 
 		fh[0] = in[next_at];
 		fh[1] = 0;
 		/* The offset in 8-byte units sits in the top 13 bits: start itself. */
-		put16(fh + 2, start | (i < ncuts ? 1 : 0));
-		put32(fh + 4, id);
+		nfq_put16(fh + 2, start | (i < ncuts ? 1 : 0));
+		nfq_put32(fh + 4, id);
 		memcpy(fh + 8, in + unfrag + start, end - start);
 		b->len = size;
-		put16(b->data + 4, size - 40);
+		nfq_put16(b->data + 4, size - 40);
 	}
 	return (int)ncuts + 1;
 }

@@ -115,28 +115,6 @@ int nfq_describe(const uint8_t *data, uint32_t len, char *buf, uint32_t buflen)
 	return snprintf(buf, buflen, "protocol %d packet, %u bytes", proto, len);
 }
 
-static uint32_t sum16(const uint8_t *data, size_t len, uint32_t acc)
-{
-	for (size_t i = 0; i + 1 < len; i += 2)
-		acc += (uint32_t)(data[i] << 8 | data[i + 1]);
-	if (len & 1)
-		acc += (uint32_t)data[len - 1] << 8;
-	return acc;
-}
-
-static uint16_t fold(uint32_t acc)
-{
-	while (acc >> 16)
-		acc = (acc & 0xffff) + (acc >> 16);
-	return (uint16_t)~acc;
-}
-
-static void put16(uint8_t *at, uint16_t v)
-{
-	at[0] = (uint8_t)(v >> 8);
-	at[1] = (uint8_t)v;
-}
-
 int nfq_fix_checksums(uint8_t *ip, size_t len)
 {
 	uint8_t proto = 0;
@@ -152,17 +130,17 @@ int nfq_fix_checksums(uint8_t *ip, size_t len)
 			errno = EINVAL;
 			return -1;
 		}
-		put16(ip + 2, (uint16_t)len);
-		put16(ip + 10, 0);
-		put16(ip + 10, fold(sum16(ip, ihl, 0)));
-		pseudo = sum16(ip + 12, 8, 0) + proto + (uint32_t)l4_len;
+		nfq_put16(ip + 2, (uint16_t)len);
+		nfq_put16(ip + 10, 0);
+		nfq_put16(ip + 10, nfq_fold(nfq_sum16(ip, ihl, 0)));
+		pseudo = nfq_sum16(ip + 12, 8, 0) + proto + (uint32_t)l4_len;
 	} else if (len >= 40 && ip[0] >> 4 == 6) {
 		if (len - 40 > 65535) {
 			errno = EINVAL;
 			return -1;
 		}
-		put16(ip + 4, (uint16_t)(len - 40));
-		pseudo = sum16(ip + 8, 32, 0) + proto + (uint32_t)l4_len;
+		nfq_put16(ip + 4, (uint16_t)(len - 40));
+		pseudo = nfq_sum16(ip + 8, 32, 0) + proto + (uint32_t)l4_len;
 	} else {
 		errno = EINVAL;
 		return -1;
@@ -178,7 +156,7 @@ int nfq_fix_checksums(uint8_t *ip, size_t len)
 	case PROTO_UDP:
 		if (l4_len < 8)
 			return 0;
-		put16(l4 + 4, (uint16_t)l4_len);
+		nfq_put16(l4 + 4, (uint16_t)l4_len);
 		csum_at = 6;
 		break;
 	case PROTO_TCP:
@@ -200,11 +178,11 @@ int nfq_fix_checksums(uint8_t *ip, size_t len)
 	default:
 		return 0;
 	}
-	put16(l4 + csum_at, 0);
-	uint16_t csum = fold(sum16(l4, l4_len, pseudo));
+	nfq_put16(l4 + csum_at, 0);
+	uint16_t csum = nfq_fold(nfq_sum16(l4, l4_len, pseudo));
 	if (proto == PROTO_UDP && csum == 0)
 		csum = 0xffff;	/* 0 would mean "no checksum" */
-	put16(l4 + csum_at, csum);
+	nfq_put16(l4 + csum_at, csum);
 	return 0;
 }
 

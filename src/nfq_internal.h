@@ -19,6 +19,48 @@ static inline long long nfq_now_ms(void)
 	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Big-endian fields in packet bytes, at any alignment. */
+static inline uint32_t nfq_get16(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 8 | p[1];
+}
+
+static inline uint32_t nfq_get32(const uint8_t *p)
+{
+	return nfq_get16(p) << 16 | nfq_get16(p + 2);
+}
+
+static inline void nfq_put16(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)(v >> 8);
+	p[1] = (uint8_t)v;
+}
+
+static inline void nfq_put32(uint8_t *p, uint32_t v)
+{
+	nfq_put16(p, v >> 16);
+	nfq_put16(p + 2, v);
+}
+
+/* The Internet checksum (RFC 1071): acc plus the 16-bit words of p[0..n),
+ * an odd last byte padded with a zero... */
+static inline uint64_t nfq_sum16(const uint8_t *p, size_t n, uint64_t acc)
+{
+	for (; n > 1; p += 2, n -= 2)
+		acc += nfq_get16(p);
+	if (n)
+		acc += (uint32_t)p[0] << 8;
+	return acc;
+}
+
+/* ...folded to 16 bits and inverted: the value the checksum field takes. */
+static inline uint16_t nfq_fold(uint64_t acc)
+{
+	while (acc >> 16)
+		acc = (acc & 0xffff) + (acc >> 16);
+	return (uint16_t)~acc;
+}
+
 /* Packets a batch holds: datagrams read per recvmmsg(), one packet each. */
 #define NFQ_BATCH_SLOTS 64
 

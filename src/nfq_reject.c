@@ -30,7 +30,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "nfq_core.h"
+#include "nfq_internal.h"
 
 #define IPPROTO_TCP_ 6
 #define IPPROTO_UDP_ 17
@@ -62,50 +62,12 @@ struct original {
 	int later_fragment;	/* one without the transport header */
 };
 
-static uint16_t read16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] << 8 | p[1]);
-}
-
-static uint32_t read32(const uint8_t *p)
-{
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static void write16(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)(v >> 8);
-	p[1] = (uint8_t)v;
-}
-
-static void write32(uint8_t *p, uint32_t v)
-{
-	write16(p, v >> 16);
-	write16(p + 2, v);
-}
-
-static uint64_t sum16(const uint8_t *p, size_t n, uint64_t acc)
-{
-	for (; n > 1; p += 2, n -= 2)
-		acc += read16(p);
-	if (n)
-		acc += (uint32_t)p[0] << 8;
-	return acc;
-}
-
-static uint16_t fold(uint64_t acc)
-{
-	while (acc >> 16)
-		acc = (acc & 0xffff) + (acc >> 16);
-	return (uint16_t)~acc;
-}
-
 /* The pseudo-header sum of a transport segment of len bytes. */
 static uint64_t pseudo_sum(const uint8_t *ip, int v6, uint8_t proto, size_t len)
 {
 	if (v6)
-		return sum16(ip + 8, 32, 0) + proto + (len >> 16) + (len & 0xffff);
-	return sum16(ip + 12, 8, 0) + proto + len;
+		return nfq_sum16(ip + 8, 32, 0) + proto + (len >> 16) + (len & 0xffff);
+	return nfq_sum16(ip + 12, 8, 0) + proto + len;
 }
 
 static int parse_v4(struct original *o, const uint8_t *ip, size_t len)
@@ -113,12 +75,12 @@ static int parse_v4(struct original *o, const uint8_t *ip, size_t len)
 	if (len < 20)
 		return -1;
 	size_t ihl = (size_t)(ip[0] & 15) * 4;
-	size_t total = read16(ip + 2);
+	size_t total = nfq_get16(ip + 2);
 	if (ihl < 20 || ihl > len || total < ihl)
 		return -1;
 	o->datagram = total;
 	o->avail = len < total ? len : total;
-	uint16_t frag = read16(ip + 6);
+	uint16_t frag = nfq_get16(ip + 6);
 	o->later_fragment = (frag & 0x1fff) != 0;
 	o->fragment = (frag & 0x3fff) != 0;
 	o->proto = ip[9];
@@ -133,7 +95,7 @@ static int parse_v6(struct original *o, const uint8_t *ip, size_t len)
 	if (len < 40)
 		return -1;
 	o->v6 = 1;
-	o->datagram = 40 + (size_t)read16(ip + 4);
+	o->datagram = 40 + (size_t)nfq_get16(ip + 4);
 	o->avail = len < o->datagram ? len : o->datagram;
 	uint8_t next = ip[6];
 	size_t off = 40;
@@ -146,7 +108,7 @@ static int parse_v6(struct original *o, const uint8_t *ip, size_t len)
 		} else if (next == 44) {
 			if (off + 8 > o->avail)
 				return 0;
-			uint16_t frag = read16(ip + off + 2);
+			uint16_t frag = nfq_get16(ip + off + 2);
 			o->fragment = (frag & 0xfff9) != 0;
 			if (frag & 0xfff8) {
 				o->later_fragment = 1;
@@ -190,7 +152,7 @@ static int checksum_ok(const struct original *o)
 		acc = pseudo_sum(o->ip, o->v6, o->proto, len);
 		break;
 	case IPPROTO_UDP_:
-		if (len >= 8 && read16(l4 + 6) == 0)
+		if (len >= 8 && nfq_get16(l4 + 6) == 0)
 			return 1;	/* none given */
 		acc = pseudo_sum(o->ip, o->v6, o->proto, len);
 		break;
@@ -207,7 +169,7 @@ static int checksum_ok(const struct original *o)
 	default:
 		return 1;
 	}
-	return fold(sum16(l4, len, acc)) == 0;
+	return nfq_fold(nfq_sum16(l4, len, acc)) == 0;
 }
 
 /* The IP header of the answer, addresses swapped; its length fields later. */
@@ -226,7 +188,7 @@ static size_t put_ip(uint8_t *out, const struct original *o, uint8_t proto, uint
 	memset(out, 0, 20);
 	out[0] = 0x45;
 	out[1] = tos;
-	write16(out + 6, frag);
+	nfq_put16(out + 6, frag);
 	out[8] = HOP_LIMIT;
 	out[9] = proto;
 	memcpy(out + 12, ip + 16, 4);
@@ -238,11 +200,11 @@ static size_t put_ip(uint8_t *out, const struct original *o, uint8_t proto, uint
 static void finish_ip(uint8_t *out, int v6, size_t total)
 {
 	if (v6) {
-		write16(out + 4, (uint32_t)(total - 40));
+		nfq_put16(out + 4, (uint32_t)(total - 40));
 		return;
 	}
-	write16(out + 2, (uint32_t)total);
-	write16(out + 10, fold(sum16(out, 20, 0)));
+	nfq_put16(out + 2, (uint32_t)total);
+	nfq_put16(out + 10, nfq_fold(nfq_sum16(out, 20, 0)));
 }
 
 static int tcp_reset(uint8_t *out, size_t cap, const struct original *o)
@@ -270,12 +232,12 @@ static int tcp_reset(uint8_t *out, size_t cap, const struct original *o)
 		t[13] = TCP_RST;
 	} else {
 		size_t data = o->datagram - o->l4 - doff;
-		uint32_t ack = read32(th + 4) + !!(flags & TCP_SYN) + !!(flags & TCP_FIN) + (uint32_t)data;
-		write32(t + 8, ack);
+		uint32_t ack = nfq_get32(th + 4) + !!(flags & TCP_SYN) + !!(flags & TCP_FIN) + (uint32_t)data;
+		nfq_put32(t + 8, ack);
 		t[13] = TCP_RST | TCP_ACK;
 	}
 	finish_ip(out, o->v6, hlen + 20);
-	write16(t + 16, fold(sum16(t, 20, pseudo_sum(out, o->v6, IPPROTO_TCP_, 20))));
+	nfq_put16(t + 16, nfq_fold(nfq_sum16(t, 20, pseudo_sum(out, o->v6, IPPROTO_TCP_, 20))));
 	return (int)(hlen + 20);
 }
 
@@ -324,7 +286,7 @@ static int unreachable(uint8_t *out, size_t cap, const struct original *o, uint3
 	memcpy(icmp + 8, o->ip, quote);
 	finish_ip(out, o->v6, total);
 	uint64_t acc = o->v6 ? pseudo_sum(out, 1, IPPROTO_ICMPV6_, 8 + quote) : 0;
-	write16(icmp + 2, fold(sum16(icmp, 8 + quote, acc)));
+	nfq_put16(icmp + 2, nfq_fold(nfq_sum16(icmp, 8 + quote, acc)));
 	return (int)total;
 }
 

@@ -57,11 +57,6 @@ struct nfq_sender {
 	union mark_cmsg cmsg[NFQ_SEND_BATCH];
 };
 
-static uint16_t read16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] << 8 | p[1]);
-}
-
 int nfq_send_check(const uint8_t *data, size_t len, char *why, size_t whylen)
 {
 	if (!data || len == 0) {
@@ -75,7 +70,7 @@ int nfq_send_check(const uint8_t *data, size_t len, char *why, size_t whylen)
 			return -1;
 		}
 		size_t ihl = (size_t)(data[0] & 15) * 4;
-		size_t total = read16(data + 2);
+		size_t total = nfq_get16(data + 2);
 		if (ihl < 20 || ihl > len) {
 			snprintf(why, whylen, "malformed IPv4 header: its header length is %zu bytes, in a packet of %zu", ihl, len);
 			return -1;
@@ -91,7 +86,7 @@ int nfq_send_check(const uint8_t *data, size_t len, char *why, size_t whylen)
 			snprintf(why, whylen, "malformed packet: %zu bytes are shorter than an IPv6 header (40)", len);
 			return -1;
 		}
-		size_t payload = read16(data + 4);
+		size_t payload = nfq_get16(data + 4);
 		if (payload + 40 != len) {
 			snprintf(why, whylen, "malformed IPv6 header: its payload length is %zu, but %zu bytes follow the header",
 				 payload, len - 40);
