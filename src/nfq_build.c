@@ -143,25 +143,47 @@ static struct nfq_buffer *piece_out(struct nfq_buffer *const *out, uint32_t ncut
 	return out[flags & NFQ_BUILD_REVERSE ? ncuts - i : i];
 }
 
+/* The extension headers of a checked IPv6 packet, walked up to what they carry. */
+struct ipv6_walk {
+	unsigned next;		/* the protocol after them */
+	uint32_t off;		/* where it starts */
+	/* The unfragmentable part: the header, hop-by-hop options and the
+	 * extension headers up to the last routing header; its end, and the
+	 * next-header byte that names what follows it. */
+	uint32_t unfrag_end;
+	uint32_t next_at;
+};
+
+static int ipv6_walk(const uint8_t *in, uint32_t len, struct ipv6_walk *w, char *err, uint32_t errlen)
+{
+	*w = (struct ipv6_walk){ .next = in[6], .off = 40, .unfrag_end = 40, .next_at = 6 };
+	for (int i = 0; i < MAX_EXT_HEADERS && is_walked_ext(w->next); i++) {
+		int end = ext_header_end(in, len, w->off, err, errlen);
+		if (end < 0)
+			return -1;
+		if (w->next == PROTO_HOPOPTS || w->next == PROTO_ROUTING) {
+			w->unfrag_end = (uint32_t)end;
+			w->next_at = w->off;
+		}
+		w->next = in[w->off];
+		w->off = (uint32_t)end;
+	}
+	if (is_walked_ext(w->next))
+		return fail(err, errlen, "the packet has more than %d IPv6 extension headers", MAX_EXT_HEADERS);
+	return 0;
+}
+
 /* Where the TCP header of a checked IPv6 packet starts; -1 if it has none. */
 static int ipv6_tcp_offset(const uint8_t *in, uint32_t len, char *err, uint32_t errlen)
 {
-	unsigned next = in[6];
-	uint32_t off = 40;
-	for (int i = 0; i < MAX_EXT_HEADERS && is_walked_ext(next); i++) {
-		int end = ext_header_end(in, len, off, err, errlen);
-		if (end < 0)
-			return -1;
-		next = in[off];
-		off = (uint32_t)end;
-	}
-	if (next == PROTO_FRAGMENT)
+	struct ipv6_walk w;
+	if (ipv6_walk(in, len, &w, err, errlen) < 0)
+		return -1;
+	if (w.next == PROTO_FRAGMENT)
 		return fail(err, errlen, "the packet is an IPv6 fragment, not a whole TCP segment");
-	if (is_walked_ext(next))
-		return fail(err, errlen, "the packet has more than %d IPv6 extension headers", MAX_EXT_HEADERS);
-	if (next != PROTO_TCP)
-		return fail(err, errlen, "not a TCP packet (IPv6 next header %u)", next);
-	return (int)off;
+	if (w.next != PROTO_TCP)
+		return fail(err, errlen, "not a TCP packet (IPv6 next header %u)", w.next);
+	return (int)w.off;
 }
 
 int nfq_build_tcp_split(const uint8_t *in, uint32_t len, const uint32_t *cuts, uint32_t ncuts,
@@ -319,42 +341,15 @@ static int fragment_ipv4(const uint8_t *in, uint32_t len, const uint32_t *cuts, 
 	return (int)ncuts + 1;
 }
 
-/*
- * The unfragmentable part of an IPv6 packet: the header, hop-by-hop options,
- * and the extension headers up to the last routing header. Its end, and
- * where the next-header byte that names what follows it is.
- */
-static int ipv6_unfragmentable(const uint8_t *in, uint32_t len, uint32_t *next_at, char *err, uint32_t errlen)
-{
-	unsigned next = in[6];
-	uint32_t off = 40, end = 40;
-	*next_at = 6;
-	for (int i = 0; i < MAX_EXT_HEADERS && is_walked_ext(next); i++) {
-		int ext_end = ext_header_end(in, len, off, err, errlen);
-		if (ext_end < 0)
-			return -1;
-		if (next == PROTO_HOPOPTS || next == PROTO_ROUTING) {
-			end = (uint32_t)ext_end;
-			*next_at = off;
-		}
-		next = in[off];
-		off = (uint32_t)ext_end;
-	}
-	if (next == PROTO_FRAGMENT)
-		return fail(err, errlen, "the packet already has a Fragment header: it is a fragment");
-	if (is_walked_ext(next))
-		return fail(err, errlen, "the packet has more than %d IPv6 extension headers", MAX_EXT_HEADERS);
-	return (int)end;
-}
-
 static int fragment_ipv6(const uint8_t *in, uint32_t len, const uint32_t *cuts, uint32_t ncuts,
 			 uint32_t id, uint32_t flags, struct nfq_buffer *const *out, char *err, uint32_t errlen)
 {
-	uint32_t next_at;
-	int end_unfrag = ipv6_unfragmentable(in, len, &next_at, err, errlen);
-	if (end_unfrag < 0)
+	struct ipv6_walk w;
+	if (ipv6_walk(in, len, &w, err, errlen) < 0)
 		return -1;
-	uint32_t unfrag = (uint32_t)end_unfrag, data_len = len - unfrag;
+	if (w.next == PROTO_FRAGMENT)
+		return fail(err, errlen, "the packet already has a Fragment header: it is a fragment");
+	uint32_t unfrag = w.unfrag_end, next_at = w.next_at, data_len = len - unfrag;
 	if (check_cuts(cuts, ncuts, data_len, 8, 0, "fragmentable part (after the IPv6 header, hop-by-hop "
 		       "and routing headers)", err, errlen) < 0)
 		return -1;
