@@ -113,16 +113,19 @@ deps:
 deps-fuzz:
 	$(call install_missing,$(BUILD_PACKAGES) $(FUZZ_PACKAGES))
 
+# The headers whose BEGIN CDEF ... END CDEF blocks the FFI sees, in this order.
+CDEF_HEADERS = src/nfq_core.h
+
 # VERSION is the version of the Lua modules too: nfq.lua checks the core's
 # nfq_version() against it.
-lua/nfq/cdef.lua: src/nfq_core.h VERSION
+lua/nfq/cdef.lua: $(CDEF_HEADERS) VERSION
 	@mkdir -p $(@D)
-	{ echo '-- Generated from src/nfq_core.h and VERSION by make: do not edit.'; \
+	{ echo '-- Generated from $(CDEF_HEADERS) and VERSION by make: do not edit.'; \
 	  echo 'local ffi = require "ffi"'; \
 	  echo 'local cdef = { VERSION = "$(VERSION)" }'; \
 	  echo 'if pcall(ffi.typeof, "struct nfq_packet") then return cdef end'; \
 	  echo 'ffi.cdef [['; \
-	  sed -n '/BEGIN CDEF/,/END CDEF/p' $< | grep -v 'CDEF'; \
+	  for h in $(CDEF_HEADERS); do sed -n '/BEGIN CDEF/,/END CDEF/p' $$h | grep -v 'CDEF'; done; \
 	  echo ']]'; echo 'return cdef'; } > $@
 
 $(BUILD)/%.o: src/%.c Makefile
