@@ -1427,5 +1427,11 @@ function _M.stats()
 	return adopted_queue:stats()
 end
 
+--- A flow table (lua/nfq/flows.lua; README.md, Flows).
+function _M.flows(opts)
+	local flows = require("nfq.flows").new(opts)
+	return flows
+end
+
 registry["nfq.module"] = _M
 return _M

@@ -539,6 +539,14 @@ static int lua_check_owner(lua_State *L)
 	return 1;
 }
 
+/* Lua: log(is_warning, line), a script module's line in the engine's log. */
+static int lua_engine_log(lua_State *L)
+{
+	struct nfq_engine *e = engine_of(L);
+	elog(e, lua_toboolean(L, 1) ? NFQ_LOG_WARN : NFQ_LOG_INFO, "%s: %s", e->tag, luaL_checkstring(L, 2));
+	return 0;
+}
+
 /* Under lua_cpcall: the standard libraries, os.exit replaced. */
 static int open_libs(lua_State *L)
 {
@@ -594,6 +602,11 @@ static int state_open(struct nfq_engine *e, struct script_state *st, char *err, 
 	}
 	lua_pushcfunction(L, lua_guarded_call);
 	lua_setfield(L, -2, "guarded_call");
+	/* What outlives a reload (named flow tables) is kept per engine. */
+	lua_pushlightuserdata(L, e);
+	lua_setfield(L, -2, "scope");
+	lua_pushcfunction(L, lua_engine_log);
+	lua_setfield(L, -2, "log");
 	st->engine_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 	lua_pushstring(L, e->script);
 	if (as_root)

@@ -1,0 +1,694 @@
+/*
+ * nfq_flows.c: the flow table and TCP stream bytes (see nfq_flows.h). No
+ * allocation after nfq_flows_open(): slots, hash buckets and stream buffers
+ * are made there, once.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "nfq_flows.h"
+#include "nfq_internal.h"
+
+#define NONE 0xffffffffu
+/* Flows whose timeout has passed that one get() ends at most, before its own lookup. */
+#define EXPIRE_PER_GET 2
+
+enum { PROTO_ICMP = 1, PROTO_TCP = 6, PROTO_UDP = 17, PROTO_DCCP = 33, PROTO_ICMPV6 = 58,
+	PROTO_SCTP = 132, PROTO_UDPLITE = 136 };
+enum { TCP_FIN = 1, TCP_SYN = 2, TCP_RST = 4, TCP_ACK = 16 };
+/* sflags: the sequence base of a direction is known; a direction's stream is done. */
+enum { SEQ_KNOWN = 1, STREAM_DONE = 4 };
+
+/* A flow's key in canonical order (the lower endpoint first), for the hash. */
+struct flow_key {
+	uint8_t a[16], b[16];
+	uint16_t pa, pb;
+	uint8_t proto, family;
+	uint16_t zero;
+};
+
+/* What get and stream read from a packet. */
+struct pkt_info {
+	uint8_t src[16], dst[16];
+	uint16_t sport, dport;
+	uint8_t proto, family;
+	const uint8_t *l4;	/* the transport header */
+	uint32_t l4_len;	/* to the end of the IP packet, or of the copy if shorter */
+};
+
+/* A stream buffer: stream_bytes of data and a bit per byte saying it was filled. */
+struct stream_buf {
+	uint32_t contiguous;	/* bytes filled from the start */
+	uint32_t next_free;	/* free list, as an index plus 1 */
+	uint8_t *data;
+	uint8_t *filled;
+};
+
+struct nfq_flows_priv {
+	uint32_t *buckets;
+	uint32_t mask;		/* buckets - 1 */
+	uint32_t free_head;	/* free slots through hnext */
+	uint32_t ended_tail;
+	uint64_t seed;
+	uint32_t lru_head[NFQ_FLOW_CLASSES];	/* most recent */
+	uint32_t lru_tail[NFQ_FLOW_CLASSES];
+	struct stream_buf *streams;
+	uint32_t stream_free;	/* index plus 1; 0: none */
+	uint8_t *stream_mem;
+	/* the registry */
+	const void *scope;
+	char name[NFQ_FLOW_NAME_MAX];
+	char *layout;
+	struct nfq_flows *next_named;
+};
+
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct nfq_flows *registry;
+
+static inline struct nfq_flow *slot_at(const struct nfq_flows *t, uint32_t i)
+{
+	return (struct nfq_flow *)(t->slots + (size_t)i * t->stride);
+}
+
+static uint32_t key_hash(const struct flow_key *k, uint64_t seed)
+{
+	uint64_t w[sizeof *k / 8];
+	memcpy(w, k, sizeof w);
+	uint64_t h = seed;
+	for (size_t i = 0; i < sizeof w / sizeof w[0]; i++) {
+		h = (h ^ w[i]) * 0x9e3779b97f4a7c15ull;
+		h ^= h >> 29;
+	}
+	return (uint32_t)(h ^ h >> 32);
+}
+
+static void make_key(struct flow_key *k, uint8_t family, uint8_t proto, const uint8_t *a, uint16_t pa,
+		     const uint8_t *b, uint16_t pb)
+{
+	int c = memcmp(a, b, 16);
+	if (c > 0 || (c == 0 && pa > pb)) {
+		const uint8_t *t = a;
+		uint16_t tp = pa;
+		a = b, pa = pb, b = t, pb = tp;
+	}
+	memcpy(k->a, a, 16);
+	memcpy(k->b, b, 16);
+	k->pa = pa, k->pb = pb;
+	k->proto = proto, k->family = family;
+	k->zero = 0;
+}
+
+static uint32_t flow_bucket(const struct nfq_flows *t, const struct nfq_flow *f)
+{
+	struct flow_key k;
+	make_key(&k, f->family, f->proto, f->addr[0], f->port[0], f->addr[1], f->port[1]);
+	return key_hash(&k, t->priv->seed) & t->priv->mask;
+}
+
+/* The flow key of an IP packet; -1 for anything else, or a cut header. */
+static int parse_packet(const uint8_t *ip, uint32_t len, struct pkt_info *pi)
+{
+	uint8_t proto;
+	int off = nfq_transport_offset(ip, len, &proto);
+	if (off < 0)
+		return -1;
+	memset(pi, 0, sizeof *pi);
+	uint32_t end = len;
+	if (ip[0] >> 4 == 4) {
+		pi->family = 4;
+		memcpy(pi->src, ip + 12, 4);
+		memcpy(pi->dst, ip + 16, 4);
+		if (nfq_get16(ip + 2) < end)
+			end = nfq_get16(ip + 2);
+	} else {
+		pi->family = 6;
+		memcpy(pi->src, ip + 8, 16);
+		memcpy(pi->dst, ip + 24, 16);
+		if (40 + nfq_get16(ip + 4) < end)
+			end = 40 + nfq_get16(ip + 4);
+	}
+	if ((uint32_t)off > end)
+		return -1;
+	pi->proto = proto;
+	pi->l4 = ip + off;
+	pi->l4_len = end - (uint32_t)off;
+	const uint8_t *l4 = pi->l4;
+	switch (proto) {
+	case PROTO_TCP:
+		if (pi->l4_len < 20)
+			return -1;
+		break;
+	case PROTO_UDP:
+	case PROTO_UDPLITE:
+		if (pi->l4_len < 8)
+			return -1;
+		break;
+	case PROTO_SCTP:
+	case PROTO_DCCP:
+		if (pi->l4_len < 4)
+			return -1;
+		break;
+	case PROTO_ICMP:
+	case PROTO_ICMPV6:
+		if (pi->l4_len < 4)
+			return -1;
+		/* Echo request and reply share the identifier. */
+		if (pi->l4_len >= 8 && (l4[0] == 8 || l4[0] == 0 || l4[0] == 128 || l4[0] == 129)
+		    && (l4[0] >= 128) == (proto == PROTO_ICMPV6))
+			pi->sport = pi->dport = (uint16_t)nfq_get16(l4 + 4);
+		return 0;
+	default:
+		return 0;
+	}
+	pi->sport = (uint16_t)nfq_get16(l4);
+	pi->dport = (uint16_t)nfq_get16(l4 + 2);
+	return 0;
+}
+
+/* The direction of the packet in flow f, or -1 if it is not of f. */
+static int match(const struct nfq_flow *f, const struct pkt_info *pi)
+{
+	if (f->proto != pi->proto || f->family != pi->family)
+		return -1;
+	if (f->port[0] == pi->sport && f->port[1] == pi->dport &&
+	    !memcmp(f->addr[0], pi->src, 16) && !memcmp(f->addr[1], pi->dst, 16))
+		return NFQ_FLOW_ORIG;
+	if (f->port[0] == pi->dport && f->port[1] == pi->sport &&
+	    !memcmp(f->addr[0], pi->dst, 16) && !memcmp(f->addr[1], pi->src, 16))
+		return NFQ_FLOW_REPLY;
+	return -1;
+}
+
+static void lru_unlink(struct nfq_flows *t, struct nfq_flow *f)
+{
+	struct nfq_flows_priv *pv = t->priv;
+	if (f->lru_prev != NONE)
+		slot_at(t, f->lru_prev)->lru_next = f->lru_next;
+	else
+		pv->lru_head[f->tclass] = f->lru_next;
+	if (f->lru_next != NONE)
+		slot_at(t, f->lru_next)->lru_prev = f->lru_prev;
+	else
+		pv->lru_tail[f->tclass] = f->lru_prev;
+}
+
+static void lru_push(struct nfq_flows *t, struct nfq_flow *f, uint32_t i)
+{
+	struct nfq_flows_priv *pv = t->priv;
+	uint32_t head = pv->lru_head[f->tclass];
+	f->lru_prev = NONE;
+	f->lru_next = head;
+	if (head != NONE)
+		slot_at(t, head)->lru_prev = i;
+	else
+		pv->lru_tail[f->tclass] = i;
+	pv->lru_head[f->tclass] = i;
+}
+
+static void hash_unlink(struct nfq_flows *t, struct nfq_flow *f, uint32_t i)
+{
+	uint32_t *link = &t->priv->buckets[flow_bucket(t, f)];
+	while (*link != i)
+		link = &slot_at(t, *link)->hnext;
+	*link = f->hnext;
+}
+
+static void stream_put(struct nfq_flows *t, struct nfq_flow *f, int dir)
+{
+	if (!f->stream[dir])
+		return;
+	struct stream_buf *s = &t->priv->streams[f->stream[dir] - 1];
+	s->next_free = t->priv->stream_free;
+	t->priv->stream_free = f->stream[dir];
+	t->streams_used--;
+	f->stream[dir] = 0;
+}
+
+static void slot_free(struct nfq_flows *t, struct nfq_flow *f, uint32_t i)
+{
+	f->state = NFQ_FLOW_FREE;
+	f->gen++;
+	f->hnext = t->priv->free_head;
+	t->priv->free_head = i;
+}
+
+/* Take a live flow out of the lookup: to the end queue, or free. */
+static void end_flow(struct nfq_flows *t, uint32_t i, uint8_t why)
+{
+	struct nfq_flow *f = slot_at(t, i);
+	hash_unlink(t, f, i);
+	lru_unlink(t, f);
+	stream_put(t, f, 0);
+	stream_put(t, f, 1);
+	t->count--;
+	f->why = why;
+	if (!t->keep_ended) {
+		slot_free(t, f, i);
+		return;
+	}
+	f->state = NFQ_FLOW_ENDED;
+	f->lru_next = NONE;
+	if (t->ended_head == NONE)
+		t->ended_head = i;
+	else
+		slot_at(t, t->priv->ended_tail)->lru_next = i;
+	t->priv->ended_tail = i;
+}
+
+static uint8_t timeout_reason(const struct nfq_flow *f)
+{
+	if (f->tclass != NFQ_FLOW_T_TCP_CLOSE)
+		return NFQ_FLOW_END_TIMEOUT;
+	return f->tcp & NFQ_FLOW_TCP_RST ? NFQ_FLOW_END_RST : NFQ_FLOW_END_FIN;
+}
+
+uint32_t nfq_flows_expire(struct nfq_flows *t, double now, uint32_t budget)
+{
+	uint32_t ended = 0;
+	for (int c = 0; c < NFQ_FLOW_CLASSES && ended < budget; c++) {
+		uint32_t i;
+		while (ended < budget && (i = t->priv->lru_tail[c]) != NONE &&
+		       now - slot_at(t, i)->last_seen > t->timeouts[c]) {
+			end_flow(t, i, timeout_reason(slot_at(t, i)));
+			ended++;
+		}
+	}
+	return ended;
+}
+
+/* The least recently seen flow of all classes, made room for. */
+static void evict_one(struct nfq_flows *t)
+{
+	uint32_t oldest = NONE;
+	for (int c = 0; c < NFQ_FLOW_CLASSES; c++) {
+		uint32_t i = t->priv->lru_tail[c];
+		if (i != NONE && (oldest == NONE || slot_at(t, i)->last_seen < slot_at(t, oldest)->last_seen))
+			oldest = i;
+	}
+	if (oldest != NONE)
+		end_flow(t, oldest, NFQ_FLOW_END_EVICTED);
+}
+
+static uint8_t tcp_class(uint8_t tcp)
+{
+	if (tcp & NFQ_FLOW_TCP_RST)
+		return NFQ_FLOW_T_TCP_CLOSE;
+	uint8_t fins = tcp & (NFQ_FLOW_TCP_FIN_ORIG | NFQ_FLOW_TCP_FIN_REPLY);
+	if (fins == (NFQ_FLOW_TCP_FIN_ORIG | NFQ_FLOW_TCP_FIN_REPLY))
+		return NFQ_FLOW_T_TCP_CLOSE;
+	if (fins)
+		return NFQ_FLOW_T_TCP_FIN;
+	if (tcp & NFQ_FLOW_TCP_ESTABLISHED)
+		return NFQ_FLOW_T_TCP_ESTABLISHED;
+	return NFQ_FLOW_T_TCP_SYN;
+}
+
+/* A TCP segment's effect on the flow's state bits and sequence bases. */
+static void track_tcp(struct nfq_flow *f, const struct pkt_info *pi, int dir, int is_new)
+{
+	uint8_t flags = pi->l4[13];
+	uint32_t seq = nfq_get32(pi->l4 + 4);
+	if (flags & TCP_RST)
+		f->tcp |= NFQ_FLOW_TCP_RST;
+	if (flags & TCP_SYN) {
+		if (flags & TCP_ACK) {
+			if (dir == NFQ_FLOW_REPLY)
+				f->tcp |= NFQ_FLOW_TCP_SYNACK;
+		} else if (dir == NFQ_FLOW_ORIG) {
+			f->tcp |= NFQ_FLOW_TCP_SYN;
+		}
+		/* The SYN takes one sequence number: the stream starts after it. */
+		if (!(f->sflags & (SEQ_KNOWN << dir))) {
+			f->isn[dir] = seq + 1;
+			f->sflags |= (uint8_t)(SEQ_KNOWN << dir);
+		}
+	} else if (is_new) {
+		/* Picked up after its handshake, as conntrack's loose tracking does. */
+		f->tcp |= NFQ_FLOW_TCP_ESTABLISHED;
+	} else if ((flags & TCP_ACK) && dir == NFQ_FLOW_ORIG && (f->tcp & NFQ_FLOW_TCP_SYNACK)) {
+		f->tcp |= NFQ_FLOW_TCP_ESTABLISHED;
+	}
+	if (flags & TCP_FIN)
+		f->tcp |= dir == NFQ_FLOW_ORIG ? NFQ_FLOW_TCP_FIN_ORIG : NFQ_FLOW_TCP_FIN_REPLY;
+}
+
+static uint8_t class_of(const struct nfq_flow *f)
+{
+	switch (f->proto) {
+	case PROTO_TCP:
+		return tcp_class(f->tcp);
+	case PROTO_UDP:
+	case PROTO_UDPLITE:
+		return f->packets[NFQ_FLOW_REPLY] ? NFQ_FLOW_T_UDP_STREAM : NFQ_FLOW_T_UDP;
+	case PROTO_ICMP:
+	case PROTO_ICMPV6:
+		return NFQ_FLOW_T_ICMP;
+	default:
+		return NFQ_FLOW_T_OTHER;
+	}
+}
+
+static int lookup(struct nfq_flows *t, const struct pkt_info *pi, uint32_t bucket, int *dir)
+{
+	for (uint32_t i = t->priv->buckets[bucket]; i != NONE; i = slot_at(t, i)->hnext) {
+		int d = match(slot_at(t, i), pi);
+		if (d >= 0) {
+			*dir = d;
+			return (int)i;
+		}
+	}
+	return NFQ_FLOW_NONE;
+}
+
+static int create(struct nfq_flows *t, const struct pkt_info *pi, uint32_t bucket, double now)
+{
+	if (t->count >= t->max)
+		evict_one(t);
+	uint32_t i = t->priv->free_head;
+	if (i == NONE)
+		return NFQ_FLOW_EFULL;
+	struct nfq_flow *f = slot_at(t, i);
+	t->priv->free_head = f->hnext;
+	uint32_t gen = f->gen;
+	memset(f, 0, t->stride);
+	f->gen = gen;
+	memcpy(f->addr[0], pi->src, 16);
+	memcpy(f->addr[1], pi->dst, 16);
+	f->port[0] = pi->sport;
+	f->port[1] = pi->dport;
+	f->family = pi->family;
+	f->proto = pi->proto;
+	f->state = NFQ_FLOW_LIVE;
+	f->first_seen = now;
+	f->hnext = t->priv->buckets[bucket];
+	t->priv->buckets[bucket] = i;
+	f->tclass = class_of(f);
+	lru_push(t, f, i);
+	t->count++;
+	return (int)i;
+}
+
+int nfq_flows_get(struct nfq_flows *t, const struct nfq_packet *p, double now, int create_it)
+{
+	struct pkt_info pi;
+	if (!p->payload || parse_packet(p->payload, p->payload_len, &pi) < 0)
+		return NFQ_FLOW_NONE;
+	nfq_flows_expire(t, now, EXPIRE_PER_GET);
+	struct flow_key k;
+	make_key(&k, pi.family, pi.proto, pi.src, pi.sport, pi.dst, pi.dport);
+	uint32_t bucket = key_hash(&k, t->priv->seed) & t->priv->mask;
+	int dir = NFQ_FLOW_ORIG;
+	int i = lookup(t, &pi, bucket, &dir);
+	/* A new connection on the ports of a closed one ends the closed one. */
+	if (i >= 0 && pi.proto == PROTO_TCP && slot_at(t, (uint32_t)i)->tclass == NFQ_FLOW_T_TCP_CLOSE &&
+	    (pi.l4[13] & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_SYN && create_it) {
+		end_flow(t, (uint32_t)i, timeout_reason(slot_at(t, (uint32_t)i)));
+		i = NFQ_FLOW_NONE;
+	}
+	if (!create_it) {
+		if (i >= 0)
+			slot_at(t, (uint32_t)i)->dir = (uint8_t)dir;
+		return i;
+	}
+	int is_new = 0;
+	if (i < 0) {
+		i = create(t, &pi, bucket, now);
+		if (i < 0)
+			return i;
+		dir = NFQ_FLOW_ORIG;
+		is_new = 1;
+	}
+	struct nfq_flow *f = slot_at(t, (uint32_t)i);
+	f->dir = (uint8_t)dir;
+	f->packets[dir]++;
+	f->bytes[dir] += p->cap_len > p->payload_len ? p->cap_len : p->payload_len;
+	f->last_seen = now;
+	if (pi.proto == PROTO_TCP)
+		track_tcp(f, &pi, dir, is_new);
+	lru_unlink(t, f);
+	f->tclass = class_of(f);
+	lru_push(t, f, (uint32_t)i);
+	return i;
+}
+
+int nfq_flows_remove(struct nfq_flows *t, uint32_t slot)
+{
+	if (slot >= t->capacity || slot_at(t, slot)->state != NFQ_FLOW_LIVE)
+		return -1;
+	end_flow(t, slot, NFQ_FLOW_END_REMOVED);
+	return 0;
+}
+
+int nfq_flows_next_ended(struct nfq_flows *t)
+{
+	uint32_t i = t->ended_head;
+	if (i == NONE)
+		return -1;
+	struct nfq_flow *f = slot_at(t, i);
+	t->ended_head = f->lru_next;
+	f->state = NFQ_FLOW_ENDING;
+	return (int)i;
+}
+
+void nfq_flows_free(struct nfq_flows *t, uint32_t slot)
+{
+	if (slot < t->capacity && slot_at(t, slot)->state == NFQ_FLOW_ENDING)
+		slot_free(t, slot_at(t, slot), slot);
+}
+
+/* Copy into s the bytes of [off, off + n) not filled yet: first received wins. */
+static void stream_fill(struct stream_buf *s, uint32_t cap, uint32_t off, const uint8_t *bytes, uint32_t n)
+{
+	if (off >= cap)
+		return;
+	if (n > cap - off)
+		n = cap - off;
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t at = off + i;
+		uint8_t bit = (uint8_t)(1u << (at & 7));
+		if (!(s->filled[at >> 3] & bit)) {
+			s->filled[at >> 3] |= bit;
+			s->data[at] = bytes[i];
+		}
+	}
+	while (s->contiguous < cap && (s->filled[s->contiguous >> 3] & (1u << (s->contiguous & 7))))
+		s->contiguous++;
+}
+
+int nfq_flows_stream(struct nfq_flows *t, uint32_t slot, const struct nfq_packet *p, const uint8_t **data,
+		     uint32_t *contiguous, int *dir_out)
+{
+	struct nfq_flow *f = slot_at(t, slot);
+	struct pkt_info pi;
+	*data = NULL;
+	*contiguous = 0;
+	if (!t->stream_bytes)
+		return NFQ_FLOW_STREAM_EOFF;
+	if (f->proto != PROTO_TCP || !p->payload || parse_packet(p->payload, p->payload_len, &pi) < 0 ||
+	    pi.proto != PROTO_TCP)
+		return NFQ_FLOW_STREAM_ENOTTCP;
+	int dir = match(f, &pi);
+	if (dir < 0)
+		return NFQ_FLOW_STREAM_EFOREIGN;
+	*dir_out = dir;
+	uint32_t doff = (uint32_t)(pi.l4[12] >> 4) * 4;
+	if (doff < 20 || doff > pi.l4_len)
+		return NFQ_FLOW_STREAM_ENOTTCP;
+	const uint8_t *payload = pi.l4 + doff;
+	uint32_t n = pi.l4_len - doff;
+	/* Data on a SYN (TCP Fast Open) starts after the SYN's sequence number. */
+	uint32_t seq = nfq_get32(pi.l4 + 4) + (pi.l4[13] & TCP_SYN ? 1 : 0);
+	if (n && !(f->sflags & (SEQ_KNOWN << dir))) {
+		/* The SYN was missed: the stream starts at the first data seen. */
+		f->isn[dir] = seq;
+		f->sflags |= (uint8_t)(SEQ_KNOWN << dir);
+	}
+	if (n && !f->stream[dir] && !(f->sflags & (STREAM_DONE << dir))) {
+		uint32_t s = t->priv->stream_free;
+		if (!s)
+			return NFQ_FLOW_STREAM_ENOBUFS;
+		struct stream_buf *b = &t->priv->streams[s - 1];
+		t->priv->stream_free = b->next_free;
+		t->streams_used++;
+		b->contiguous = 0;
+		memset(b->filled, 0, (t->stream_bytes + 7) / 8);
+		f->stream[dir] = (uint16_t)s;
+	}
+	if (!f->stream[dir])
+		return 0;
+	struct stream_buf *b = &t->priv->streams[f->stream[dir] - 1];
+	if (n) {
+		/* Where this segment lies from the stream's start; bytes before it are dropped. */
+		int32_t off = (int32_t)(seq - f->isn[dir]);
+		if (off < 0) {
+			uint32_t skip = (uint32_t)-(int64_t)off;
+			if (skip < n)
+				stream_fill(b, t->stream_bytes, 0, payload + skip, n - skip);
+		} else {
+			stream_fill(b, t->stream_bytes, (uint32_t)off, payload, n);
+		}
+	}
+	*data = b->data;
+	*contiguous = b->contiguous;
+	return 0;
+}
+
+void nfq_flows_stream_done(struct nfq_flows *t, uint32_t slot)
+{
+	struct nfq_flow *f = slot_at(t, slot);
+	stream_put(t, f, 0);
+	stream_put(t, f, 1);
+	f->sflags |= STREAM_DONE | STREAM_DONE << 1;
+}
+
+static void table_free(struct nfq_flows *t)
+{
+	if (!t)
+		return;
+	if (t->priv) {
+		free(t->priv->buckets);
+		free(t->priv->streams);
+		free(t->priv->stream_mem);
+		free(t->priv->layout);
+		free(t->priv);
+	}
+	free(t->slots);
+	free(t);
+}
+
+static uint64_t fresh_seed(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	static uint64_t counter;
+	uint64_t s = (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ull ^ (uint64_t)ts.tv_sec ^
+		     __atomic_add_fetch(&counter, 0x632be59bd9b4e019ull, __ATOMIC_RELAXED);
+	return s | 1;
+}
+
+static struct nfq_flows *table_new(uint32_t max, uint32_t user_size, uint32_t user_align,
+				   uint32_t stream_bytes, uint32_t streams)
+{
+	struct nfq_flows *t = calloc(1, sizeof *t);
+	if (!t || !(t->priv = calloc(1, sizeof *t->priv))) {
+		table_free(t);
+		return NULL;
+	}
+	struct nfq_flows_priv *pv = t->priv;
+	uint32_t align = user_align < 8 ? 8 : user_align;
+	t->user_offset = (NFQ_FLOW_RECORD + align - 1) / align * align;
+	t->stride = (t->user_offset + user_size + align - 1) / align * align;
+	t->max = max;
+	t->capacity = max + NFQ_FLOW_RESERVE;
+	t->ended_head = NONE;
+	t->refs = 1;
+	uint32_t buckets = 16;
+	while (buckets < max)
+		buckets <<= 1;
+	pv->mask = buckets - 1;
+	pv->seed = fresh_seed();
+	pv->ended_tail = NONE;
+	t->slots = aligned_alloc(64, ((size_t)t->capacity * t->stride + 63) / 64 * 64);
+	pv->buckets = malloc(buckets * sizeof *pv->buckets);
+	if (!t->slots || !pv->buckets)
+		goto nomem;
+	memset(t->slots, 0, (size_t)t->capacity * t->stride);
+	memset(pv->buckets, 0xff, buckets * sizeof *pv->buckets);
+	for (uint32_t i = 0; i < t->capacity; i++)
+		slot_at(t, i)->hnext = i + 1 < t->capacity ? i + 1 : NONE;
+	for (int c = 0; c < NFQ_FLOW_CLASSES; c++)
+		pv->lru_head[c] = pv->lru_tail[c] = NONE;
+	if (stream_bytes && streams) {
+		size_t bitmap = (stream_bytes + 7) / 8;
+		pv->streams = calloc(streams, sizeof *pv->streams);
+		pv->stream_mem = malloc((size_t)streams * (stream_bytes + bitmap));
+		if (!pv->streams || !pv->stream_mem)
+			goto nomem;
+		for (uint32_t i = 0; i < streams; i++) {
+			pv->streams[i].data = pv->stream_mem + (size_t)i * (stream_bytes + bitmap);
+			pv->streams[i].filled = pv->streams[i].data + stream_bytes;
+			pv->streams[i].next_free = i + 1 < streams ? i + 2 : 0;
+		}
+		pv->stream_free = 1;
+		t->stream_bytes = stream_bytes;
+		t->streams = streams;
+	}
+	return t;
+nomem:
+	table_free(t);
+	errno = ENOMEM;
+	return NULL;
+}
+
+static void registry_unlink(struct nfq_flows *t)
+{
+	for (struct nfq_flows **link = &registry; *link; link = &(*link)->priv->next_named) {
+		if (*link == t) {
+			*link = t->priv->next_named;
+			t->priv->next_named = NULL;
+			return;
+		}
+	}
+}
+
+struct nfq_flows *nfq_flows_open(const void *scope, const char *name, const char *layout, uint32_t max,
+				 uint32_t user_size, uint32_t user_align, uint32_t stream_bytes, uint32_t streams,
+				 int *reused)
+{
+	*reused = 0;
+	if (max < 1 || max > NFQ_FLOW_MAX || user_align < 1 || user_align > 64 || (user_align & (user_align - 1)) ||
+	    user_size > 65536 || stream_bytes > NFQ_FLOW_STREAM_MAX || streams > NFQ_FLOW_STREAMS_MAX ||
+	    (name && strlen(name) >= NFQ_FLOW_NAME_MAX) || !layout) {
+		errno = EINVAL;
+		return NULL;
+	}
+	pthread_mutex_lock(&registry_lock);
+	struct nfq_flows *t = NULL;
+	if (name) {
+		for (t = registry; t; t = t->priv->next_named)
+			if (t->priv->scope == scope && !strcmp(t->priv->name, name))
+				break;
+		if (t && !strcmp(t->priv->layout, layout)) {
+			t->refs++;
+			*reused = 1;
+			pthread_mutex_unlock(&registry_lock);
+			return t;
+		}
+		if (t) {
+			/* Those that hold it keep it; the name goes to the new table. */
+			registry_unlink(t);
+			t->priv->name[0] = '\0';
+			*reused = -1;
+		}
+	}
+	t = table_new(max, user_size, user_align, stream_bytes, streams);
+	if (t && !(t->priv->layout = strdup(layout))) {
+		table_free(t);
+		t = NULL;
+		errno = ENOMEM;
+	}
+	if (t && name) {
+		t->priv->scope = scope;
+		strcpy(t->priv->name, name);
+		t->priv->next_named = registry;
+		registry = t;
+	}
+	pthread_mutex_unlock(&registry_lock);
+	return t;
+}
+
+void nfq_flows_release(struct nfq_flows *t)
+{
+	if (!t)
+		return;
+	pthread_mutex_lock(&registry_lock);
+	int last = --t->refs == 0;
+	if (last && t->priv->name[0])
+		registry_unlink(t);
+	pthread_mutex_unlock(&registry_lock);
+	if (last)
+		table_free(t);
+}
