@@ -52,6 +52,7 @@ struct nfq_flows_priv {
 	uint32_t mask;		/* buckets - 1 */
 	uint32_t free_head;	/* free slots through hnext */
 	uint32_t ended_tail;
+	uint32_t ending;	/* the slot nfq_flows_next_ended gave last */
 	uint64_t seed;
 	uint32_t lru_head[NFQ_FLOW_CLASSES];	/* most recent */
 	uint32_t lru_tail[NFQ_FLOW_CLASSES];
@@ -230,7 +231,7 @@ static void stream_put(struct nfq_flows *t, struct nfq_flow *f, int dir)
 static void slot_free(struct nfq_flows *t, struct nfq_flow *f, uint32_t i)
 {
 	f->state = NFQ_FLOW_FREE;
-	f->gen++;
+	f->gen = (f->gen + 1) & NFQ_FLOW_GEN_MASK;
 	f->hnext = t->priv->free_head;
 	t->priv->free_head = i;
 }
@@ -444,19 +445,19 @@ int nfq_flows_remove(struct nfq_flows *t, uint32_t slot)
 
 int nfq_flows_next_ended(struct nfq_flows *t)
 {
+	/* The one before has been shown, or its callback failed: free it. */
+	uint32_t shown = t->priv->ending;
+	if (shown != NONE && slot_at(t, shown)->state == NFQ_FLOW_ENDING)
+		slot_free(t, slot_at(t, shown), shown);
+	t->priv->ending = NONE;
 	uint32_t i = t->ended_head;
 	if (i == NONE)
 		return -1;
 	struct nfq_flow *f = slot_at(t, i);
 	t->ended_head = f->lru_next;
 	f->state = NFQ_FLOW_ENDING;
+	t->priv->ending = i;
 	return (int)i;
-}
-
-void nfq_flows_free(struct nfq_flows *t, uint32_t slot)
-{
-	if (slot < t->capacity && slot_at(t, slot)->state == NFQ_FLOW_ENDING)
-		slot_free(t, slot_at(t, slot), slot);
 }
 
 /* Copy into s the bytes of [off, off + n) not filled yet: first received wins. */
@@ -591,6 +592,7 @@ static struct nfq_flows *table_new(uint32_t max, uint32_t user_size, uint32_t us
 	pv->mask = buckets - 1;
 	pv->seed = fresh_seed();
 	pv->ended_tail = NONE;
+	pv->ending = NONE;
 	t->slots = aligned_alloc(64, ((size_t)t->capacity * t->stride + 63) / 64 * 64);
 	pv->buckets = malloc(buckets * sizeof *pv->buckets);
 	if (!t->slots || !pv->buckets)

@@ -8,7 +8,7 @@
  * one LRU list per timeout class (so each list's tail is the next flow of
  * that class to time out), and end by timeout, TCP close, eviction when full,
  * or removal. A table with an end callback queues ended flows until Lua has
- * shown them to it (nfq_flows_next_ended, nfq_flows_free); the slot keeps its
+ * shown them to it (nfq_flows_next_ended); the slot keeps its
  * generation until freed, so Lua handles of a freed flow notice.
  *
  * Tables live in a registry by scope (the engine, or NULL in library mode)
@@ -34,7 +34,8 @@ enum {
 	NFQ_FLOW_RECORD = 120,		/* sizeof(struct nfq_flow): the user area follows */
 	NFQ_FLOW_STREAM_MAX = 65536,	/* the most stream bytes per direction */
 	NFQ_FLOW_STREAMS_MAX = 65535,	/* the most stream buffers per table */
-	NFQ_FLOW_NAME_MAX = 64
+	NFQ_FLOW_NAME_MAX = 64,
+	NFQ_FLOW_GEN_MASK = 0x1fffff	/* generations wrap at 2^21: they fit a Lua handle */
 };
 
 /* TCP state bits (struct nfq_flow's tcp), as far as a filter needs them. */
@@ -74,7 +75,7 @@ enum {
 	NFQ_FLOW_FREE = 0,
 	NFQ_FLOW_LIVE = 1,
 	NFQ_FLOW_ENDED = 2,		/* queued for the end callback */
-	NFQ_FLOW_ENDING = 3		/* taken by nfq_flows_next_ended, freed next */
+	NFQ_FLOW_ENDING = 3		/* taken by nfq_flows_next_ended, freed at its next call */
 };
 
 /* nfq_flows_stream's codes. */
@@ -101,7 +102,7 @@ struct nfq_flow {
 	uint8_t why;			/* NFQ_FLOW_END_*, once ended */
 	uint8_t tclass;			/* NFQ_FLOW_T_* */
 	uint8_t sflags;			/* stream: sequence base known, stream done, per direction */
-	uint32_t gen;			/* bumped when the slot is freed */
+	uint32_t gen;			/* bumped when the slot is freed, modulo 2^21 */
 	uint32_t hnext;			/* hash chain; free list */
 	uint32_t lru_prev;
 	uint32_t lru_next;		/* LRU list; ended queue */
@@ -161,10 +162,11 @@ int nfq_flows_get(struct nfq_flows *t, const struct nfq_packet *p, double now, i
 uint32_t nfq_flows_expire(struct nfq_flows *t, double now, uint32_t budget);
 /* End a live flow as removed; -1 if the slot holds no live flow. */
 int nfq_flows_remove(struct nfq_flows *t, uint32_t slot);
-/* The next ended flow for the end callback (it becomes ENDING), or -1. */
+/*
+ * The next ended flow for the end callback (it becomes ENDING), or -1; the
+ * flow it gave before is freed first, shown or not (its callback failed).
+ */
 int nfq_flows_next_ended(struct nfq_flows *t);
-/* Free an ENDING slot once the end callback has seen it. */
-void nfq_flows_free(struct nfq_flows *t, uint32_t slot);
 /*
  * Add p's TCP payload to its direction's stream bytes (first received bytes
  * win where segments overlap), then give that direction's buffer and how

@@ -14,6 +14,13 @@
 local ffi = require "ffi"
 local nfq = require "nfq"
 
+-- The handle's metatype can be set once per Lua state: a second load of
+-- the module (package.loaded cleared) gets the first, whose tables it knows.
+local registry = debug.getregistry()
+if registry["nfq.flows"] then
+	return registry["nfq.flows"]
+end
+
 local C = nfq._C
 local ffi_cast, ffi_istype, ffi_string, ffi_gc = ffi.cast, ffi.istype, ffi.string, ffi.gc
 local type, error, pcall, tostring, tonumber, pairs, setmetatable = type, error, pcall, tostring, tonumber, pairs,
@@ -44,7 +51,7 @@ local packet_ref_t = ffi.typeof("struct nfq_lua_packet_ref *")
 local packet_t = ffi.typeof("struct nfq_lua_packet")
 
 -- A handle's value: table number * 2^45 + slot * 2^21 + the slot's
--- generation modulo 2^21, all within a double's 53 exact bits.
+-- generation (which C keeps below 2^21), all within a double's 53 exact bits.
 local GEN_SCALE, SLOT_SCALE, MAX_TABLES = 2 ^ 21, 2 ^ 24, 256
 local TABLE_SCALE = GEN_SCALE * SLOT_SCALE
 
@@ -70,7 +77,7 @@ local function flow_record(t, slot)
 end
 
 local function handle_of(self, slot, gen)
-	return ffi_cast(handle_t, self.base + slot * GEN_SCALE + gen % GEN_SCALE)
+	return ffi_cast(handle_t, self.base + slot * GEN_SCALE + gen)
 end
 
 --- The record behind a handle, its table object and slot; raises when the
@@ -81,12 +88,12 @@ local function flow_of(h, level)
 	local rest = (v - gen) / GEN_SCALE
 	local slot = rest % SLOT_SCALE
 	local self = tables[(rest - slot) / SLOT_SCALE]
-	local t = self and self.t
-	if t == nil then
+	local records = self and self.records
+	if records == nil then
 		error("nfq: this flow's table was closed", level)
 	end
-	local f = flow_record(t, slot)
-	if f.gen % GEN_SCALE ~= gen or f.state == FLOW_FREE then
+	local f = ffi_cast(flow_ptr_t, records + slot * self.stride)
+	if f.gen ~= gen or f.state == FLOW_FREE then
 		error("nfq: this flow has ended (timeout, close, eviction or flows:remove): take the flow of each packet "
 			.. "from flows:get(pkt) instead of keeping it", level)
 	end
@@ -102,16 +109,34 @@ local function log(warning, msg)
 	end
 end
 
---- Show every ended flow to on_end, then free its slot: after each C call
--- that can end flows, so the queue is empty whenever a call returns.
+--- Show every ended flow to on_end: after each C call that can end flows,
+-- so the queue is empty whenever a call returns. Each next_ended() frees
+-- the flow shown before, also when on_end raised (the error goes on up).
 local function drain(self)
 	local t = self.t
-	while t.ended_head ~= NONE do
-		local slot = C.nfq_flows_next_ended(t)
+	local on_end = self.on_end
+	local slot = C.nfq_flows_next_ended(t)
+	while slot >= 0 do
 		local f = flow_record(t, slot)
-		local ok, err = pcall(self.on_end, handle_of(self, slot, f.gen), reasons[f.why])
-		C.nfq_flows_free(t, slot)
-		if not ok then error(err, 0) end
+		on_end(handle_of(self, slot, f.gen), reasons[f.why])
+		slot = C.nfq_flows_next_ended(t)
+	end
+end
+
+-- One ended flow to on_end, and whether there was one.
+local function show_one(self, t)
+	local slot = C.nfq_flows_next_ended(t)
+	if slot < 0 then return false end
+	self.on_end(handle_of(self, slot, flow_record(t, slot).gen), reasons[flow_record(t, slot).why])
+	return true
+end
+
+-- drain() for get(), which ends at most four flows (two timed out, one
+-- evicted, a closed one whose ports a new SYN takes): unrolled, since a loop
+-- on the per-packet path ends the JIT's trace.
+local function drain_get(self, t)
+	if show_one(self, t) and show_one(self, t) and show_one(self, t) and show_one(self, t) then
+		drain(self)
 	end
 end
 
@@ -134,7 +159,7 @@ local function lookup(self, pkt, create, what)
 	local t = table_of(self, 3)
 	local p = packet_of(pkt, what, 3)
 	local slot = C.nfq_flows_get(t, p, now(), create)
-	if t.ended_head ~= NONE then drain(self) end
+	if t.ended_head ~= NONE then drain_get(self, t) end
 	if slot < 0 then
 		if slot ~= EFULL then return nil end
 		error(("nfq: %s: every slot holds a flow that waits for on_end (is flows:get called from on_end?)")
@@ -178,7 +203,7 @@ function Flows:remove(flow)
 	if not ffi_istype(handle_t, flow) then
 		error("nfq: flows:remove expects a flow, got " .. shown(flow), 2)
 	end
-	local f, owner, slot = flow_of(flow, 2)
+	local f, owner, slot = flow_of(flow, 3)
 	if owner ~= self then
 		error("nfq: flows:remove: the flow belongs to another table", 2)
 	end
@@ -205,7 +230,7 @@ end
 function Flows:close()
 	local t = self.t
 	if t == nil then return end
-	self.t = nil
+	self.t, self.records = nil, nil
 	ffi_gc(t, nil)
 	C.nfq_flows_release(t)
 end
@@ -268,7 +293,7 @@ local fields = {
 	state = function(f, self)
 		local state_t = self.state_ptr_t
 		if state_t == nil then return nil end
-		return ffi_cast(state_t, ffi_cast(bytes_t, f) + self.t.user_offset)
+		return ffi_cast(state_t, ffi_cast(bytes_t, f) + self.user_offset)
 	end,
 }
 
@@ -278,7 +303,7 @@ local dir_box = ffi.new("int[1]")
 local empty = ffi.new("uint8_t[1]")
 
 local function stream(h, pkt, n, what)
-	local f, self, slot = flow_of(h, 3)
+	local f, self, slot = flow_of(h, 4)
 	local t = self.t
 	if t.stream_bytes == 0 then
 		error(("nfq: %s: the table keeps no stream bytes; create it with stream_bytes = N"):format(what), 3)
@@ -329,8 +354,8 @@ end
 
 --- Give the flow's stream buffers back to the pool; later segments are not kept.
 function Flow:stream_done()
-	local _, self, slot = flow_of(self, 3)
-	C.nfq_flows_stream_done(self.t, slot)
+	local _, flows, slot = flow_of(self, 3)
+	C.nfq_flows_stream_done(flows.t, slot)
 end
 
 ffi.metatype("struct nfq_lua_flow", {
@@ -384,19 +409,21 @@ local function state_type(decl)
 	end
 	local ok, ct = pcall(ffi.typeof, decl)
 	if not ok then
-		error(("nfq.flows: state %s is not a C type the FFI can declare (%s); write it as "
-			.. "\"struct { uint8_t verdict; uint32_t seen; }\""):format(shown(decl), tostring(ct):gsub("^.-: ", "")), 4)
+		error(("nfq.flows: state %q is not a C type the FFI can declare (%s); write it as "
+			.. "\"struct { uint8_t verdict; uint32_t seen; }\""):format(decl, tostring(ct):gsub("^.-: ", "")), 4)
 	end
 	local kind = tostring(ct):match("^ctype<(%a+)")
 	local size = ffi.sizeof(ct)
 	if (kind ~= "struct" and kind ~= "union") or not size or size == 0 then
-		error(("nfq.flows: state %s must be a struct (or union) of fixed, nonzero size"):format(shown(decl)), 4)
+		error(("nfq.flows: state %q must be a struct (or union) of fixed, nonzero size"):format(decl), 4)
 	end
 	if size > 65536 then
 		error(("nfq.flows: state is %d bytes, more than the 65536 a flow's state may have"):format(size), 4)
 	end
 	local normalized = decl:gsub("%s+", " "):gsub("^ ", ""):gsub(" $", "")
-	return ffi.typeof("$ *", ct), size, ffi.alignof(ct), normalized
+	-- Declared again rather than as ffi.typeof("$ *", ct): under busted,
+	-- that gave a pointer to an anonymous struct of an earlier test.
+	return ffi.typeof(decl .. " *"), size, ffi.alignof(ct), normalized
 end
 
 local function read_timeouts(given)
@@ -409,7 +436,7 @@ local function read_timeouts(given)
 			error(("nfq.flows: unknown timeout '%s'; the timeouts are %s"):format(tostring(k),
 				table.concat(timeout_names, ", ")), 4)
 		end
-		if type(v) ~= "number" or not (v > 0) or v == math.huge then
+		if type(v) ~= "number" or v ~= v or v <= 0 or v == math.huge then
 			error(("nfq.flows: timeouts.%s must be a positive number of seconds, got %s"):format(k, shown(v)), 4)
 		end
 	end
@@ -471,7 +498,8 @@ function _M.new(opts)
 	local number = tables_made
 	tables_made = number + 1
 	local self = setmetatable({
-		t = t, name = name, max = max, on_end = opts.on_end, state_ptr_t = state_ptr_t,
+		t = t, records = t.slots, stride = t.stride, user_offset = t.user_offset,
+		name = name, max = max, on_end = opts.on_end, state_ptr_t = state_ptr_t,
 		base = number * TABLE_SCALE,
 	}, Flows)
 	tables[number] = self
@@ -481,4 +509,5 @@ end
 _M.timeouts = default_timeouts
 _M.reasons = reasons
 
+registry["nfq.flows"] = _M
 return _M
