@@ -1,11 +1,14 @@
 /* gen: UDP load generator for the NFQUEUE benchmark (loopback only).
  *
  *   gen [-d 127.0.0.1] [-p PORT] [-s SIZE] [-t SECONDS | -n DATAGRAMS]
- *       [-b BATCH] [-g] [-c CPU] [-S SNDBUF]
+ *       [-b BATCH] [-g] [-c CPU] [-S SNDBUF] [-F FLOWS]
  *
  * Sends SIZE-byte UDP payloads with sendmmsg, BATCH messages per call. With
  * -g each message is one UDP GSO super-packet of 32 segments of SIZE bytes
- * (UDP_SEGMENT), so the counts below are always datagrams on the wire.
+ * (UDP_SEGMENT), so the counts below are always datagrams on the wire. With
+ * -F the datagrams take turns over FLOWS source addresses (127.1.0.0 on,
+ * set per message with IP_PKTINFO), so a stateful filter sees that many
+ * concurrent flows.
  * Prints "sent=N sends=M errors=E seconds=S" on stdout.
  */
 #define _GNU_SOURCE
@@ -42,19 +45,19 @@ static double now(void)
 static void usage(void)
 {
 	fprintf(stderr, "usage: gen [-d 127.0.0.1] [-p PORT] [-s SIZE] [-t SECONDS | -n DATAGRAMS]\n"
-			"           [-b BATCH] [-g] [-c CPU] [-S SNDBUF]\n");
+			"           [-b BATCH] [-g] [-c CPU] [-S SNDBUF] [-F FLOWS]\n");
 	exit(2);
 }
 
 int main(int argc, char **argv)
 {
 	const char *dst = "127.0.0.1";
-	int port = 9999, size = 64, batch = 64, gso = 0, cpu = -1, opt;
+	int port = 9999, size = 64, batch = 64, gso = 0, cpu = -1, flows = 0, opt;
 	double seconds = 0;
 	unsigned long long limit = 0;
 	int sndbuf = 64 << 20;
 
-	while ((opt = getopt(argc, argv, "d:p:s:t:n:b:gc:S:h")) != -1) {
+	while ((opt = getopt(argc, argv, "d:p:s:t:n:b:gc:S:F:h")) != -1) {
 		switch (opt) {
 		case 'd': dst = optarg; break;
 		case 'p': port = atoi(optarg); break;
@@ -65,12 +68,13 @@ int main(int argc, char **argv)
 		case 'g': gso = 1; break;
 		case 'c': cpu = atoi(optarg); break;
 		case 'S': sndbuf = atoi(optarg); break;
+		case 'F': flows = atoi(optarg); break;
 		default: usage();
 		}
 	}
 	if (seconds <= 0 && limit == 0)
 		seconds = 2;
-	if (port < 1 || port > 65535 || size < 1 || batch < 1 || batch > MAX_BATCH)
+	if (port < 1 || port > 65535 || size < 1 || batch < 1 || batch > MAX_BATCH || flows < 0 || flows > 1 << 22)
 		usage();
 
 	struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons(port) };
@@ -106,8 +110,8 @@ int main(int argc, char **argv)
 		perror("gen: UDP_SEGMENT");
 		return 1;
 	}
-	/* Connected: no per-message route lookup. */
-	if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) < 0) {
+	/* Connected: no per-message route lookup (unless each message picks its source). */
+	if (!flows && connect(fd, (struct sockaddr *)&sin, sizeof(sin)) < 0) {
 		perror("gen: connect");
 		return 1;
 	}
@@ -117,12 +121,27 @@ int main(int argc, char **argv)
 	memset(payload, 'x', msglen);
 	static struct mmsghdr msgs[MAX_BATCH];
 	static struct iovec iov[MAX_BATCH];
+	static union {
+		char buf[CMSG_SPACE(sizeof(struct in_pktinfo))];
+		struct cmsghdr align;
+	} control[MAX_BATCH];
 	for (int i = 0; i < batch; i++) {
 		iov[i].iov_base = payload;
 		iov[i].iov_len = msglen;
 		msgs[i].msg_hdr.msg_iov = &iov[i];
 		msgs[i].msg_hdr.msg_iovlen = 1;
+		if (flows) {
+			msgs[i].msg_hdr.msg_name = &sin;
+			msgs[i].msg_hdr.msg_namelen = sizeof(sin);
+			msgs[i].msg_hdr.msg_control = control[i].buf;
+			msgs[i].msg_hdr.msg_controllen = sizeof control[i].buf;
+			struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[i].msg_hdr);
+			c->cmsg_level = IPPROTO_IP;
+			c->cmsg_type = IP_PKTINFO;
+			c->cmsg_len = CMSG_LEN(sizeof(struct in_pktinfo));
+		}
 	}
+	unsigned next_flow = 0;
 
 	struct sigaction sa = { .sa_handler = on_signal };
 	sigaction(SIGINT, &sa, NULL);
@@ -136,6 +155,12 @@ int main(int argc, char **argv)
 			unsigned long long left = (limit - sent + segs - 1) / segs;
 			if (left == 0) break;
 			if (left < (unsigned long long)n) n = (int)left;
+		}
+		for (int i = 0; flows && i < n; i++) {
+			struct in_pktinfo pi = { 0 };
+			pi.ipi_spec_dst.s_addr = htonl(0x7f010000u + next_flow);
+			memcpy(CMSG_DATA(CMSG_FIRSTHDR(&msgs[i].msg_hdr)), &pi, sizeof pi);
+			next_flow = next_flow + 1 == (unsigned)flows ? 0 : next_flow + 1;
 		}
 		int r = sendmmsg(fd, msgs, n, 0);
 		if (r < 0) {

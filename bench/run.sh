@@ -18,7 +18,8 @@
 # SIZES ("64 1400"), POST (1: the POSTROUTING table), GSO (1: the GSO table),
 # MAXLEN (1024, queue length for every consumer), GEN_BATCH (64), GEN_SNDBUF
 # (64 MiB), GEN_CPU (0), CONS_CPU (1), SINK_CPU (CONS_CPU), GSO_SINK_CPU
-# (GEN_CPU), PORT (9999), BENCH_ONLY (regex on consumer ids), OUT.
+# (GEN_CPU), PORT (9999), FLOWS (1: the flow table's rounds), BENCH_ONLY
+# (regex on consumer ids), OUT.
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -77,6 +78,17 @@ GSO_CONSUMERS=(
 	"gso-plain|C reference, NFQA_CFG_F_GSO set||bench/ref_consumer -q $QUEUE -m $MAXLEN"
 	"gso-gso|C reference, NFQA_CFG_F_GSO set|-g|bench/ref_consumer -q $QUEUE -m $MAXLEN"
 	"gso-nogso|C reference, NFQA_CFG_F_GSO not set|-g|bench/ref_consumer -q $QUEUE -m $MAXLEN -G"
+)
+
+# The flow table: a stateful filter (bench/flows.lua) against accept_all, both
+# fed over 10 and over 100,000 flows (gen -F), "id|label|generator flags|command";
+# FLOWS=0 leaves the table out.
+FLOWS=${FLOWS:-1}
+FLOW_CONSUMERS=(
+	"flows-accept-10|nfqlua accept_all.lua, 10 flows|-F 10|./nfqlua scripts/examples/accept_all.lua --queue $QUEUE --max-len $MAXLEN"
+	"flows-10|nfqlua bench/flows.lua, 10 flows|-F 10|./nfqlua bench/flows.lua --queue $QUEUE --max-len $MAXLEN"
+	"flows-accept-100k|nfqlua accept_all.lua, 100,000 flows|-F 100000|./nfqlua scripts/examples/accept_all.lua --queue $QUEUE --max-len $MAXLEN"
+	"flows-100k|nfqlua bench/flows.lua, 100,000 flows|-F 100000|./nfqlua bench/flows.lua --queue $QUEUE --max-len $MAXLEN"
 )
 
 die() { echo "run.sh: $*" >&2; exit 1; }
@@ -334,6 +346,13 @@ if ((GSO)); then
 	rounds GSO_CONSUMERS
 fi
 
+if ((FLOWS)); then
+	taskset -pc "$SINK_CPU" "$SINK_PID" >/dev/null
+	SIZES_ALL=$SIZES SIZES=${SIZES%% *}
+	rounds FLOW_CONSUMERS
+	SIZES=$SIZES_ALL
+fi
+
 # The Lua side alone, without the kernel: dispatch and verdict code on a
 # batch we fill ourselves (bench/dispatch_cost.lua).
 DISPATCH_COST=$(LUA_PATH='lua/?.lua;spec/?.lua;;' LUA_CPATH='lua/?.so;;' taskset -c "$CONS_CPU" luajit bench/dispatch_cost.lua 2>&1) ||
@@ -421,6 +440,24 @@ ref_id=$(cut -d'|' -f1 <<<"${CONSUMERS[0]}")
 					ratio=$(awk -v a="${R_DPS[$k]}" -v b="$base" 'BEGIN {printf "%.2f", a / b}')
 				sender=plain; [[ $gflags == *-g* ]] && sender="GSO ×32"
 				echo "| $size B | $label | $sender | $(fmt "${R_DPS[$k]}") | $(fmt "${R_PPS[$k]}") | $ratio |"
+			done
+		done
+	fi
+	flow_size=${SIZES%% *}
+	if ((FLOWS)) && [[ -n ${R_PPS[flows-10/$flow_size]:-} ]]; then
+		echo
+		echo "The flow table (\`bench/flows.lua\`: \`flows:get(pkt)\`, a counter and a verdict in the flow's state) against accept_all.lua,"
+		echo "both fed over the same flows (the generator takes turns over that many source addresses), in rounds of their own:"
+		echo
+		echo "| payload | consumer | verdicts/s (median) | min–max | vs accept_all, same flows | CPU µs/pkt | peak RSS |"
+		echo "|---|---|---:|---:|---:|---:|---:|"
+		for n in 10 100k; do
+			for id in flows-accept-$n flows-$n; do
+				k="$id/$flow_size"
+				[[ -n ${R_PPS[$k]:-} ]] || continue
+				ratio=$(awk -v a="${R_PPS[$k]}" -v b="${R_PPS[flows-accept-$n/$flow_size]:-0}" 'BEGIN {printf (b ? "%.2f" : "—"), a / b}')
+				label=$(printf '%s\n' "${FLOW_CONSUMERS[@]}" | awk -F'|' -v id="$id" '$1 == id {print $2}')
+				echo "| $flow_size B | $label | $(fmt "${R_PPS[$k]}") | $(fmtk "${R_MIN[$k]}")–$(fmtk "${R_MAX[$k]}") | $ratio | ${R_CPU[$k]} | ${R_RSS[$k]} MB |"
 			done
 		done
 	fi

@@ -155,8 +155,18 @@ local function packet_of(pkt, what, level)
 	return c_packet(pkt)
 end
 
+-- A table handed over by a reload takes the new version's timeouts and end
+-- callback at that version's first use of it, not while it is loaded: the
+-- reload may yet fail, and the old version run on.
+local function take_over(self, t)
+	for i = 0, #timeout_names - 1 do t.timeouts[i] = self.timeouts[i] end
+	t.keep_ended = self.on_end and 1 or 0
+	self.taken_over = true
+end
+
 local function lookup(self, pkt, create, what)
 	local t = table_of(self, 3)
+	if not self.taken_over then take_over(self, t) end
 	local p = packet_of(pkt, what, 3)
 	local slot = C.nfq_flows_get(t, p, now(), create)
 	if t.ended_head ~= NONE then drain_get(self, t) end
@@ -200,6 +210,7 @@ end
 --- End a flow now (on_end sees it, why "removed"); its handle is gone after.
 function Flows:remove(flow)
 	local t = table_of(self, 2)
+	if not self.taken_over then take_over(self, t) end
 	if not ffi_istype(handle_t, flow) then
 		error("nfq: flows:remove expects a flow, got " .. shown(flow), 2)
 	end
@@ -217,6 +228,7 @@ end
 -- on_timer, so that flows end while no packet comes. How many ended.
 function Flows:expire(budget)
 	local t = table_of(self, 2)
+	if not self.taken_over then take_over(self, t) end
 	if budget ~= nil and (type(budget) ~= "number" or budget < 1 or budget ~= floor(budget)) then
 		error("nfq: flows:expire: budget must be a positive integer, got " .. shown(budget), 2)
 	end
@@ -493,16 +505,15 @@ function _M.new(opts)
 		log(true, ("table '%s' starts empty: its layout changed (%s), so the flows of the previous version "
 			.. "are not handed over"):format(name, layout))
 	end
-	for i = 0, #timeout_names - 1 do t.timeouts[i] = timeouts[i] end
-	t.keep_ended = opts.on_end and 1 or 0
 	local number = tables_made
 	tables_made = number + 1
 	local self = setmetatable({
 		t = t, records = t.slots, stride = t.stride, user_offset = t.user_offset,
-		name = name, max = max, on_end = opts.on_end, state_ptr_t = state_ptr_t,
+		name = name, max = max, on_end = opts.on_end, state_ptr_t = state_ptr_t, timeouts = timeouts,
 		base = number * TABLE_SCALE,
 	}, Flows)
 	tables[number] = self
+	if reused[0] ~= 1 then take_over(self, t) end
 	return self
 end
 
