@@ -1081,7 +1081,8 @@ local function check_bypass_mark(opts, level)
 	local mark = check_int(opts.bypass_mark or C.NFQ_BYPASS_MARK, 0, 0xffffffff, "bypass_mark", level + 1)
 	local mask = check_int(opts.bypass_mask or mark, 0, 0xffffffff, "bypass_mask", level + 1)
 	if mask == 0 then
-		error("nfq: bypass_mark 0 sets no bit: give a mark with a bit set, such as 0x40000000", level + 1)
+		error(("nfq: %s 0 sets no bit: give a mark with a bit set, such as 0x40000000")
+			:format(opts.bypass_mask == 0 and "bypass_mask" or "bypass_mark"), level + 1)
 	end
 	if band(mark, bnot(mask)) ~= 0 then
 		error(("nfq: bypass_mark 0x%x has bits outside bypass_mask 0x%x; give a mark inside the mask")

@@ -288,6 +288,7 @@ describe("bypass marks that make no sense", function()
 		local cb = function() end
 		for opts, msg in pairs {
 			[{ bypass_mark = 0 }] = "bypass_mark 0 sets no bit",
+			[{ bypass_mark = 4, bypass_mask = 0 }] = "bypass_mask 0 sets no bit",
 			[{ bypass_mark = 3, bypass_mask = 1 }] = "bypass_mark 0x3 has bits outside bypass_mask 0x1",
 			[{ bypass_mark = -1 }] = "bypass_mark must be an integer",
 			[{ bypass_mask = "x" }] = "bypass_mask must be an integer",
