@@ -157,38 +157,44 @@ echo 1 > /proc/sys/net/ipv4/ip_forward
 		assert.matches("pkt:bypass() sets mark 0x100/0x100 on the packet", d:output(), 1, true)
 	end)
 
-	it("bypasses a UDP flow in library mode, keeping the other bits of the packet's mark", function()
-		apply(readme_rules("bypass-output"))
-		-- Counts, without stopping them, packets with the socket's mark and the bit.
-		H.sh("iptables -t security -I OUTPUT -m mark --mark 0x40000005")
-		local seen = 0
-		local q = H.bound_queue(1, function(pkt)
-			seen = seen + 1
-			if seen >= 10 then pkt:bypass() else pkt:accept() end
-		end)
-		assert.same({ "mark", BYPASS, BYPASS }, { q:bypass_path() })
-		local rx, tx = H.udp("127.0.0.1", 6034), H.udp()
-		local SOL_SOCKET, SO_MARK = 1, 36
-		assert.equal(0, ffi.C.setsockopt(tx.fd, SOL_SOCKET, SO_MARK, ffi.new("int[1]", 5), 4))
-		-- One datagram at a time: each is delivered before the next is sent.
-		for i = 1, 30 do
-			tx:sendto("datagram " .. i, "127.0.0.1", 6034)
-			local got
-			H.wait_for(function()
-				assert(q:run(false))
-				got = rx:recv(0.01)
-				return got
-			end, 5, "datagram " .. i)
-			assert.equal("datagram " .. i, got)
-		end
-		assert.equal(10, seen)
-		assert.equal(10, H.queue_info(1).id_sequence)
-		-- The tenth left with the bit, the twenty after it came with it from the connection.
-		assert.equal(21, H.rule_packets("security", "OUTPUT", "mark match 0x40000005"))
-		q:close()
-		rx:close()
-		tx:close()
-	end)
+	-- The same rules with ip6tables for IPv6.
+	for _, family in ipairs { { "127.0.0.1", "iptables" }, { "::1", "ip6tables" } } do
+		local addr, tables = family[1], family[2]
+		it(("bypasses a UDP flow over %s in library mode, keeping the other bits of the packet's mark"):format(addr),
+			function()
+				apply((readme_rules("bypass-output"):gsub("iptables", tables)))
+				-- Counts, without stopping them, packets with the socket's mark and the bit.
+				H.sh(tables .. " -t security -I OUTPUT -m mark --mark 0x40000005")
+				local seen = 0
+				local q = H.bound_queue(1, function(pkt)
+					seen = seen + 1
+					if seen >= 10 then pkt:bypass() else pkt:accept() end
+				end)
+				assert.same({ "mark", BYPASS, BYPASS }, { q:bypass_path() })
+				local rx, tx = H.udp(addr, 6034), H.udp(addr)
+				local SOL_SOCKET, SO_MARK = 1, 36
+				assert.equal(0, ffi.C.setsockopt(tx.fd, SOL_SOCKET, SO_MARK, ffi.new("int[1]", 5), 4))
+				-- One datagram at a time: each is delivered before the next is sent.
+				for i = 1, 30 do
+					tx:sendto("datagram " .. i, addr, 6034)
+					local got
+					H.wait_for(function()
+						assert(q:run(false))
+						got = rx:recv(0.01)
+						return got
+					end, 5, "datagram " .. i)
+					assert.equal("datagram " .. i, got)
+				end
+				assert.equal(10, seen)
+				assert.equal(10, H.queue_info(1).id_sequence)
+				-- The tenth left with the bit, the twenty after it came with it from the connection.
+				local counters = H.sh(tables .. " -t security -L OUTPUT -v -x -n")
+				assert.equal("21", counters:match("\n%s*(%d+)[^\n]*mark match 0x40000005\n"), counters)
+				q:close()
+				rx:close()
+				tx:close()
+			end)
+	end
 end)
 
 describe("pkt:bypass()", function()
