@@ -169,12 +169,13 @@ demo: deps-build
 	$(MAKE) all
 	./scripts/demo.sh
 
-# Figures, not assertions: writes bench/RESULTS.md (about 3 minutes, as root),
-# nfq.send's section included.
+# Figures, not assertions: writes bench/RESULTS.md (about 4 minutes, as root),
+# nfq.send's and TCP throughput's sections included.
 bench: deps-build
 	$(MAKE) all
 	bench/run.sh
 	bench/send.sh
+	bench/throughput.sh
 
 # nfq.send against a C raw-socket sender: its section of bench/RESULTS.md.
 bench-send: deps-build

@@ -15,7 +15,7 @@ end
 local cdef = require "nfq.cdef"
 local headers = require "nfq.headers"
 
-local band, bor, rshift = bit.band, bit.bor, bit.rshift
+local band, bor, bnot, rshift = bit.band, bit.bor, bit.bnot, bit.rshift
 local floor = math.floor
 local type, error, pcall, tostring, tonumber, select = type, error, pcall, tostring, tonumber, select
 local setmetatable, getmetatable, pairs, ipairs, next, unpack = setmetatable, getmetatable, pairs, ipairs, next, unpack
@@ -485,6 +485,32 @@ function Packet:set_connmark(mark)
 	end
 	p.new_connmark = mark
 	p.flags = bor(p.flags, PF_CONNMARK_SET)
+end
+
+--- Accept the packet with the queue's bypass mark set in its mark (the bits
+-- of bypass_mask, other bits kept), which CONNMARK rules save on the
+-- connection so that its later packets skip the queue (README, Bypass). On
+-- a queue bound with conntrack = true, the connection's mark gets the same
+-- bits with the verdict.
+function Packet:bypass()
+	local p = live(self)
+	check_pending(self, p)
+	local q = p.queue
+	if q == nil then
+		error(("nfq: packet %d: its queue was unbound or closed, which gave it the fallback verdict"):format(p.id), 2)
+	end
+	local mark, keep = q.bypass_mark, bnot(q.bypass_mask)
+	local flags = p.flags
+	local old = band(flags, PF_MARK_SET) ~= 0 and p.new_mark or p.mark
+	p.new_mark = bor(band(old, keep), mark)
+	flags = bor(flags, PF_MARK_SET)
+	if band(q.flags, FLAG_CONNTRACK) ~= 0 and band(flags, PF_CT) ~= 0 then
+		local ct = band(flags, PF_CONNMARK_SET) ~= 0 and p.new_connmark or p.ct_mark
+		p.new_connmark = bor(band(ct, keep), mark)
+		flags = bor(flags, PF_CONNMARK_SET)
+	end
+	p.flags = flags
+	give_verdict(self, NF_ACCEPT)
 end
 
 function Packet:get_l2hdr()
@@ -1015,7 +1041,7 @@ end
 local bind_opts = {
 	max_len = true, mode = true, range = true, sock_len = true, fallback = true,
 	fail_open = true, gso = true, conntrack = true, uid_gid = true, secctx = true,
-	send = true, send_mark = true, send_mask = true,
+	send = true, send_mark = true, send_mask = true, bypass_mark = true, bypass_mask = true,
 }
 -- Boolean bind options that set queue flags, with their defaults.
 local flag_opts = {
@@ -1047,6 +1073,22 @@ local function open_sender(opts, level)
 			e == EPERM and " (they need root or CAP_NET_RAW)" or "")
 	end
 	return sender
+end
+
+-- The bind options' bypass mark and mask: the mask defaults to the mark,
+-- both to NFQ_BYPASS_MARK.
+local function check_bypass_mark(opts, level)
+	local mark = check_int(opts.bypass_mark or C.NFQ_BYPASS_MARK, 0, 0xffffffff, "bypass_mark", level + 1)
+	local mask = check_int(opts.bypass_mask or mark, 0, 0xffffffff, "bypass_mask", level + 1)
+	if mask == 0 then
+		error(("nfq: %s 0 sets no bit: give a mark with a bit set, such as 0x40000000")
+			:format(opts.bypass_mask == 0 and "bypass_mask" or "bypass_mark"), level + 1)
+	end
+	if band(mark, bnot(mask)) ~= 0 then
+		error(("nfq: bypass_mark 0x%x has bits outside bypass_mask 0x%x; give a mark inside the mask")
+			:format(mark, mask), level + 1)
+	end
+	return mark, mask
 end
 
 function Queue:bind(queue_num, callback, opts)
@@ -1083,6 +1125,7 @@ function Queue:bind(queue_num, callback, opts)
 		end
 		if on then flags = bor(flags, bit_value) end
 	end
+	local bypass_mark, bypass_mask = check_bypass_mark(opts, 2)
 	local sender = open_sender(opts, 2)
 	if type(sender) == "string" then return nil, sender end
 	if C.nfq_queue_bind(q, queue_num, mode, range, max_len, sock_len, flags) ~= 0 then
@@ -1090,6 +1133,7 @@ function Queue:bind(queue_num, callback, opts)
 		return nil, ffi_string(q.errmsg)
 	end
 	C.nfq_queue_set_sender(q, sender)
+	q.bypass_mark, q.bypass_mask = bypass_mark, bypass_mask
 	send_queues[self] = sender ~= nil or nil
 	self.callback = callback
 	self.queue_num = queue_num
@@ -1167,6 +1211,16 @@ function Queue:close()
 	self.q = nil
 	ffi_gc(q, nil)
 	C.nfq_queue_close(q)
+end
+
+--- How pkt:bypass() keeps a flow out of this queue: "conntrack" (the
+-- connection's mark goes with the verdict, on a queue bound with
+-- conntrack = true) or "mark" (the packet's mark, for CONNMARK rules); and
+-- the mark and mask it sets.
+function Queue:bypass_path()
+	local q = queue_of(self, 2)
+	local path = band(q.flags, FLAG_CONNTRACK) ~= 0 and "conntrack" or "mark"
+	return path, tonumber(q.bypass_mark), tonumber(q.bypass_mask)
 end
 
 function Queue:get_fd()
@@ -1431,6 +1485,15 @@ end
 function _M.flows(opts)
 	local flows = require("nfq.flows").new(opts)
 	return flows
+end
+
+--- In a daemon script: the daemon queue's bypass path, mark and mask, as
+-- q:bypass_path() gives them.
+function _M.bypass_path()
+	if not adopted_queue then
+		error("nfq.bypass_path() is for scripts run by the nfqlua daemon; call q:bypass_path() on your queue", 2)
+	end
+	return adopted_queue:bypass_path()
 end
 
 registry["nfq.module"] = _M

@@ -304,6 +304,14 @@ exit 1
 	end,
 }
 
+-- The bypass rule sets: spec/34-bypass_spec.lua runs each under a TCP transfer.
+for _, name in ipairs { "bypass-input", "bypass-output", "bypass-forward" } do
+	checks[name] = function()
+		local spec = assert(H.read_file(H.root .. "/spec/34-bypass_spec.lua"))
+		assert.truthy(spec:find('"' .. name .. '"', 1, true), "spec/34 does not run the block " .. name)
+	end
+end
+
 describe("README blocks", function()
 	it("are each run by a check here or marked illustrative", function()
 		local unmarked, unknown, used = {}, {}, {}

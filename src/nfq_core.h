@@ -84,6 +84,15 @@ enum {
 	NFQ_PF_FALLBACK = 16384		/* its verdict was the fallback one */
 };
 
+/*
+ * pkt:bypass(): the mark bit it sets by default (--bypass-mark), for the
+ * CONNMARK rules that keep the rest of the connection out of the queue.
+ * Clear of the low bits that send marks and classifiers tend to use.
+ */
+enum {
+	NFQ_BYPASS_MARK = 0x40000000
+};
+
 /* Queue flags (NFQA_CFG_F_*), chosen at bind time. */
 enum {
 	NFQ_FLAG_FAIL_OPEN = 1,
@@ -231,6 +240,8 @@ struct nfq_queue {
 	char errmsg[256];		/* why the last call failed */
 	struct nfq_queue_priv *priv;
 	struct nfq_sender *sender;	/* NULL: sending is off (nfq_queue_set_sender) */
+	uint32_t bypass_mark;		/* pkt:bypass() sets the bits of bypass_mask to these */
+	uint32_t bypass_mask;		/* (NFQ_BYPASS_MARK for both when the queue is opened) */
 };
 
 /* Protocol headers as they lie in the payload; multi-byte fields are big-endian. */

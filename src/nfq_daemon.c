@@ -74,6 +74,9 @@ static const char usage[] =
 	"                         sent packets are printed and written to --out)\n"
 	"      --send-mark MARK[/MASK]  with --send: the mark sent packets leave with; a\n"
 	"                         script's own mark keeps the bits of MASK from MARK\n"
+	"      --bypass-mark MARK[/MASK]  what pkt:bypass() sets in the packet's mark:\n"
+	"                         the bits of MASK (default: MARK's) to MARK's, for the\n"
+	"                         CONNMARK rules that skip the queue (default 0x40000000)\n"
 	"      --pidfile PATH     write the pid to PATH once every queue is bound;\n"
 	"                         removed at exit\n"
 	"      --syslog           log to syslog (facility daemon) instead of stderr\n"
@@ -237,29 +240,49 @@ static void set_queues(struct cli *cli, const struct flag *f, const char *value)
 		usage_error("--queue A-B needs A <= B and at most %d queues, got '%s'", NFQ_MAX_WORKERS, value);
 }
 
-/* A mark in decimal or 0x hex. */
-static uint32_t parse_mark(const char *s, const char *whole)
+/* A mark in decimal or 0x hex, part of f's MARK[/MASK] value whole. */
+static uint32_t parse_mark(const struct flag *f, const char *s, const char *whole)
 {
 	char *end;
 	errno = 0;
 	unsigned long v = strtoul(s, &end, 0);
 	if (*s < '0' || *s > '9' || *end || errno || v > UINT32_MAX)
-		usage_error("--send-mark must be MARK or MARK/MASK, numbers from 0 to 0xffffffff, got '%s'", whole);
+		usage_error("--%s must be MARK or MARK/MASK, numbers from 0 to 0xffffffff, got '%s'", f->name, whole);
 	return (uint32_t)v;
+}
+
+/* f's MARK[/MASK] value into mark and mask; whether MASK was given. */
+static int parse_mark_mask(const struct flag *f, const char *value, uint32_t *mark, uint32_t *mask)
+{
+	char first[32];
+	const char *slash = strchr(value, '/');
+	if (slash && (size_t)(slash - value) >= sizeof first)
+		usage_error("--%s must be MARK or MARK/MASK, numbers from 0 to 0xffffffff, got '%s'", f->name, value);
+	snprintf(first, sizeof first, "%.*s", slash ? (int)(slash - value) : (int)strlen(value), value);
+	*mark = parse_mark(f, first, value);
+	*mask = slash ? parse_mark(f, slash + 1, value) : 0;
+	return slash != NULL;
 }
 
 /* MARK[/MASK]: without MASK, a script's own mark replaces MARK whole. */
 static void set_send_mark(struct cli *cli, const struct flag *f, const char *value)
 {
-	(void)f;
-	char mark[32];
-	const char *slash = strchr(value, '/');
-	if (slash && (size_t)(slash - value) >= sizeof mark)
-		usage_error("--send-mark must be MARK or MARK/MASK, numbers from 0 to 0xffffffff, got '%s'", value);
-	snprintf(mark, sizeof mark, "%.*s", slash ? (int)(slash - value) : (int)strlen(value), value);
-	cli->send_mark = parse_mark(mark, value);
-	cli->send_mask = slash ? parse_mark(slash + 1, value) : 0;
+	parse_mark_mask(f, value, &cli->send_mark, &cli->send_mask);
 	cli->have_send_mark = 1;
+}
+
+/* MARK[/MASK]: without MASK, the bits of MARK are set and the others kept. */
+static void set_bypass_mark(struct cli *cli, const struct flag *f, const char *value)
+{
+	uint32_t mark, mask;
+	if (!parse_mark_mask(f, value, &mark, &mask))
+		mask = mark;
+	if (!mask)
+		usage_error("--bypass-mark %s sets no bit: give a MARK with a bit set, such as 0x40000000", value);
+	if (mark & ~mask)
+		usage_error("--bypass-mark %s: MARK has bits outside MASK; give MARK/MASK with MARK inside MASK", value);
+	cli->engine.bypass_mark = mark;
+	cli->engine.bypass_mask = mask;
 }
 
 static void set_log_level(struct cli *cli, const struct flag *f, const char *value)
@@ -337,6 +360,7 @@ static const struct flag flags[] = {
 	/* --replay too: the script may send, and the sent packets are shown. */
 	{ "send", 0, SWITCH, LIVE | REPLAY, .set = set_true, FIELD(send) },
 	{ "send-mark", 0, VALUE, LIVE | REPLAY, .set = set_send_mark },
+	{ "bypass-mark", 0, VALUE, LIVE | REPLAY, .set = set_bypass_mark },
 	{ "pidfile", 0, VALUE, LIVE, .set = set_text, FIELD(pidfile), .expect = "a path" },
 	{ "syslog", 0, SWITCH, ANY, .set = set_true, FIELD(syslog) },
 	{ "log-level", 0, VALUE, ANY, .set = set_log_level, .choices = log_levels,
@@ -583,6 +607,19 @@ static int open_senders(const struct cli *cli, int live, unsigned n, struct nfq_
 	return 0;
 }
 
+/* Which way pkt:bypass() takes: one line at start. */
+static void log_bypass(const struct nfq_engine_opts *opts)
+{
+	uint32_t mark = opts->bypass_mask ? opts->bypass_mark : NFQ_BYPASS_MARK;
+	uint32_t mask = opts->bypass_mask ? opts->bypass_mask : NFQ_BYPASS_MARK;
+	if (opts->flags & NFQ_FLAG_CONNTRACK)
+		nfq_log(NFQ_LOG_INFO, "pkt:bypass() sets mark 0x%x/0x%x on the packet and on its connection "
+			"(--conntrack: the connection mark goes with the verdict)", mark, mask);
+	else
+		nfq_log(NFQ_LOG_INFO, "pkt:bypass() sets mark 0x%x/0x%x on the packet: CONNMARK rules keep it "
+			"on the connection (README, Bypass)", mark, mask);
+}
+
 static void close_senders(struct nfq_sender **senders, unsigned n)
 {
 	for (unsigned i = 0; i < n; i++) {
@@ -673,6 +710,7 @@ int main(int argc, char **argv)
 		if (cli.send)
 			nfq_log(NFQ_LOG_INFO, "sending is on (--send): sent packets leave with mark 0x%x/0x%x",
 				cli.send_mark, cli.send_mask);
+		log_bypass(&cli.engine);
 		ev_run(loop, 0);
 	}
 

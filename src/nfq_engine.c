@@ -967,6 +967,12 @@ struct nfq_engine *nfq_engine_create(struct ev_loop *loop,
 		nfq_sender_close(opts->sender);
 		return NULL;
 	}
+	if (opts->bypass_mark & ~opts->bypass_mask) {
+		snprintf(err, errlen, "the bypass mark 0x%x has bits outside its mask 0x%x",
+			 opts->bypass_mark, opts->bypass_mask);
+		nfq_sender_close(opts->sender);
+		return NULL;
+	}
 	struct nfq_engine *e = calloc(1, sizeof *e);
 	if (!e) {
 		snprintf(err, errlen, "out of memory");
@@ -1023,6 +1029,10 @@ int nfq_engine_start(struct nfq_engine *e, char *err, size_t errlen)
 		}
 	}
 	e->q->fallback = opts->fallback;
+	if (opts->bypass_mask) {
+		e->q->bypass_mark = opts->bypass_mark;
+		e->q->bypass_mask = opts->bypass_mask;
+	}
 	/* The queue owns the sender from here on. */
 	nfq_queue_set_sender(e->q, e->opts.sender);
 	e->opts.sender = NULL;

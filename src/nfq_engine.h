@@ -70,6 +70,12 @@ struct nfq_engine_opts {
 	 * nfq_engine_create() on, also when that fails.
 	 */
 	struct nfq_sender *sender;
+	/*
+	 * pkt:bypass() sets the bits of bypass_mask in the packet's mark to
+	 * those of bypass_mark (which has no bits outside it); 0 and 0 give
+	 * NFQ_BYPASS_MARK for both (nfq_core.h).
+	 */
+	uint32_t bypass_mark, bypass_mask;
 };
 
 /*

@@ -158,6 +158,7 @@ static struct nfq_queue *new_queue(int fd)
 	s->stats_fd = -1;
 	q->queue_num = -1;
 	q->fallback = NF_ACCEPT;
+	q->bypass_mark = q->bypass_mask = NFQ_BYPASS_MARK;
 	q->fd = fd;
 	return q;
 }
