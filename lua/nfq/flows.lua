@@ -370,6 +370,14 @@ function Flow:stream_done()
 	C.nfq_flows_stream_done(flows.t, slot)
 end
 
+--- Accept pkt with the bypass mark (pkt:bypass()), so that the rest of the
+-- flow skips the queue; the flow's stream buffers go back to the pool.
+function Flow:bypass(pkt)
+	local _, flows, slot = flow_of(self, 3)
+	C.nfq_flows_stream_done(flows.t, slot)
+	return pkt:bypass()
+end
+
 ffi.metatype("struct nfq_lua_flow", {
 	__index = function(h, k)
 		local method = Flow[k]
