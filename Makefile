@@ -11,7 +11,7 @@ PKG_CONFIG ?= pkg-config
 BUILD_PACKAGES = build-essential pkg-config libnetfilter-queue-dev libnfnetlink-dev \
 	libmnl-dev libluajit2-5.1-dev luajit2 libev-dev libpcap-dev libssl-dev iptables iproute2
 TEST_PACKAGES = lua-busted lua-check tcpdump valgrind lua-luv lua-cqueues luarocks \
-	nginx libnginx-mod-http-lua
+	nginx libnginx-mod-http-lua dnsmasq bind9-dnsutils
 FUZZ_PACKAGES = clang
 # libcrypto: HKDF and AES for QUIC Initial packets (src/nfq_quic.c).
 CORE_PKGS = libnetfilter_queue libmnl libcrypto

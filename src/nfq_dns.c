@@ -89,8 +89,8 @@ int nfq_dns_parse(struct nfq_dns *d, const uint8_t *msg, size_t len)
 {
 	d->msg = msg;
 	d->msg_len = (uint32_t)(len > UINT32_MAX ? UINT32_MAX : len);
-	d->name_len = d->labels = 0;
-	d->name[0] = 0;
+	d->qname_len = d->labels = 0;
+	d->qname[0] = 0;
 	d->qtype = d->qclass = 0;
 	d->answers_read = 0;
 	d->an_name_len = 0;
@@ -108,13 +108,13 @@ int nfq_dns_parse(struct nfq_dns *d, const uint8_t *msg, size_t len)
 	size_t pos = HEADER_LEN;
 	for (uint32_t i = 0; i < d->qdcount; i++) {
 		char skipped[NFQ_DNS_NAME_MAX];
-		int n = read_name(msg, len, &pos, i ? skipped : d->name, i ? NULL : &d->labels);
+		int n = read_name(msg, len, &pos, i ? skipped : d->qname, i ? NULL : &d->labels);
 		if (n < 0)
 			return n;
 		if (pos + 4 > len)
 			return NFQ_NAMES_INCOMPLETE;
 		if (i == 0) {
-			d->name_len = (uint16_t)n;
+			d->qname_len = (uint16_t)n;
 			d->qtype = (uint16_t)nfq_get16(msg + pos);
 			d->qclass = (uint16_t)nfq_get16(msg + pos + 2);
 			d->question_end = (uint32_t)(pos + 4);
@@ -197,7 +197,7 @@ int nfq_dns_reply_build(uint8_t *out, size_t cap, const uint8_t *pkt, size_t len
 		(q.qtype == NFQ_DNS_TYPE_A || q.qtype == NFQ_DNS_TYPE_AAAA);
 	size_t addr_len = q.qtype == NFQ_DNS_TYPE_A ? 4 : 16;
 	size_t hlen = v6 ? 40 : 20;
-	size_t wire_name = q.name_len ? (size_t)q.name_len + 2 : 1;
+	size_t wire_name = q.qname_len ? (size_t)q.qname_len + 2 : 1;
 	size_t total = hlen + 8 + HEADER_LEN + wire_name + 4 +
 		(sinkhole ? 2 + RR_FIXED + addr_len : 0);
 	if (cap < total)
@@ -226,7 +226,7 @@ int nfq_dns_reply_build(uint8_t *out, size_t cap, const uint8_t *pkt, size_t len
 	nfq_put16(m + 2, FLAG_QR | (q.flags & FLAG_RD) | FLAG_RA | (sinkhole ? 0 : rcode));
 	nfq_put16(m + 4, 1);
 	nfq_put16(m + 6, sinkhole ? 1 : 0);
-	size_t o = HEADER_LEN + put_name(m + HEADER_LEN, q.name, q.name_len);
+	size_t o = HEADER_LEN + put_name(m + HEADER_LEN, q.qname, q.qname_len);
 	nfq_put16(m + o, q.qtype);
 	nfq_put16(m + o + 2, q.qclass);
 	o += 4;

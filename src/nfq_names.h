@@ -67,8 +67,8 @@ struct nfq_dns {
 	uint16_t arcount;
 	uint16_t qtype;			/* 0 when qdcount is 0 */
 	uint16_t qclass;
-	uint16_t name_len;		/* bytes of name */
-	uint16_t labels;		/* labels of name */
+	uint16_t qname_len;		/* bytes of qname */
+	uint16_t labels;		/* labels of qname */
 	uint32_t msg_len;
 	const uint8_t *msg;
 	uint32_t question_end;		/* offset just past the first question */
@@ -81,7 +81,7 @@ struct nfq_dns {
 	uint32_t an_rdata;		/* offset of its data in msg */
 	uint16_t an_name_len;
 	uint16_t reserved;
-	char name[256];			/* NFQ_DNS_NAME_MAX: the first question's name, NUL-terminated */
+	char qname[256];		/* NFQ_DNS_NAME_MAX: the first question's name, NUL-terminated */
 	char an_name[256];		/* the current answer's owner name */
 };
 
@@ -118,9 +118,9 @@ struct nfq_tls {
 	uint16_t max_version;		/* highest supported_versions entry (GREASE skipped), else legacy */
 	uint16_t cipher_suites;		/* how many */
 	uint16_t extensions;		/* how many */
-	uint16_t sni_len;
-	uint16_t alpn_len;		/* bytes of alpn kept */
-	uint16_t alpn_count;		/* protocols in alpn kept */
+	uint16_t server_name_len;
+	uint16_t alpn_len;		/* bytes of alpn_list kept */
+	uint16_t alpn_count;		/* protocols in alpn_list kept */
 	uint16_t versions_count;	/* entries of versions kept */
 	uint8_t has_sni;
 	uint8_t has_alpn;
@@ -129,8 +129,8 @@ struct nfq_tls {
 	uint32_t hello_len;		/* the ClientHello's body length */
 	uint32_t consumed;		/* input bytes up to the end of the ClientHello */
 	uint16_t versions[16];		/* NFQ_TLS_VERSIONS_MAX */
-	char sni[256];			/* NFQ_TLS_SNI_MAX: NUL-terminated */
-	uint8_t alpn[256];		/* NFQ_TLS_ALPN_MAX: length-prefixed names, as on the wire */
+	char server_name[256];		/* NFQ_TLS_SNI_MAX: NUL-terminated */
+	uint8_t alpn_list[256];		/* NFQ_TLS_ALPN_MAX: length-prefixed names, as on the wire */
 	uint8_t scratch[16388];		/* NFQ_TLS_HELLO_MAX + 4: a ClientHello gathered across records */
 };
 

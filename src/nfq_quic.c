@@ -268,8 +268,8 @@ int nfq_quic_initial(struct nfq_quic *q, const uint8_t *p, size_t len)
 	q->dcid_len = q->scid_len = 0;
 	q->crypto_frames = 0;
 	q->token_len = q->packet_len = q->crypto_len = 0;
-	q->tls.sni_len = 0;
-	q->tls.sni[0] = 0;
+	q->tls.server_name_len = 0;
+	q->tls.server_name[0] = 0;
 	q->tls.has_sni = q->tls.has_alpn = 0;
 	q->tls.alpn_len = q->tls.alpn_count = 0;
 	struct nfq_quic_keys *k = q->keys;

@@ -56,9 +56,9 @@ static int server_name(struct nfq_tls *t, const uint8_t *e, size_t len)
 				return NFQ_NAMES_EEXTENSION;
 			if (n >= NFQ_TLS_SNI_MAX)
 				return NFQ_NAMES_ENAMELEN;
-			memcpy(t->sni, e + at, n);
-			t->sni[n] = 0;
-			t->sni_len = (uint16_t)n;
+			memcpy(t->server_name, e + at, n);
+			t->server_name[n] = 0;
+			t->server_name_len = (uint16_t)n;
 			found = 1;
 		}
 		at += n;
@@ -66,7 +66,7 @@ static int server_name(struct nfq_tls *t, const uint8_t *e, size_t len)
 	return 0;
 }
 
-static int alpn(struct nfq_tls *t, const uint8_t *e, size_t len)
+static int alpn_ext(struct nfq_tls *t, const uint8_t *e, size_t len)
 {
 	if (t->has_alpn)
 		return NFQ_NAMES_EEXTENSION;
@@ -78,7 +78,7 @@ static int alpn(struct nfq_tls *t, const uint8_t *e, size_t len)
 		if (n == 0 || at + 1 + n > len)
 			return NFQ_NAMES_ELENGTH;
 		if (!t->alpn_cut && t->alpn_len + 1 + n <= NFQ_TLS_ALPN_MAX) {
-			memcpy(t->alpn + t->alpn_len, e + at, 1 + n);
+			memcpy(t->alpn_list + t->alpn_len, e + at, 1 + n);
 			t->alpn_len = (uint16_t)(t->alpn_len + 1 + n);
 			t->alpn_count++;
 		} else {
@@ -148,7 +148,7 @@ static int hello_body(struct nfq_tls *t, const uint8_t *b, size_t len)
 		if (type == EXT_SERVER_NAME)
 			rc = server_name(t, b + at, n);
 		else if (type == EXT_ALPN)
-			rc = alpn(t, b + at, n);
+			rc = alpn_ext(t, b + at, n);
 		else if (type == EXT_SUPPORTED_VERSIONS)
 			rc = supported_versions(t, b + at, n);
 		if (rc < 0)
@@ -163,10 +163,10 @@ static void reset(struct nfq_tls *t)
 {
 	t->record_version = t->legacy_version = t->max_version = 0;
 	t->cipher_suites = t->extensions = 0;
-	t->sni_len = t->alpn_len = t->alpn_count = t->versions_count = 0;
+	t->server_name_len = t->alpn_len = t->alpn_count = t->versions_count = 0;
 	t->has_sni = t->has_alpn = t->has_versions = t->alpn_cut = 0;
 	t->hello_len = t->consumed = 0;
-	t->sni[0] = 0;
+	t->server_name[0] = 0;
 }
 
 static int handshake(struct nfq_tls *t, const uint8_t *p, size_t len)

@@ -26,9 +26,9 @@ local PROTO_UDP, PROTO_TCP = 17, 6
 local Dns = {}
 
 --- The first question's name as a string ("" for the root).
-function Dns:name() return ffi_string(self.name, self.name_len) end
+function Dns:name() return ffi_string(self.qname, self.qname_len) end
 --- The same as a pointer and a length.
-function Dns:name_ptr() return self.name, self.name_len end
+function Dns:name_ptr() return self.qname, self.qname_len end
 --- Read the next answer record into an_type, an_class, an_ttl,
 -- an_rdlength: true, false after the last, or nil and a reason.
 function Dns:next_answer()
@@ -49,17 +49,17 @@ local Tls = {}
 
 --- The server name, or nil when the ClientHello named none.
 function Tls:sni()
-	if self.sni_len == 0 then return nil end
-	return ffi_string(self.sni, self.sni_len)
+	if self.server_name_len == 0 then return nil end
+	return ffi_string(self.server_name, self.server_name_len)
 end
-function Tls:sni_ptr() return self.sni, self.sni_len end
+function Tls:sni_ptr() return self.server_name, self.server_name_len end
 
 --- The ALPN protocols offered, as a list of strings (empty without ALPN).
 function Tls:alpn()
 	local list, at = {}, 0
 	while at < self.alpn_len do
-		local n = self.alpn[at]
-		list[#list + 1] = ffi_string(self.alpn + at + 1, n)
+		local n = self.alpn_list[at]
+		list[#list + 1] = ffi_string(self.alpn_list + at + 1, n)
 		at = at + 1 + n
 	end
 	return list
@@ -69,15 +69,15 @@ end
 function Tls:offers(proto)
 	local at, want = 0, #proto
 	while at < self.alpn_len do
-		local n = self.alpn[at]
-		if n == want and ffi.C.memcmp(self.alpn + at + 1, proto, n) == 0 then return true end
+		local n = self.alpn_list[at]
+		if n == want and ffi.C.memcmp(self.alpn_list + at + 1, proto, n) == 0 then return true end
 		at = at + 1 + n
 	end
 	return false
 end
 
 --- The supported_versions entries as a list of numbers (0x0304 is TLS 1.3).
-function Tls:versions()
+function Tls:supported_versions()
 	local list = {}
 	for i = 0, self.versions_count - 1 do list[i + 1] = self.versions[i] end
 	return list
@@ -85,10 +85,9 @@ end
 
 local Quic = {}
 function Quic:sni() return Tls.sni(self.tls) end
-function Quic:sni_ptr() return self.tls.sni, self.tls.sni_len end
+function Quic:sni_ptr() return self.tls.server_name, self.tls.server_name_len end
 function Quic:alpn() return Tls.alpn(self.tls) end
 function Quic:offers(proto) return Tls.offers(self.tls, proto) end
-function Quic:dcid() return ffi_string(self.dcid, self.dcid_len) end
 
 local Http = {}
 function Http:method() return ffi_string(self.base + self.method_off, self.method_len) end
@@ -122,8 +121,8 @@ function _M.bind(core, packet_bytes, buffer)
 	local const_bytes_t = ffi.typeof("const uint8_t *")
 	local dns, tls, http = ffi_new("struct nfq_dns"), ffi_new("struct nfq_tls"), ffi_new("struct nfq_http")
 	local quic
-	-- The input of the last call of each parser, kept alive while its
-	-- result points into it (a string given as message bytes).
+	-- The string given to the last call of each parser, kept alive while
+	-- its result points into it (pointers are the caller's to keep).
 	local inputs = {}
 
 	-- Message bytes: a string or a pointer and a length as they are; of a
@@ -154,7 +153,7 @@ function _M.bind(core, packet_bytes, buffer)
 			ptr, n = ptr + 2, n - 2
 			if declared < n then n = declared end
 		end
-		inputs.dns = x
+		if type(x) == "string" then inputs.dns = x end
 		local rc = C.nfq_dns_parse(dns, ptr, n)
 		if rc ~= 0 then return nil, reasons[rc] end
 		return dns
@@ -191,7 +190,7 @@ function _M.bind(core, packet_bytes, buffer)
 	function names.http_request(x, len)
 		local ptr, n = message(x, len, "nfq.http_request")
 		if ptr == nil then return nil, "malformed: not a UDP or TCP packet" end
-		inputs.http = x
+		if type(x) == "string" then inputs.http = x end
 		local rc = C.nfq_http_request(http, ptr, n)
 		if rc ~= 0 then return nil, reasons[rc] end
 		return http

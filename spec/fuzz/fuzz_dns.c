@@ -28,7 +28,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (rc > 0 || (rc < 0 && !nfq_names_strerror(rc)[0]))
 		abort();
 	if (rc == 0) {
-		check_name(d.name, d.name_len);
+		check_name(d.qname, d.qname_len);
 		int n = 0, got;
 		while ((got = nfq_dns_next_answer(&d)) == 1) {
 			check_name(d.an_name, d.an_name_len);

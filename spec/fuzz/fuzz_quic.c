@@ -146,7 +146,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int rc = nfq_quic_initial(&q, exact, len);
 	if (rc > 0 || rc == NFQ_NAMES_EDECRYPT || rc == NFQ_NAMES_ECRYPTO || rc == NFQ_NAMES_EHEADER)
 		abort();
-	if (rc == 0 && (q.packet_len != len || strlen(q.tls.sni) != q.tls.sni_len))
+	if (rc == 0 && (q.packet_len != len || strlen(q.tls.server_name) != q.tls.server_name_len))
 		abort();
 	free(exact);
 	free(pkt);

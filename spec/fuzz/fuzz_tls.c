@@ -17,11 +17,11 @@ static void check(const struct nfq_tls *t, int rc, size_t size)
 		abort();
 	if (rc != 0)
 		return;
-	if (t->consumed > size || t->sni_len >= NFQ_TLS_SNI_MAX || strlen(t->sni) != t->sni_len)
+	if (t->consumed > size || t->server_name_len >= NFQ_TLS_SNI_MAX || strlen(t->server_name) != t->server_name_len)
 		abort();
 	size_t at = 0, names = 0;
 	while (at < t->alpn_len) {
-		at += 1 + (size_t)t->alpn[at];
+		at += 1 + (size_t)t->alpn_list[at];
 		names++;
 	}
 	if (at != t->alpn_len || names != t->alpn_count || t->versions_count > NFQ_TLS_VERSIONS_MAX)
