@@ -16,12 +16,11 @@
 
 #define MAX_HEAD 65535
 
-/* RFC 9110 5.6.2 tchar. */
+/* RFC 9110 5.6.2 tchar: letters, digits and !#$%&'*+-.^_`|~, as bits by byte value. */
 static int is_tchar(uint8_t c)
 {
-	if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
-		return 1;
-	return c && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+	static const uint64_t below_64 = 0x03ff6cfa00000000ULL, from_64 = 0x57ffffffc7fffffeULL;
+	return c < 64 ? (int)(below_64 >> c & 1) : c < 128 ? (int)(from_64 >> (c - 64) & 1) : 0;
 }
 
 /* The end of the line at p[at..len) (the offset of its LF), or -1. */

@@ -59,8 +59,9 @@ struct nfq_quic_keys {
 	EVP_MAC_CTX *hmac;
 	EVP_CIPHER_CTX *ecb;
 	EVP_CIPHER_CTX *gcm;
-	/* the keys of the last connection ID */
+	/* the keys of the last connection ID; keyed: the cipher contexts hold them */
 	int valid;
+	int keyed;
 	uint32_t version;
 	uint8_t dcid_len;
 	uint8_t dcid[MAX_CID];
@@ -155,7 +156,7 @@ static int derive(struct nfq_quic_keys *k, uint32_t version, const uint8_t *dcid
 {
 	if (k->valid && k->version == version && k->dcid_len == dcid_len && memcmp(k->dcid, dcid, dcid_len) == 0)
 		return 1;
-	k->valid = 0;
+	k->valid = k->keyed = 0;
 	int v2 = version == NFQ_QUIC_V2;
 	uint8_t initial[SECRET_LEN], client[SECRET_LEN];
 	/* HKDF-Extract: the salt is the HMAC key, the connection ID the message. */
@@ -323,10 +324,16 @@ int nfq_quic_initial(struct nfq_quic *q, const uint8_t *p, size_t len)
 	if (!derive(k, version, q->dcid, dcid_len))
 		return NFQ_NAMES_ECRYPTO;
 
+	/* Key schedules are set up once per connection ID, not per packet. */
+	if (!k->keyed) {
+		if (EVP_EncryptInit_ex2(k->ecb, NULL, k->hp, NULL, NULL) != 1 ||
+		    EVP_DecryptInit_ex2(k->gcm, NULL, k->key, NULL, NULL) != 1)
+			return NFQ_NAMES_ECRYPTO;
+		k->keyed = 1;
+	}
 	uint8_t mask[SAMPLE_LEN + 16];
 	int n;
-	if (EVP_EncryptInit_ex2(k->ecb, NULL, k->hp, NULL, NULL) != 1 ||
-	    EVP_EncryptUpdate(k->ecb, mask, &n, p + pn_off + 4, SAMPLE_LEN) != 1 || n != SAMPLE_LEN)
+	if (EVP_EncryptUpdate(k->ecb, mask, &n, p + pn_off + 4, SAMPLE_LEN) != 1 || n != SAMPLE_LEN)
 		return NFQ_NAMES_ECRYPTO;
 	/* The unprotected header is the AEAD's associated data: built in plain[]. */
 	uint8_t *header = q->plain;
@@ -349,7 +356,7 @@ int nfq_quic_initial(struct nfq_quic *q, const uint8_t *p, size_t len)
 	size_t ct_len = (size_t)length - pn_len - TAG_LEN;
 	uint8_t *plain = q->plain + hdr_len;
 	int out, fin;
-	if (EVP_DecryptInit_ex2(k->gcm, NULL, k->key, nonce, NULL) != 1 ||
+	if (EVP_DecryptInit_ex2(k->gcm, NULL, NULL, nonce, NULL) != 1 ||
 	    EVP_DecryptUpdate(k->gcm, NULL, &out, header, (int)hdr_len) != 1 ||
 	    EVP_DecryptUpdate(k->gcm, plain, &out, ct, (int)ct_len) != 1 ||
 	    EVP_CIPHER_CTX_ctrl(k->gcm, EVP_CTRL_GCM_SET_TAG, TAG_LEN, (void *)(ct + ct_len)) != 1)

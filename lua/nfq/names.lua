@@ -20,7 +20,7 @@ local _M = {}
 -- The core's FFI namespace and the reasons for its codes, set by bind().
 local C, reasons
 
-local PROTO_UDP, PROTO_TCP = 17, 6
+local PROTO_TCP = 6
 
 -- Methods of the result structs. They read the struct they are called on.
 local Dns = {}
@@ -123,7 +123,7 @@ function _M.bind(core, packet_bytes, buffer)
 	local quic
 	-- The string given to the last call of each parser, kept alive while
 	-- its result points into it (pointers are the caller's to keep).
-	local inputs = {}
+	local inputs = {} -- luacheck: ignore 241 (only written: the references are the point)
 
 	-- Message bytes: a string or a pointer and a length as they are; of a
 	-- packet or buffer, its UDP or TCP payload (ptr, len, protocol).
