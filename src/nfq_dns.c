@@ -85,6 +85,31 @@ static int read_name(const uint8_t *msg, size_t len, size_t *pos, char *out, uin
 	return (int)text;
 }
 
+/* Step over the name at msg[*pos] without reading where its pointer goes:
+ * questions after the first cost no more than their own bytes. */
+static int skip_name(const uint8_t *msg, size_t len, size_t *pos)
+{
+	size_t at = *pos;
+	for (;;) {
+		if (at >= len)
+			return NFQ_NAMES_INCOMPLETE;
+		uint8_t b = msg[at];
+		if ((b & 0xc0) == 0xc0) {
+			if (at + 2 > len)
+				return NFQ_NAMES_INCOMPLETE;
+			*pos = at + 2;
+			return 0;
+		}
+		if (b & 0xc0)
+			return NFQ_NAMES_ELABEL;
+		at += 1 + (size_t)b;
+		if (b == 0) {
+			*pos = at;
+			return 0;
+		}
+	}
+}
+
 int nfq_dns_parse(struct nfq_dns *d, const uint8_t *msg, size_t len)
 {
 	d->msg = msg;
@@ -107,8 +132,7 @@ int nfq_dns_parse(struct nfq_dns *d, const uint8_t *msg, size_t len)
 	d->arcount = (uint16_t)nfq_get16(msg + 10);
 	size_t pos = HEADER_LEN;
 	for (uint32_t i = 0; i < d->qdcount; i++) {
-		char skipped[NFQ_DNS_NAME_MAX];
-		int n = read_name(msg, len, &pos, i ? skipped : d->qname, i ? NULL : &d->labels);
+		int n = i ? skip_name(msg, len, &pos) : read_name(msg, len, &pos, d->qname, &d->labels);
 		if (n < 0)
 			return n;
 		if (pos + 4 > len)
