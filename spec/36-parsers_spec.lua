@@ -83,6 +83,8 @@ describe("nfq.dns", function()
 		assert.equal("example.test", assert(nfq.dns(mem, #query)):name())
 		assert.same({ nil, "malformed: not a UDP or TCP packet" },
 			{ nfq.dns(nfq.buffer(testing.packet { proto = "icmp" })) })
+		-- A packet with a length is still a packet: its payload is parsed.
+		assert.equal("example.test", assert(nfq.dns(nfq.buffer(testing.packet { payload = query }), 3)):name())
 	end)
 
 	it("refuses pointer loops, forward pointers, pointers past the end, and cut messages", function()

@@ -110,7 +110,7 @@ static int skip_name(const uint8_t *msg, size_t len, size_t *pos)
 	}
 }
 
-int nfq_dns_parse(struct nfq_dns *d, const uint8_t *msg, size_t len)
+static int parse(struct nfq_dns *d, const uint8_t *msg, size_t len)
 {
 	d->msg = msg;
 	d->msg_len = (uint32_t)(len > UINT32_MAX ? UINT32_MAX : len);
@@ -149,6 +149,14 @@ int nfq_dns_parse(struct nfq_dns *d, const uint8_t *msg, size_t len)
 		d->question_end = HEADER_LEN;
 	d->next_rr = (uint32_t)pos;
 	return 0;
+}
+
+int nfq_dns_parse(struct nfq_dns *d, const uint8_t *msg, size_t len)
+{
+	int rc = parse(d, msg, len);
+	if (rc < 0)
+		d->ancount = 0;	/* the answer iterator of a result kept from before stops */
+	return rc;
 }
 
 int nfq_dns_next_answer(struct nfq_dns *d)

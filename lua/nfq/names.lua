@@ -112,8 +112,9 @@ local reply_opts = { rcode = true, sinkhole = true, ttl = true }
 
 --- The parsers, bound to the core's namespace C and to nfq.lua's helpers:
 -- packet_bytes(x, len, what, level) gives an IP packet's pointer and length,
--- buffer(ptr, len) makes a packet buffer.
-function _M.bind(core, packet_bytes, buffer)
+-- buffer(ptr, len) makes a packet buffer, is_packet(x) says whether x is a
+-- packet or a packet buffer.
+function _M.bind(core, packet_bytes, buffer, is_packet)
 	C, reasons = core, {}
 	for code = -C.NFQ_NAMES_ECODES, -1 do reasons[code] = ffi_string(C.nfq_names_strerror(code)) end
 	local INCOMPLETE = reasons[C.NFQ_NAMES_INCOMPLETE]
@@ -129,7 +130,7 @@ function _M.bind(core, packet_bytes, buffer)
 	-- packet or buffer, its UDP or TCP payload (ptr, len, protocol).
 	local function message(x, len, what)
 		if type(x) == "string" then return ffi_cast(const_bytes_t, x), #x, 0 end
-		if len ~= nil then
+		if len ~= nil and not is_packet(x) then
 			if type(len) ~= "number" or len < 0 or len ~= floor(len) then
 				error(("nfq: %s: the length must be a non-negative integer, got %s"):format(what, tostring(len)), 3)
 			end
