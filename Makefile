@@ -9,11 +9,12 @@ PKG_CONFIG ?= pkg-config
 # Debian packages: what building and running nfqlua needs (make demo, bench,
 # soak), what the tests add (make test), what fuzzing adds (make fuzz).
 BUILD_PACKAGES = build-essential pkg-config libnetfilter-queue-dev libnfnetlink-dev \
-	libmnl-dev libluajit2-5.1-dev luajit2 libev-dev libpcap-dev iptables iproute2
+	libmnl-dev libluajit2-5.1-dev luajit2 libev-dev libpcap-dev libssl-dev iptables iproute2
 TEST_PACKAGES = lua-busted lua-check tcpdump valgrind lua-luv lua-cqueues luarocks \
-	nginx libnginx-mod-http-lua
+	nginx libnginx-mod-http-lua dnsmasq bind9-dnsutils
 FUZZ_PACKAGES = clang
-CORE_PKGS = libnetfilter_queue libmnl
+# libcrypto: HKDF and AES for QUIC Initial packets (src/nfq_quic.c).
+CORE_PKGS = libnetfilter_queue libmnl libcrypto
 LUA_PKG = luajit
 
 # The release, written once in the file VERSION: nfq_version() in the C core,
@@ -50,14 +51,16 @@ LUA_CMODULE_DIR ?= $(PREFIX)/lib/lua/5.1
 SYSTEMD_DIR ?= $(PREFIX)/lib/systemd/system
 # The Lua modules, installed under LUA_MODULE_DIR. All but nfq.testing (for
 # busted specs of scripts) are also compiled into nfqlua and libnfqlua.
-LUA_FILES = nfq.lua nfq/cdef.lua nfq/engine.lua nfq/headers.lua nfq/offline.lua nfq/testing.lua nfq/flows.lua
+LUA_FILES = nfq.lua nfq/cdef.lua nfq/engine.lua nfq/headers.lua nfq/offline.lua nfq/testing.lua \
+	nfq/flows.lua nfq/names.lua
 LUA_EMBEDDED = $(filter-out nfq/testing.lua,$(LUA_FILES))
 EXAMPLES = $(wildcard scripts/examples/*.lua) scripts/examples/embed.c \
 	$(wildcard scripts/examples/openresty/*)
 
 BUILD = build
 CORE_SRC = src/nfq_queue.c src/nfq_packet.c src/nfq_headers.c src/nfq_send.c src/nfq_reject.c \
-	src/nfq_buffer.c src/nfq_build.c src/nfq_version.c src/nfq_flows.c
+	src/nfq_buffer.c src/nfq_build.c src/nfq_version.c src/nfq_flows.c \
+	src/nfq_names.c src/nfq_dns.c src/nfq_tls.c src/nfq_quic.c src/nfq_http.c
 ENGINE_SRC = src/nfq_engine.c
 # The daemon: main() and flags, its workers, its log, --replay.
 DAEMON_SRC = src/nfq_daemon.c src/nfq_workers.c src/nfq_log.c src/nfq_replay.c
@@ -71,7 +74,7 @@ SPEC_ENV = NFQ_ROOT=$(CURDIR) LUA_PATH='lua/?.lua;lua/?/init.lua;spec/?.lua;;' L
 FUZZ_CC ?= clang
 FUZZ_SECONDS ?= 600
 FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -fvisibility=hidden
-FUZZ_TARGETS = packet headers reject build flows
+FUZZ_TARGETS = packet headers reject build flows dns dns_reply tls quic http
 
 .PHONY: all lib asan tsan deps deps-build deps-fuzz lint test unit demo bench bench-scale bench-send soak install uninstall clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
 
@@ -114,7 +117,7 @@ deps-fuzz:
 	$(call install_missing,$(BUILD_PACKAGES) $(FUZZ_PACKAGES))
 
 # The headers whose BEGIN CDEF ... END CDEF blocks the FFI sees, in this order.
-CDEF_HEADERS = src/nfq_core.h src/nfq_flows.h
+CDEF_HEADERS = src/nfq_core.h src/nfq_flows.h src/nfq_names.h
 
 # VERSION is the version of the Lua modules too: nfq.lua checks the core's
 # nfq_version() against it.
@@ -235,6 +238,10 @@ $(BUILD)/fuzz_headers: $(BUILD)/fuzz/fuzz_headers.o $(FUZZ_CORE_OBJ) lua/nfq/cde
 $(BUILD)/fuzz_build: $(BUILD)/fuzz/fuzz_build.o $(FUZZ_CORE_OBJ)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ $(CORE_LIBS)
 $(BUILD)/fuzz_flows: $(BUILD)/fuzz/fuzz_flows.o $(FUZZ_CORE_OBJ)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ $(CORE_LIBS)
+# The name parsers (src/nfq_names.h).
+NAMES_FUZZ = dns dns_reply tls quic http
+$(NAMES_FUZZ:%=$(BUILD)/fuzz_%): $(BUILD)/fuzz_%: $(BUILD)/fuzz/fuzz_%.o $(FUZZ_CORE_OBJ)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ $(CORE_LIBS)
 
 fuzz: deps-fuzz $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%)

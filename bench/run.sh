@@ -357,6 +357,9 @@ fi
 # batch we fill ourselves (bench/dispatch_cost.lua).
 DISPATCH_COST=$(LUA_PATH='lua/?.lua;spec/?.lua;;' LUA_CPATH='lua/?.so;;' taskset -c "$CONS_CPU" luajit bench/dispatch_cost.lua 2>&1) ||
 	DISPATCH_COST="bench/dispatch_cost.lua failed: $DISPATCH_COST"
+# The name parsers alone, on messages in memory (bench/names.lua).
+NAMES_COST=$(LUA_PATH='lua/?.lua;;' LUA_CPATH='lua/?.so;;' taskset -c "$CONS_CPU" luajit bench/names.lua 2>&1) ||
+	NAMES_COST="bench/names.lua failed: $NAMES_COST"
 
 # --- The report. ---------------------------------------------------------
 table_header() {
@@ -478,6 +481,10 @@ ref_id=$(cut -d'|' -f1 <<<"${CONSUMERS[0]}")
 	echo "the module's dispatch, the filter and the verdict code, the verdicts sent to a queue nobody bound), on CPU $CONS_CPU:"
 	echo
 	echo "$DISPATCH_COST"
+	echo
+	echo "What the name parsers cost per call on a message in memory (\`bench/names.lua\`), on CPU $CONS_CPU:"
+	echo
+	echo "$NAMES_COST"
 	if selected ruby || selected go; then
 		echo
 		echo "The consumers people would pick instead: an accept-all of a few lines on each Debian package (\`bench/consumers/\`),"

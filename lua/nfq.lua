@@ -748,6 +748,15 @@ function _M.buffer(data, len)
 	return new_buffer(bytes, n, "nfq.buffer", 2)
 end
 
+-- DNS, TLS, QUIC and HTTP parsers and the DNS answer builder (nfq.names).
+do
+	local names = require("nfq.names").bind(C, packet_bytes, _M.buffer, function(x)
+		return ffi_istype(buffer_t, x) or ffi_istype(packet_ref_t, x) or ffi_istype(packet_t, x)
+	end)
+	_M.dns, _M.tls_client_hello, _M.quic_initial = names.dns, names.tls_client_hello, names.quic_initial
+	_M.http_request, _M.dns_reply = names.http_request, names.dns_reply
+end
+
 --- A packet buffer holding a copy of the packet (after set_payload, of the
 -- new one).
 function Packet:copy()
