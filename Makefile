@@ -50,14 +50,14 @@ LUA_CMODULE_DIR ?= $(PREFIX)/lib/lua/5.1
 SYSTEMD_DIR ?= $(PREFIX)/lib/systemd/system
 # The Lua modules, installed under LUA_MODULE_DIR. All but nfq.testing (for
 # busted specs of scripts) are also compiled into nfqlua and libnfqlua.
-LUA_FILES = nfq.lua nfq/cdef.lua nfq/engine.lua nfq/headers.lua nfq/offline.lua nfq/testing.lua
+LUA_FILES = nfq.lua nfq/cdef.lua nfq/engine.lua nfq/headers.lua nfq/offline.lua nfq/testing.lua nfq/sets.lua
 LUA_EMBEDDED = $(filter-out nfq/testing.lua,$(LUA_FILES))
 EXAMPLES = $(wildcard scripts/examples/*.lua) scripts/examples/embed.c \
 	$(wildcard scripts/examples/openresty/*)
 
 BUILD = build
 CORE_SRC = src/nfq_queue.c src/nfq_packet.c src/nfq_headers.c src/nfq_send.c src/nfq_reject.c \
-	src/nfq_buffer.c src/nfq_build.c src/nfq_version.c
+	src/nfq_buffer.c src/nfq_build.c src/nfq_version.c src/nfq_set_common.c src/nfq_domainset.c src/nfq_ipset.c
 ENGINE_SRC = src/nfq_engine.c
 # The daemon: main() and flags, its workers, its log, --replay.
 DAEMON_SRC = src/nfq_daemon.c src/nfq_workers.c src/nfq_log.c src/nfq_replay.c
@@ -71,7 +71,7 @@ SPEC_ENV = NFQ_ROOT=$(CURDIR) LUA_PATH='lua/?.lua;lua/?/init.lua;spec/?.lua;;' L
 FUZZ_CC ?= clang
 FUZZ_SECONDS ?= 600
 FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -fvisibility=hidden
-FUZZ_TARGETS = packet headers reject build
+FUZZ_TARGETS = packet headers reject build sets
 
 .PHONY: all lib asan tsan deps deps-build deps-fuzz lint test unit demo bench bench-scale bench-send soak install uninstall clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
 
@@ -114,7 +114,7 @@ deps-fuzz:
 	$(call install_missing,$(BUILD_PACKAGES) $(FUZZ_PACKAGES))
 
 # The headers whose BEGIN CDEF ... END CDEF blocks the FFI sees, in this order.
-CDEF_HEADERS = src/nfq_core.h
+CDEF_HEADERS = src/nfq_core.h src/nfq_sets.h
 
 # VERSION is the version of the Lua modules too: nfq.lua checks the core's
 # nfq_version() against it.
@@ -232,6 +232,8 @@ $(BUILD)/fuzz_reject: $(BUILD)/fuzz/fuzz_reject.o $(FUZZ_CORE_OBJ)
 $(BUILD)/fuzz_headers: $(BUILD)/fuzz/fuzz_headers.o $(FUZZ_CORE_OBJ) lua/nfq/cdef.lua
 	$(FUZZ_CC) $(FUZZ_FLAGS) -Wl,-E -o $@ $(filter %.o,$^) $(CORE_LIBS) $(LUA_LIBS)
 $(BUILD)/fuzz_build: $(BUILD)/fuzz/fuzz_build.o $(FUZZ_CORE_OBJ)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ $(CORE_LIBS)
+$(BUILD)/fuzz_sets: $(BUILD)/fuzz/fuzz_sets.o $(FUZZ_CORE_OBJ)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ $(CORE_LIBS)
 
 fuzz: deps-fuzz $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%)

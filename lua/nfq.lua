@@ -1427,5 +1427,9 @@ function _M.stats()
 	return adopted_queue:stats()
 end
 
+-- Domain and address sets (lua/nfq/sets.lua), loaded on first use.
+function _M.domainset(source, opts) return require("nfq.sets").domainset(source, opts) end
+function _M.ipset(source, opts) return require("nfq.sets").ipset(source, opts) end
+
 registry["nfq.module"] = _M
 return _M

@@ -1,0 +1,171 @@
+/*
+ * nfq_set_common.c: the slot table, line splitting, file reading and load
+ * reports of the domain and address sets.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "nfq_set_common.h"
+
+struct nfq_set_span nfq_set_trim(const char *p, size_t n)
+{
+	while (n && nfq_set_space((unsigned char)p[0])) {
+		p++;
+		n--;
+	}
+	while (n && nfq_set_space((unsigned char)p[n - 1]))
+		n--;
+	return (struct nfq_set_span){ p, n };
+}
+
+struct nfq_set_span nfq_set_token(struct nfq_set_span *rest)
+{
+	struct nfq_set_span s = nfq_set_trim(rest->p, rest->n);
+	size_t i = 0;
+	while (i < s.n && !nfq_set_space((unsigned char)s.p[i]))
+		i++;
+	rest->p = s.p + i;
+	rest->n = s.n - i;
+	return (struct nfq_set_span){ s.p, i };
+}
+
+int nfq_set_reserve(struct nfq_set_slot **slots, uint32_t *mask, uint32_t count)
+{
+	uint64_t size = (uint64_t)*mask + 1;
+	if (((uint64_t)count + 1) * 2 <= size)
+		return 0;
+	if (size >= (1ull << 31)) {
+		errno = ENOMEM;
+		return -1;
+	}
+	uint32_t new_size = (uint32_t)size * 2;
+	struct nfq_set_slot *bigger = calloc(new_size, sizeof *bigger);
+	if (!bigger)
+		return -1;
+	uint32_t new_mask = new_size - 1;
+	for (uint64_t i = 0; i < size; i++) {
+		struct nfq_set_slot s = (*slots)[i];
+		if (!s.index)
+			continue;
+		uint32_t j = s.hash & new_mask;
+		while (bigger[j].index)
+			j = (j + 1) & new_mask;
+		bigger[j] = s;
+	}
+	free(*slots);
+	*slots = bigger;
+	*mask = new_mask;
+	return 0;
+}
+
+void nfq_set_report_bad(struct nfq_set_report *r, const char *line, size_t n)
+{
+	if (r->bad < NFQ_SET_SAMPLES) {
+		size_t keep = n < NFQ_SET_SAMPLE_LEN - 1 ? n : NFQ_SET_SAMPLE_LEN - 1;
+		r->bad_line[r->bad] = r->lines;
+		memcpy(r->bad_text[r->bad], line, keep);
+		r->bad_text[r->bad][keep] = 0;
+	}
+	r->bad++;
+}
+
+int nfq_set_each_line(const char *text, size_t len, struct nfq_set_report *r,
+		      int (*add)(void *set, const char *line, size_t n), void *set)
+{
+	const char *end = text + len;
+	while (text < end) {
+		const char *nl = memchr(text, '\n', (size_t)(end - text));
+		const char *stop = nl ? nl : end;
+		r->lines++;
+		if (add(set, text, (size_t)(stop - text)) != 0)
+			return -1;
+		text = nl ? nl + 1 : end;
+	}
+	return 0;
+}
+
+char *nfq_set_read_file(const char *path, size_t *len)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return NULL;
+	struct stat st;
+	if (fstat(fd, &st) != 0)
+		goto fail;
+	if (S_ISDIR(st.st_mode)) {
+		errno = EISDIR;
+		goto fail;
+	}
+	/* A pipe or /proc file says 0: read until the end all the same. */
+	size_t cap = st.st_size > 0 ? (size_t)st.st_size + 1 : 4096, n = 0;
+	char *buf = malloc(cap);
+	if (!buf)
+		goto fail;
+	for (;;) {
+		if (n == cap) {
+			char *bigger = realloc(buf, cap * 2);
+			if (!bigger) {
+				free(buf);
+				goto fail;
+			}
+			buf = bigger;
+			cap *= 2;
+		}
+		ssize_t got = read(fd, buf + n, cap - n);
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got < 0) {
+			int e = errno;
+			free(buf);
+			errno = e;
+			goto fail;
+		}
+		if (got == 0)
+			break;
+		n += (size_t)got;
+	}
+	close(fd);
+	*len = n;
+	return buf;
+fail:;
+	int e = errno;
+	close(fd);
+	errno = e;
+	return NULL;
+}
+
+int nfq_set_grow(void **array, uint32_t *cap, uint32_t need, size_t elem)
+{
+	if (need <= *cap)
+		return 0;
+	uint64_t n = *cap ? *cap : 64;
+	while (n < need)
+		n *= 2;
+	if (n > UINT32_MAX) {
+		errno = ENOMEM;
+		return -1;
+	}
+	void *bigger = realloc(*array, n * elem);
+	if (!bigger)
+		return -1;
+	*array = bigger;
+	*cap = (uint32_t)n;
+	return 0;
+}
+
+int nfq_set_address(const char *p, size_t n, uint8_t *out)
+{
+	char text[INET6_ADDRSTRLEN];
+	if (n == 0 || n >= sizeof text)
+		return 0;
+	memcpy(text, p, n);
+	text[n] = 0;
+	if (memchr(text, ':', n))
+		return inet_pton(AF_INET6, text, out) == 1 ? 16 : 0;
+	return inet_pton(AF_INET, text, out) == 1 ? 4 : 0;
+}
