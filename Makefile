@@ -73,7 +73,7 @@ FUZZ_SECONDS ?= 600
 FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -fvisibility=hidden
 FUZZ_TARGETS = packet headers reject build sets
 
-.PHONY: all lib asan tsan deps deps-build deps-fuzz lint test unit demo bench bench-scale bench-send soak install uninstall clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
+.PHONY: all lib asan tsan deps deps-build deps-fuzz lint test unit demo bench bench-scale bench-send bench-sets soak install uninstall clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
 
 all: nfqlua lua/nfq/core.so lib
 
@@ -175,6 +175,14 @@ bench: deps-build
 	$(MAKE) all
 	bench/run.sh
 	bench/send.sh
+	$(MAKE) bench-sets
+
+# nfq.domainset and nfq.ipset: load time, memory, lookups/s against C and a
+# Lua table (bench/sets.lua, about a minute): its section of bench/RESULTS.md.
+bench-sets: deps-build
+	$(MAKE) all
+	$(MAKE) -C bench sets_baseline
+	$(SPEC_ENV) $(LUAJIT) bench/sets.lua
 
 # nfq.send against a C raw-socket sender: its section of bench/RESULTS.md.
 bench-send: deps-build

@@ -52,7 +52,7 @@ struct nfq_domainset *nfq_domainset_new(void)
 	struct nfq_domainset *s = calloc(1, sizeof *s);
 	if (!s)
 		return NULL;
-	s->slots = calloc(NFQ_SET_FIRST_SLOTS, sizeof *s->slots);
+	s->slots = nfq_set_slots_alloc(NFQ_SET_FIRST_SLOTS);
 	if (!s->slots) {
 		free(s);
 		return NULL;
@@ -65,7 +65,7 @@ void nfq_domainset_free(struct nfq_domainset *s)
 {
 	if (!s)
 		return;
-	free(s->slots);
+	nfq_set_slots_free(s->slots, s->mask + 1);
 	free(s->offsets);
 	free(s->arena);
 	free(s);
@@ -129,7 +129,7 @@ static inline uint32_t lookup(const struct nfq_domainset *s, uint32_t h, const u
 /* Add the normalized name[0..n): 0, or -1 and errno ENOMEM. */
 static int add_name(struct nfq_domainset *s, const uint8_t *name, size_t n, uint8_t flags)
 {
-	if (nfq_set_reserve(&s->slots, &s->mask, s->nentries) != 0)
+	if (nfq_set_reserve(&s->slots, &s->mask, (uint64_t)s->nentries + 1) != 0)
 		return -1;
 	uint32_t h = name_hash(name, n);
 	uint32_t found = lookup(s, h, name, n);
@@ -235,6 +235,13 @@ static int add_line(void *set, const char *line, size_t n)
 
 int nfq_domainset_add_text(struct nfq_domainset *s, const char *text, size_t len)
 {
+	/* Room for a name a line up front: the table is not doubled and the arrays not copied while loading. */
+	uint64_t want = s->nentries + nfq_set_count_lines(text, len), bytes = s->arena_len + len + 2 * want;
+	if (want <= UINT32_MAX && bytes <= UINT32_MAX &&
+	    (nfq_set_reserve(&s->slots, &s->mask, want) != 0 ||
+	     nfq_set_grow((void **)&s->offsets, &s->offsets_cap, (uint32_t)want, sizeof *s->offsets) != 0 ||
+	     nfq_set_grow((void **)&s->arena, &s->arena_cap, (uint32_t)bytes, 1) != 0))
+		return -1;
 	return nfq_set_each_line(text, len, &s->report, add_line, s);
 }
 

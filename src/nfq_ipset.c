@@ -73,7 +73,7 @@ struct nfq_ipset *nfq_ipset_new(void)
 	struct nfq_ipset *s = calloc(1, sizeof *s);
 	if (!s)
 		return NULL;
-	s->slots = calloc(NFQ_SET_FIRST_SLOTS, sizeof *s->slots);
+	s->slots = nfq_set_slots_alloc(NFQ_SET_FIRST_SLOTS);
 	if (!s->slots) {
 		free(s);
 		return NULL;
@@ -86,7 +86,7 @@ void nfq_ipset_free(struct nfq_ipset *s)
 {
 	if (!s)
 		return;
-	free(s->slots);
+	nfq_set_slots_free(s->slots, s->mask + 1);
 	free(s->entries);
 	free(s);
 }
@@ -108,7 +108,7 @@ static int add_prefix(struct nfq_ipset *s, const uint8_t *addr, unsigned v6, uns
 {
 	uint64_t hi = v6 ? get64(addr) : 0, lo = v6 ? get64(addr + 8) : nfq_get32(addr);
 	mask_to(&hi, &lo, plen, v6);
-	if (nfq_set_reserve(&s->slots, &s->mask, s->nentries) != 0)
+	if (nfq_set_reserve(&s->slots, &s->mask, (uint64_t)s->nentries + 1) != 0)
 		return -1;
 	if (lookup(s, hi, lo, plen, v6)) {
 		s->report.duplicates++;
@@ -183,6 +183,12 @@ static int add_line(void *set, const char *line, size_t n)
 
 int nfq_ipset_add_text(struct nfq_ipset *s, const char *text, size_t len)
 {
+	/* Room for an entry a line up front: the table is not doubled nor the array copied while loading. */
+	uint64_t want = s->nentries + nfq_set_count_lines(text, len);
+	if (want <= UINT32_MAX &&
+	    (nfq_set_reserve(&s->slots, &s->mask, want) != 0 ||
+	     nfq_set_grow((void **)&s->entries, &s->entries_cap, (uint32_t)want, sizeof *s->entries) != 0))
+		return -1;
 	return nfq_set_each_line(text, len, &s->report, add_line, s);
 }
 

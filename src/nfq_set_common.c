@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -34,20 +35,48 @@ struct nfq_set_span nfq_set_token(struct nfq_set_span *rest)
 	return (struct nfq_set_span){ s.p, i };
 }
 
-int nfq_set_reserve(struct nfq_set_slot **slots, uint32_t *mask, uint32_t count)
+/* Tables this big are mapped with huge pages where the kernel allows it:
+ * a lookup then costs one cache miss, not a cache miss and a page walk. */
+#define HUGE_TABLE_BYTES (2u << 20)
+
+struct nfq_set_slot *nfq_set_slots_alloc(uint32_t n)
 {
-	uint64_t size = (uint64_t)*mask + 1;
-	if (((uint64_t)count + 1) * 2 <= size)
+	size_t bytes = (size_t)n * sizeof(struct nfq_set_slot);
+	if (bytes < HUGE_TABLE_BYTES)
+		return calloc(n, sizeof(struct nfq_set_slot));
+	void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	madvise(p, bytes, MADV_HUGEPAGE);
+	return p;
+}
+
+void nfq_set_slots_free(struct nfq_set_slot *slots, uint32_t n)
+{
+	size_t bytes = (size_t)n * sizeof(struct nfq_set_slot);
+	if (bytes < HUGE_TABLE_BYTES)
+		free(slots);
+	else if (slots)
+		munmap(slots, bytes);
+}
+
+int nfq_set_reserve(struct nfq_set_slot **slots, uint32_t *mask, uint64_t want)
+{
+	uint64_t size = (uint64_t)*mask + 1, new_size = size;
+	while (want * 2 > new_size)
+		new_size *= 2;
+	if (new_size == size)
 		return 0;
-	if (size >= (1ull << 31)) {
+	if (new_size > (1ull << 31)) {
 		errno = ENOMEM;
 		return -1;
 	}
-	uint32_t new_size = (uint32_t)size * 2;
-	struct nfq_set_slot *bigger = calloc(new_size, sizeof *bigger);
+	struct nfq_set_slot *bigger = nfq_set_slots_alloc((uint32_t)new_size);
 	if (!bigger)
 		return -1;
-	uint32_t new_mask = new_size - 1;
+	uint32_t new_mask = (uint32_t)new_size - 1;
 	for (uint64_t i = 0; i < size; i++) {
 		struct nfq_set_slot s = (*slots)[i];
 		if (!s.index)
@@ -57,10 +86,18 @@ int nfq_set_reserve(struct nfq_set_slot **slots, uint32_t *mask, uint32_t count)
 			j = (j + 1) & new_mask;
 		bigger[j] = s;
 	}
-	free(*slots);
+	nfq_set_slots_free(*slots, (uint32_t)size);
 	*slots = bigger;
 	*mask = new_mask;
 	return 0;
+}
+
+uint64_t nfq_set_count_lines(const char *text, size_t len)
+{
+	uint64_t n = len && text[len - 1] != '\n';
+	for (const char *p = text, *end = text + len; (p = memchr(p, '\n', (size_t)(end - p))) != NULL; p++)
+		n++;
+	return n;
 }
 
 void nfq_set_report_bad(struct nfq_set_report *r, const char *line, size_t n)

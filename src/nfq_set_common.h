@@ -40,11 +40,18 @@ struct nfq_set_span nfq_set_trim(const char *p, size_t n);
 struct nfq_set_span nfq_set_token(struct nfq_set_span *rest);
 
 /*
- * Room for one more entry in the table, doubling it (and placing every
- * entry again by its hash) when it would be more than half full.
+ * Room in the table for want entries, doubling it (and placing every entry
+ * again by its hash) until they would fill at most half of it.
  * 0, or -1 and errno ENOMEM.
  */
-int nfq_set_reserve(struct nfq_set_slot **slots, uint32_t *mask, uint32_t count);
+int nfq_set_reserve(struct nfq_set_slot **slots, uint32_t *mask, uint64_t want);
+
+/* Zeroed slots; freed by nfq_set_slots_free with the same n. NULL when out of memory. */
+struct nfq_set_slot *nfq_set_slots_alloc(uint32_t n);
+void nfq_set_slots_free(struct nfq_set_slot *slots, uint32_t n);
+
+/* The lines of text[0..len) (a last one without an end of line counts). */
+uint64_t nfq_set_count_lines(const char *text, size_t len);
 
 /* Count line as bad and keep its number and text if it is among the first few. */
 void nfq_set_report_bad(struct nfq_set_report *r, const char *line, size_t n);
