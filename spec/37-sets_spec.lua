@@ -421,6 +421,64 @@ describe("nfq.ipset", function()
 	end)
 end)
 
+describe("sets in a daemon script", function()
+	local function le32(n)
+		return string.char(n % 256, math.floor(n / 256) % 256, math.floor(n / 65536) % 256, math.floor(n / 16777216) % 256)
+	end
+
+	--- A pcap file of Ethernet frames holding the IP packets.
+	local function pcap(packets)
+		local out = { le32(0xa1b2c3d4), "\2\0\4\0", le32(0), le32(0), le32(65535), le32(1) }
+		for i, ip in ipairs(packets) do
+			local frame = "\2\0\0\0\0\2\2\0\0\0\0\1" .. (ip:byte(1) >= 0x60 and "\134\221" or "\8\0") .. ip
+			out[#out + 1] = le32(1700000000 + i) .. le32(0) .. le32(#frame) .. le32(#frame) .. frame
+		end
+		return H.tmpfile(table.concat(out), ".pcap")
+	end
+
+	it("are loaded at the top level and drop listed DNS names and addresses under nfqlua --replay", function()
+		local names_file = H.tmpfile("# blocked\n0.0.0.0 ads.example\n||tracker.example^\n")
+		local ips_file = H.tmpfile("198.51.100.0/24\n2001:db8:bad::/48\n")
+		-- The query's name, from its labels, into one buffer: the set reads it by pointer.
+		local script = H.tmpfile(([[
+local ffi = require "ffi"
+local nfq = require "nfq"
+local names = assert(nfq.domainset(%q))
+local addresses = assert(nfq.ipset(%q))
+local name = ffi.new("uint8_t[256]")
+return function(pkt)
+	local udp = pkt:udp()
+	if addresses:match_dst(pkt) then return pkt:drop() end
+	if udp and udp.dport == 53 then
+		local p, len = pkt:view()
+		local at, n = 28 + 12, 0
+		while at < len and p[at] ~= 0 and n + p[at] < 255 do
+			if n > 0 then name[n] = 46; n = n + 1 end
+			ffi.copy(name + n, p + at + 1, p[at])
+			n, at = n + p[at], at + 1 + p[at]
+		end
+		if names:match(name, n) then return pkt:drop() end
+	end
+	pkt:accept()
+end
+]]):format(names_file, ips_file), ".lua")
+		local cap = pcap {
+			testing.packet { proto = "udp", dport = 53, payload = H.dns_query("www.ads.example") },
+			testing.packet { proto = "udp", dport = 53, payload = H.dns_query("fine.example") },
+			testing.packet { proto = "udp", dport = 53, payload = H.dns_query("a.b.TRACKER.example") },
+			testing.packet { proto = "tcp", dst = "198.51.100.9", dport = 443 },
+			testing.packet { proto = "tcp", dst = "203.0.113.9", dport = 443 },
+			testing.packet { proto = "tcp", src = "2001:db8::1", dst = "2001:db8:bad::9", dport = 443 },
+			testing.packet { proto = "tcp", src = "2001:db8::1", dst = "2001:db8:600d::9", dport = 443 },
+		}
+		local rc, out = H.run_nfqlua("--replay " .. cap .. " " .. script)
+		assert.equal(0, rc, out)
+		local verdicts = {}
+		for v in out:gmatch("%-> (%a+)") do verdicts[#verdicts + 1] = v end
+		assert.same({ "drop", "accept", "drop", "drop", "accept", "drop", "accept" }, verdicts, out)
+	end)
+end)
+
 describe("sets on the per-packet path", function()
 	it("allocate nothing per match over a million packets", function()
 		jit.flush()
