@@ -83,8 +83,8 @@ end
 local rss1 = rss_kb()
 local stats = set:stats()
 local load_s = median(loads)
--- The bytes of the distinct names, as the set holds them (without its 2 per entry).
-local distinct_bytes = set.arena_len - 2 * stats.entries
+-- The bytes of the distinct names, as the set holds them (without the head of each).
+local distinct_bytes = set.arena_len - nfq._C.NFQ_DOMAIN_ENTRY_HEAD * stats.entries
 local per_entry = (stats.bytes - distinct_bytes) / stats.entries
 local load_texts = {}
 for i, v in ipairs(loads) do load_texts[i] = ("%.2f"):format(v) end

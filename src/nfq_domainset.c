@@ -20,8 +20,9 @@
 #define FNV_PRIME 16777619u
 #define NAME_MAX_LEN 253
 #define LABEL_MAX_LEN 63
-/* Per entry in the arena: its length and its flags, then the name. */
-#define ENTRY_HEAD 2
+/* Per entry in the arena: its length, its flags, its index, then the name.
+ * The slots point here, not at the index: a hit reads one place. */
+#define ENTRY_HEAD NFQ_DOMAIN_ENTRY_HEAD
 
 static inline uint8_t lower(uint8_t c)
 {
@@ -52,7 +53,7 @@ struct nfq_domainset *nfq_domainset_new(void)
 	struct nfq_domainset *s = calloc(1, sizeof *s);
 	if (!s)
 		return NULL;
-	s->slots = nfq_set_slots_alloc(NFQ_SET_FIRST_SLOTS);
+	s->slots = nfq_set_alloc(NFQ_SET_FIRST_SLOTS * sizeof *s->slots);
 	if (!s->slots) {
 		free(s);
 		return NULL;
@@ -65,9 +66,9 @@ void nfq_domainset_free(struct nfq_domainset *s)
 {
 	if (!s)
 		return;
-	nfq_set_slots_free(s->slots, s->mask + 1);
-	free(s->offsets);
-	free(s->arena);
+	nfq_set_free(s->slots, ((size_t)s->mask + 1) * sizeof *s->slots);
+	nfq_set_free(s->offsets, (size_t)s->offsets_cap * sizeof *s->offsets);
+	nfq_set_free(s->arena, s->arena_cap);
 	free(s);
 }
 
@@ -101,28 +102,30 @@ static uint32_t name_hash(const uint8_t *p, size_t n)
 	return nfq_set_mix(h);
 }
 
-static inline const uint8_t *entry_at(const struct nfq_domainset *s, uint32_t index)
+static inline uint32_t entry_index(const uint8_t *e)
 {
-	return s->arena + s->offsets[index - 1];
+	uint32_t index;
+	memcpy(&index, e + 2, sizeof index);
+	return index;
 }
 
-/* The entry whose name is q[0..n) in any case, with hash h; 0 if none. */
-static inline uint32_t lookup(const struct nfq_domainset *s, uint32_t h, const uint8_t *q, size_t n)
+/* The entry whose name is q[0..n) in any case, with hash h; NULL if none. */
+static inline const uint8_t *lookup(const struct nfq_domainset *s, uint32_t h, const uint8_t *q, size_t n)
 {
 	for (uint32_t i = h & s->mask;; i = (i + 1) & s->mask) {
 		const struct nfq_set_slot *slot = &s->slots[i];
-		if (!slot->index)
-			return 0;
+		if (!slot->ref)
+			return NULL;
 		if (slot->hash != h)
 			continue;
-		const uint8_t *e = entry_at(s, slot->index);
+		const uint8_t *e = s->arena + slot->ref - 1;
 		if (e[0] != n)
 			continue;
 		size_t k = 0;
 		while (k < n && e[ENTRY_HEAD + k] == lower(q[k]))
 			k++;
 		if (k == n)
-			return slot->index;
+			return e;
 	}
 }
 
@@ -132,14 +135,14 @@ static int add_name(struct nfq_domainset *s, const uint8_t *name, size_t n, uint
 	if (nfq_set_reserve(&s->slots, &s->mask, (uint64_t)s->nentries + 1) != 0)
 		return -1;
 	uint32_t h = name_hash(name, n);
-	uint32_t found = lookup(s, h, name, n);
+	const uint8_t *found = lookup(s, h, name, n);
 	if (found) {
 		/* Listed both ways: the whole domain is meant. */
-		s->arena[s->offsets[found - 1] + 1] &= flags;
+		s->arena[found - s->arena + 1] &= flags;
 		s->report.duplicates++;
 		return 0;
 	}
-	if ((uint64_t)s->arena_len + ENTRY_HEAD + n > UINT32_MAX) {
+	if ((uint64_t)s->arena_len + ENTRY_HEAD + n >= UINT32_MAX) {
 		errno = ENOMEM;
 		return -1;
 	}
@@ -147,16 +150,18 @@ static int add_name(struct nfq_domainset *s, const uint8_t *name, size_t n, uint
 	    nfq_set_grow((void **)&s->arena, &s->arena_cap, s->arena_len + ENTRY_HEAD + (uint32_t)n, 1) != 0)
 		return -1;
 	uint8_t *e = s->arena + s->arena_len;
+	uint32_t index = s->nentries + 1;
 	e[0] = (uint8_t)n;
 	e[1] = flags;
+	memcpy(e + 2, &index, sizeof index);
 	memcpy(e + ENTRY_HEAD, name, n);
 	s->offsets[s->nentries] = s->arena_len;
-	s->arena_len += ENTRY_HEAD + (uint32_t)n;
-	s->nentries++;
 	uint32_t i = h & s->mask;
-	while (s->slots[i].index)
+	while (s->slots[i].ref)
 		i = (i + 1) & s->mask;
-	s->slots[i] = (struct nfq_set_slot){ h, s->nentries };
+	s->slots[i] = (struct nfq_set_slot){ h, s->arena_len + 1 };
+	s->arena_len += ENTRY_HEAD + (uint32_t)n;
+	s->nentries = index;
 	s->report.added++;
 	return 0;
 }
@@ -236,7 +241,7 @@ static int add_line(void *set, const char *line, size_t n)
 int nfq_domainset_add_text(struct nfq_domainset *s, const char *text, size_t len)
 {
 	/* Room for a name a line up front: the table is not doubled and the arrays not copied while loading. */
-	uint64_t want = s->nentries + nfq_set_count_lines(text, len), bytes = s->arena_len + len + 2 * want;
+	uint64_t want = s->nentries + nfq_set_count_lines(text, len), bytes = s->arena_len + len + (uint64_t)ENTRY_HEAD * want;
 	if (want <= UINT32_MAX && bytes <= UINT32_MAX &&
 	    (nfq_set_reserve(&s->slots, &s->mask, want) != 0 ||
 	     nfq_set_grow((void **)&s->offsets, &s->offsets_cap, (uint32_t)want, sizeof *s->offsets) != 0 ||
@@ -266,20 +271,8 @@ int nfq_domainset_add_file(struct nfq_domainset *s, const char *path)
 
 void nfq_domainset_trim(struct nfq_domainset *s)
 {
-	if (s->nentries && s->nentries < s->offsets_cap) {
-		uint32_t *fit = realloc(s->offsets, s->nentries * sizeof *fit);
-		if (fit) {
-			s->offsets = fit;
-			s->offsets_cap = s->nentries;
-		}
-	}
-	if (s->arena_len && s->arena_len < s->arena_cap) {
-		uint8_t *fit = realloc(s->arena, s->arena_len);
-		if (fit) {
-			s->arena = fit;
-			s->arena_cap = s->arena_len;
-		}
-	}
+	nfq_set_fit((void **)&s->offsets, &s->offsets_cap, s->nentries, sizeof *s->offsets);
+	nfq_set_fit((void **)&s->arena, &s->arena_cap, s->arena_len, 1);
 }
 
 uint32_t nfq_domainset_match(const struct nfq_domainset *s, const uint8_t *name, size_t len)
@@ -293,9 +286,9 @@ uint32_t nfq_domainset_match(const struct nfq_domainset *s, const uint8_t *name,
 			continue;
 		if (len - i > NAME_MAX_LEN)
 			break;
-		uint32_t found = lookup(s, nfq_set_mix(h), name + i, len - i);
-		if (found && (i == 0 || !(entry_at(s, found)[1] & NFQ_DOMAIN_EXACT)))
-			best = found;
+		const uint8_t *found = lookup(s, nfq_set_mix(h), name + i, len - i);
+		if (found && (i == 0 || !(found[1] & NFQ_DOMAIN_EXACT)))
+			best = entry_index(found);
 	}
 	return best;
 }

@@ -58,13 +58,13 @@ static inline uint32_t lookup(const struct nfq_ipset *s, uint64_t hi, uint64_t l
 	uint32_t h = key_hash(hi, lo, plen, v6);
 	for (uint32_t i = h & s->mask;; i = (i + 1) & s->mask) {
 		const struct nfq_set_slot *slot = &s->slots[i];
-		if (!slot->index)
+		if (!slot->ref)
 			return 0;
 		if (slot->hash != h)
 			continue;
-		const struct nfq_ipset_entry *e = &s->entries[slot->index - 1];
+		const struct nfq_ipset_entry *e = &s->entries[slot->ref - 1];
 		if (e->lo == lo && e->hi == hi && e->plen == plen && e->v6 == v6)
-			return slot->index;
+			return slot->ref;
 	}
 }
 
@@ -73,7 +73,7 @@ struct nfq_ipset *nfq_ipset_new(void)
 	struct nfq_ipset *s = calloc(1, sizeof *s);
 	if (!s)
 		return NULL;
-	s->slots = nfq_set_slots_alloc(NFQ_SET_FIRST_SLOTS);
+	s->slots = nfq_set_alloc(NFQ_SET_FIRST_SLOTS * sizeof *s->slots);
 	if (!s->slots) {
 		free(s);
 		return NULL;
@@ -86,8 +86,8 @@ void nfq_ipset_free(struct nfq_ipset *s)
 {
 	if (!s)
 		return;
-	nfq_set_slots_free(s->slots, s->mask + 1);
-	free(s->entries);
+	nfq_set_free(s->slots, ((size_t)s->mask + 1) * sizeof *s->slots);
+	nfq_set_free(s->entries, (size_t)s->entries_cap * sizeof *s->entries);
 	free(s);
 }
 
@@ -120,7 +120,7 @@ static int add_prefix(struct nfq_ipset *s, const uint8_t *addr, unsigned v6, uns
 	s->nentries++;
 	uint32_t h = key_hash(hi, lo, plen, v6);
 	uint32_t i = h & s->mask;
-	while (s->slots[i].index)
+	while (s->slots[i].ref)
 		i = (i + 1) & s->mask;
 	s->slots[i] = (struct nfq_set_slot){ h, s->nentries };
 	if (v6)
@@ -213,13 +213,7 @@ int nfq_ipset_add_file(struct nfq_ipset *s, const char *path)
 
 void nfq_ipset_trim(struct nfq_ipset *s)
 {
-	if (s->nentries && s->nentries < s->entries_cap) {
-		struct nfq_ipset_entry *fit = realloc(s->entries, s->nentries * sizeof *fit);
-		if (fit) {
-			s->entries = fit;
-			s->entries_cap = s->nentries;
-		}
-	}
+	nfq_set_fit((void **)&s->entries, &s->entries_cap, s->nentries, sizeof *s->entries);
 }
 
 static uint32_t match_v4(const struct nfq_ipset *s, const uint8_t *addr)

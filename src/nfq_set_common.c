@@ -2,6 +2,7 @@
  * nfq_set_common.c: the slot table, line splitting, file reading and load
  * reports of the domain and address sets.
  */
+#define _GNU_SOURCE		/* mremap */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -35,15 +36,15 @@ struct nfq_set_span nfq_set_token(struct nfq_set_span *rest)
 	return (struct nfq_set_span){ s.p, i };
 }
 
-/* Tables this big are mapped with huge pages where the kernel allows it:
- * a lookup then costs one cache miss, not a cache miss and a page walk. */
-#define HUGE_TABLE_BYTES (2u << 20)
+/* Arrays this big are mapped with huge pages where the kernel allows it:
+ * a random read of them then costs a cache miss, not a cache miss and a
+ * page walk (two, in a virtual machine). */
+#define HUGE_BYTES (2u << 20)
 
-struct nfq_set_slot *nfq_set_slots_alloc(uint32_t n)
+void *nfq_set_alloc(size_t bytes)
 {
-	size_t bytes = (size_t)n * sizeof(struct nfq_set_slot);
-	if (bytes < HUGE_TABLE_BYTES)
-		return calloc(n, sizeof(struct nfq_set_slot));
+	if (bytes < HUGE_BYTES)
+		return calloc(1, bytes ? bytes : 1);
 	void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (p == MAP_FAILED) {
 		errno = ENOMEM;
@@ -53,13 +54,34 @@ struct nfq_set_slot *nfq_set_slots_alloc(uint32_t n)
 	return p;
 }
 
-void nfq_set_slots_free(struct nfq_set_slot *slots, uint32_t n)
+void nfq_set_free(void *p, size_t bytes)
 {
-	size_t bytes = (size_t)n * sizeof(struct nfq_set_slot);
-	if (bytes < HUGE_TABLE_BYTES)
-		free(slots);
-	else if (slots)
-		munmap(slots, bytes);
+	if (bytes < HUGE_BYTES)
+		free(p);
+	else if (p)
+		munmap(p, bytes);
+}
+
+void *nfq_set_resize(void *p, size_t old_bytes, size_t new_bytes)
+{
+	if (old_bytes < HUGE_BYTES && new_bytes < HUGE_BYTES)
+		return realloc(p, new_bytes ? new_bytes : 1);
+	if (old_bytes >= HUGE_BYTES && new_bytes >= HUGE_BYTES) {
+		void *q = mremap(p, old_bytes, new_bytes, MREMAP_MAYMOVE);
+		if (q == MAP_FAILED) {
+			errno = ENOMEM;
+			return NULL;
+		}
+		madvise(q, new_bytes, MADV_HUGEPAGE);
+		return q;
+	}
+	void *q = nfq_set_alloc(new_bytes);
+	if (!q)
+		return NULL;
+	if (p)
+		memcpy(q, p, old_bytes < new_bytes ? old_bytes : new_bytes);
+	nfq_set_free(p, old_bytes);
+	return q;
 }
 
 int nfq_set_reserve(struct nfq_set_slot **slots, uint32_t *mask, uint64_t want)
@@ -73,20 +95,20 @@ int nfq_set_reserve(struct nfq_set_slot **slots, uint32_t *mask, uint64_t want)
 		errno = ENOMEM;
 		return -1;
 	}
-	struct nfq_set_slot *bigger = nfq_set_slots_alloc((uint32_t)new_size);
+	struct nfq_set_slot *bigger = nfq_set_alloc(new_size * sizeof *bigger);
 	if (!bigger)
 		return -1;
 	uint32_t new_mask = (uint32_t)new_size - 1;
 	for (uint64_t i = 0; i < size; i++) {
 		struct nfq_set_slot s = (*slots)[i];
-		if (!s.index)
+		if (!s.ref)
 			continue;
 		uint32_t j = s.hash & new_mask;
-		while (bigger[j].index)
+		while (bigger[j].ref)
 			j = (j + 1) & new_mask;
 		bigger[j] = s;
 	}
-	nfq_set_slots_free(*slots, (uint32_t)size);
+	nfq_set_free(*slots, size * sizeof **slots);
 	*slots = bigger;
 	*mask = new_mask;
 	return 0;
@@ -187,12 +209,23 @@ int nfq_set_grow(void **array, uint32_t *cap, uint32_t need, size_t elem)
 		errno = ENOMEM;
 		return -1;
 	}
-	void *bigger = realloc(*array, n * elem);
+	void *bigger = nfq_set_resize(*array, *cap * elem, n * elem);
 	if (!bigger)
 		return -1;
 	*array = bigger;
 	*cap = (uint32_t)n;
 	return 0;
+}
+
+void nfq_set_fit(void **array, uint32_t *cap, uint32_t used, size_t elem)
+{
+	if (!used || used >= *cap)
+		return;
+	void *fit = nfq_set_resize(*array, *cap * elem, used * elem);
+	if (fit) {
+		*array = fit;
+		*cap = used;
+	}
 }
 
 int nfq_set_address(const char *p, size_t n, uint8_t *out)

@@ -46,9 +46,14 @@ struct nfq_set_span nfq_set_token(struct nfq_set_span *rest);
  */
 int nfq_set_reserve(struct nfq_set_slot **slots, uint32_t *mask, uint64_t want);
 
-/* Zeroed slots; freed by nfq_set_slots_free with the same n. NULL when out of memory. */
-struct nfq_set_slot *nfq_set_slots_alloc(uint32_t n);
-void nfq_set_slots_free(struct nfq_set_slot *slots, uint32_t n);
+/*
+ * The sets' arrays: zeroed memory, with huge pages when large (so freed and
+ * resized knowing their size). NULL and errno ENOMEM when out of memory;
+ * nfq_set_resize leaves p as it was then.
+ */
+void *nfq_set_alloc(size_t bytes);
+void nfq_set_free(void *p, size_t bytes);
+void *nfq_set_resize(void *p, size_t old_bytes, size_t new_bytes);
 
 /* The lines of text[0..len) (a last one without an end of line counts). */
 uint64_t nfq_set_count_lines(const char *text, size_t len);
@@ -71,5 +76,7 @@ int nfq_set_address(const char *p, size_t n, uint8_t *out);
 
 /* Grow *array (of elem bytes each, *cap of them) to hold need; 0, or -1 and errno ENOMEM. */
 int nfq_set_grow(void **array, uint32_t *cap, uint32_t need, size_t elem);
+/* Shrink it to used elements, when it can. */
+void nfq_set_fit(void **array, uint32_t *cap, uint32_t used, size_t elem);
 
 #endif

@@ -3,7 +3,7 @@
  * built once from a list or a file and queried per packet with pointers.
  *
  * Both are open-addressing hash tables of struct nfq_set_slot (a 32-bit hash
- * and a 1-based entry index, 0 for an empty slot; at most half full) over
+ * and where the entry is, 0 for an empty slot; at most half full) over
  * arrays that hold the entries themselves. A domain set keeps its names in
  * one arena; a query hashes the name's suffixes at label boundaries right to
  * left, one probe each. An address set keeps one table for every prefix
@@ -22,12 +22,14 @@
 enum {
 	NFQ_SET_SAMPLES = 5,		/* bad lines a report keeps */
 	NFQ_SET_SAMPLE_LEN = 64,	/* bytes of each kept */
-	NFQ_DOMAIN_EXACT = 1		/* an entry written =name: that name only, not its subdomains */
+	NFQ_DOMAIN_EXACT = 1,		/* an entry written =name: that name only, not its subdomains */
+	NFQ_DOMAIN_ENTRY_HEAD = 6	/* a domain entry in the arena: length, flags, index (4 bytes), name */
 };
 
 struct nfq_set_slot {
 	uint32_t hash;
-	uint32_t index;			/* 1-based entry, 0: empty */
+	uint32_t ref;			/* 0: empty; an address set's entry index (from 1), a domain set's
+					 * entry offset in the arena plus 1 */
 };
 
 /* What loading found, line by line (a list's items count as lines). */
@@ -46,7 +48,8 @@ struct nfq_domainset {
 	uint32_t mask;			/* slots - 1 */
 	struct nfq_set_slot *slots;
 	uint32_t *offsets;		/* entry i starts at arena + offsets[i - 1] */
-	uint8_t *arena;			/* per entry: its length, its flags (NFQ_DOMAIN_*), the lowercased name */
+	uint8_t *arena;			/* per entry: its length, its flags (NFQ_DOMAIN_*), its index, the
+					 * lowercased name */
 	uint32_t offsets_cap;
 	uint32_t arena_len;
 	uint32_t arena_cap;

@@ -23,7 +23,7 @@ local shown = nfq._shown
 
 local _M = { _VERSION = nfq._VERSION }
 
-local EXACT = C.NFQ_DOMAIN_EXACT
+local EXACT, ENTRY_HEAD = C.NFQ_DOMAIN_EXACT, C.NFQ_DOMAIN_ENTRY_HEAD
 local SLOT_BYTES = ffi_sizeof("struct nfq_set_slot")
 local IP_ENTRY_BYTES = ffi_sizeof("struct nfq_ipset_entry")
 local address_buf = ffi.new("uint8_t[16]")
@@ -77,7 +77,7 @@ end
 function DomainSet:entry(i)
 	check_index(self, i, "domainset:entry")
 	local e = self.arena + self.offsets[i - 1]
-	local name = ffi_string(e + 2, e[0])
+	local name = ffi_string(e + ENTRY_HEAD, e[0])
 	if e[1] == EXACT then return "=" .. name end
 	return name
 end

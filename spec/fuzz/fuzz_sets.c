@@ -37,7 +37,7 @@ static int covers(const struct nfq_domainset *s, uint32_t i, const uint8_t *name
 	if (n > len || (n < len && ((e[1] & NFQ_DOMAIN_EXACT) || name[len - n - 1] != '.')))
 		return 0;
 	for (size_t k = 0; k < n; k++)
-		if (lower(name[len - n + k]) != e[2 + k])
+		if (lower(name[len - n + k]) != e[NFQ_DOMAIN_ENTRY_HEAD + k])
 			return 0;
 	return 1;
 }
@@ -46,8 +46,11 @@ static void domain_queries(const struct nfq_domainset *s, const uint8_t *q, size
 {
 	for (uint32_t i = 1; i <= s->nentries; i++) {
 		const uint8_t *e = s->arena + s->offsets[i - 1];
-		check(e[0] > 0 && e[0] <= 253 && e[2] != '.' && e[2 + e[0] - 1] != '.');
-		check(nfq_domainset_match(s, e + 2, e[0]) == i);
+		check(e[0] > 0 && e[0] <= 253 && e[NFQ_DOMAIN_ENTRY_HEAD] != '.' && e[NFQ_DOMAIN_ENTRY_HEAD + e[0] - 1] != '.');
+		uint32_t index;
+		memcpy(&index, e + 2, sizeof index);
+		check(index == i);
+		check(nfq_domainset_match(s, e + NFQ_DOMAIN_ENTRY_HEAD, e[0]) == i);
 	}
 	while (len) {
 		const uint8_t *nl = memchr(q, '\n', len);
