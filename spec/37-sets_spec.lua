@@ -211,6 +211,17 @@ describe("nfq.domainset", function()
 		assert.matches("nfq.domainset: the list: 1 of 2 items are not names, ignored: item 2 \"not ok\"", out, 1, true)
 	end)
 
+	it("gives back the room it reserved for lines that held no name", function()
+		local list = names.names(3000, 4)
+		local plain = domainset(H.tmpfile(table.concat(list, "\n")))
+		local commented = {}
+		for i, name in ipairs(list) do commented[i] = ("# comment %d\n#\n\n%s"):format(i, name) end
+		local sparse = domainset(H.tmpfile(table.concat(commented, "\n")))
+		assert.equal(#plain, #sparse)
+		assert.equal(plain:stats().bytes, sparse:stats().bytes)
+		assert.equal(plain.mask, sparse.mask)
+	end)
+
 	it("returns nil and an error naming the file it cannot read", function()
 		local set, err = nfq.domainset("/nonexistent/list.txt")
 		assert.is_nil(set)

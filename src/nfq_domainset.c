@@ -271,6 +271,7 @@ int nfq_domainset_add_file(struct nfq_domainset *s, const char *path)
 
 void nfq_domainset_trim(struct nfq_domainset *s)
 {
+	nfq_set_shrink(&s->slots, &s->mask, s->nentries);
 	nfq_set_fit((void **)&s->offsets, &s->offsets_cap, s->nentries, sizeof *s->offsets);
 	nfq_set_fit((void **)&s->arena, &s->arena_cap, s->arena_len, 1);
 }

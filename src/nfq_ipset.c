@@ -213,6 +213,7 @@ int nfq_ipset_add_file(struct nfq_ipset *s, const char *path)
 
 void nfq_ipset_trim(struct nfq_ipset *s)
 {
+	nfq_set_shrink(&s->slots, &s->mask, s->nentries);
 	nfq_set_fit((void **)&s->entries, &s->entries_cap, s->nentries, sizeof *s->entries);
 }
 

@@ -84,6 +84,29 @@ void *nfq_set_resize(void *p, size_t old_bytes, size_t new_bytes)
 	return q;
 }
 
+/* Place every entry of the table again in one of new_size slots. */
+static int rehash(struct nfq_set_slot **slots, uint32_t *mask, uint64_t new_size)
+{
+	uint64_t size = (uint64_t)*mask + 1;
+	struct nfq_set_slot *table = nfq_set_alloc(new_size * sizeof *table);
+	if (!table)
+		return -1;
+	uint32_t new_mask = (uint32_t)new_size - 1;
+	for (uint64_t i = 0; i < size; i++) {
+		struct nfq_set_slot s = (*slots)[i];
+		if (!s.ref)
+			continue;
+		uint32_t j = s.hash & new_mask;
+		while (table[j].ref)
+			j = (j + 1) & new_mask;
+		table[j] = s;
+	}
+	nfq_set_free(*slots, size * sizeof **slots);
+	*slots = table;
+	*mask = new_mask;
+	return 0;
+}
+
 int nfq_set_reserve(struct nfq_set_slot **slots, uint32_t *mask, uint64_t want)
 {
 	uint64_t size = (uint64_t)*mask + 1, new_size = size;
@@ -95,23 +118,16 @@ int nfq_set_reserve(struct nfq_set_slot **slots, uint32_t *mask, uint64_t want)
 		errno = ENOMEM;
 		return -1;
 	}
-	struct nfq_set_slot *bigger = nfq_set_alloc(new_size * sizeof *bigger);
-	if (!bigger)
-		return -1;
-	uint32_t new_mask = (uint32_t)new_size - 1;
-	for (uint64_t i = 0; i < size; i++) {
-		struct nfq_set_slot s = (*slots)[i];
-		if (!s.ref)
-			continue;
-		uint32_t j = s.hash & new_mask;
-		while (bigger[j].ref)
-			j = (j + 1) & new_mask;
-		bigger[j] = s;
-	}
-	nfq_set_free(*slots, size * sizeof **slots);
-	*slots = bigger;
-	*mask = new_mask;
-	return 0;
+	return rehash(slots, mask, new_size);
+}
+
+void nfq_set_shrink(struct nfq_set_slot **slots, uint32_t *mask, uint32_t count)
+{
+	uint64_t size = (uint64_t)*mask + 1, new_size = NFQ_SET_FIRST_SLOTS;
+	while ((uint64_t)count * 2 > new_size)
+		new_size *= 2;
+	if (new_size < size)
+		rehash(slots, mask, new_size);
 }
 
 uint64_t nfq_set_count_lines(const char *text, size_t len)

@@ -45,6 +45,8 @@ struct nfq_set_span nfq_set_token(struct nfq_set_span *rest);
  * 0, or -1 and errno ENOMEM.
  */
 int nfq_set_reserve(struct nfq_set_slot **slots, uint32_t *mask, uint64_t want);
+/* The table made as small as count entries allow (room reserved for lines that held none), when it can. */
+void nfq_set_shrink(struct nfq_set_slot **slots, uint32_t *mask, uint32_t count);
 
 /*
  * The sets' arrays: zeroed memory, with huge pages when large (so freed and
