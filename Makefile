@@ -181,7 +181,7 @@ bench: deps-build
 # Lua table (bench/sets.lua, about a minute): its section of bench/RESULTS.md.
 bench-sets: deps-build
 	$(MAKE) all
-	$(MAKE) -C bench sets_baseline
+	$(MAKE) -C bench sets_baseline.so
 	$(SPEC_ENV) $(LUAJIT) bench/sets.lua
 
 # nfq.send against a C raw-socket sender: its section of bench/RESULTS.md.

@@ -1,9 +1,10 @@
 -- Domain and address sets (nfq.domainset, nfq.ipset): load time and memory
 -- of 1,000,000 names, and lookups per second of set:match next to the same
--- C function called in a loop from C (bench/sets_baseline) and to the plain
--- Lua way (a table of strings, walked with string.sub). Figures, not
--- assertions; writes its section of bench/RESULTS.md (make bench-sets).
---   make -C bench sets_baseline
+-- C function called in a loop from C (bench/sets_baseline.so, over the same
+-- set and queries, in the same rounds) and to the plain Lua way (a table of
+-- strings, walked with string.sub). Figures, not assertions; writes its
+-- section of bench/RESULTS.md (make bench-sets).
+--   make -C bench sets_baseline.so
 --   LUA_PATH='lua/?.lua;spec/?.lua;;' LUA_CPATH='lua/?.so;;' luajit bench/sets.lua
 local ffi = require "ffi"
 local nfq = require "nfq"
@@ -35,23 +36,34 @@ end
 
 --- Lookups per second of each of the loops (functions that return the
 -- time one pass took), median of RUNS rounds; a round runs each once, so
--- the machine's drift reaches them alike.
+-- the machine's drift reaches them alike, and each timed pass follows an
+-- untimed one of the same loop, so that none inherits a cache another
+-- loop left cold.
 local function rates(loops)
 	local samples = {}
 	for k = 1, #loops do samples[k] = {} end
 	for r = 1, RUNS do
-		for k, loop in ipairs(loops) do samples[k][r] = QUERIES / loop() end
+		for k, loop in ipairs(loops) do
+			loop()
+			samples[k][r] = QUERIES / loop()
+		end
 	end
 	local out = {}
 	for k = 1, #loops do out[k] = median(samples[k]) end
 	return unpack(out)
 end
 
-local function baseline(kind, list, queries)
-	local p = assert(io.popen(("bench/sets_baseline %s %s %s %d"):format(kind, list, queries, RUNS)))
-	local out = p:read("*a")
-	p:close()
-	return tonumber(out:match("^(%d+)")), out
+ffi.cdef [[
+uint32_t sets_baseline_domains(const struct nfq_domainset *s, const uint8_t *const *names, const uint32_t *lens,
+			       uint32_t n);
+uint32_t sets_baseline_ipv4(const struct nfq_ipset *s, const uint8_t *addrs, uint32_t n);
+]]
+local baseline = ffi.load("bench/sets_baseline.so")
+
+local function write_file(path, text)
+	local f = assert(io.open(path, "w"))
+	f:write(text)
+	f:close()
 end
 
 local function fmt(n)
@@ -60,7 +72,10 @@ local function fmt(n)
 end
 
 local rows, notes = {}, {}
-local function row(...) rows[#rows + 1] = "| " .. table.concat({ ... }, " | ") .. " |" end
+--- A line of the table: lookups/s, the ratio to the C loop's, ns per lookup.
+local function row(what, rate, c_rate)
+	rows[#rows + 1] = ("| %s | %s | %.2f | %.0f |"):format(what, fmt(rate), rate / c_rate, 1e9 / rate)
+end
 
 ---------------------------------------------------------------- domain names
 local list_path = dir .. "/names.txt"
@@ -113,10 +128,6 @@ for i = 1, QUERIES do
 	if rand(10) == 1 then q = q .. "." end
 	queries[i] = q
 end
-local queries_path = dir .. "/queries.txt"
-local f = assert(io.open(queries_path, "w"))
-f:write(table.concat(queries, "\n"))
-f:close()
 
 -- The queries as bytes in one buffer, as a parser would hand them over.
 local total = 0
@@ -131,6 +142,14 @@ for i = 1, QUERIES do
 	off = off + #queries[i]
 end
 
+-- The queries as strings made afresh, one after the other: made during the
+-- generation above, they lie scattered over a heap of a million names, and
+-- each lookup would pay a cache and TLB miss to reach its string's bytes.
+list, queries = nil, nil -- luacheck: ignore 311
+collectgarbage()
+queries = {}
+for i = 1, QUERIES do queries[i] = ffi.string(qptr[i], qlen[i]) end
+
 -- Each loop is a function of its own, so that each gets its own trace.
 local function ptr_loop()
 	local t0 = now()
@@ -142,8 +161,6 @@ local function string_loop()
 	for i = 1, QUERIES do set:match(queries[i]) end
 	return now() - t0
 end
-local c_rate, c_out = baseline("domains", list_path, queries_path)
-if not c_rate then notes[#notes + 1] = "- bench/sets_baseline failed: " .. c_out end
 
 -- The plain Lua way: a table of lowercased names, the query walked label by
 -- label. Its load time and heap are measured in a process of its own, where
@@ -156,9 +173,7 @@ collectgarbage()
 print(s, collectgarbage("count") - kb0)
 ]]
 local child_path = dir .. "/table_load.lua"
-f = assert(io.open(child_path, "w"))
-f:write(TABLE_LOAD)
-f:close()
+write_file(child_path, TABLE_LOAD)
 local child = assert(io.popen(("luajit %s %s"):format(child_path, list_path)))
 local tbl_load, tbl_kb = child:read("*n", "*n")
 child:close()
@@ -181,22 +196,22 @@ local function lua_loop()
 	for i = 1, QUERIES do lua_match(tbl, queries[i]) end
 	return now() - t0
 end
-local ptr_rate, str_rate, lua_rate = rates { ptr_loop, string_loop, lua_loop }
+local function c_loop()
+	local t0 = now()
+	baseline.sets_baseline_domains(set, qptr, qlen, QUERIES)
+	return now() - t0
+end
+local ptr_rate, str_rate, lua_rate, c_rate = rates { ptr_loop, string_loop, lua_loop, c_loop }
 notes[#notes + 1] = ("- The Lua table of the same names: %.2f s to load, %.1f MB of Lua heap (%.0f bytes per name, "
 	.. "names included), and %.0f MB more than the set."):format(tbl_load, tbl_kb / 1024, tbl_kb * 1024 / NAMES,
 	(tbl_kb * 1024 - stats.bytes) / 1e6)
 tbl = nil -- luacheck: ignore 311
 
-row("`domainset:match(ptr, len)`", fmt(ptr_rate), c_rate and ("%.2f"):format(ptr_rate / c_rate) or "?",
-	("%.0f"):format(1e9 / ptr_rate))
-row("`domainset:match(string)`", fmt(str_rate), c_rate and ("%.2f"):format(str_rate / c_rate) or "?",
-	("%.0f"):format(1e9 / str_rate))
-row("C: `nfq_domainset_match` in a loop (`bench/sets_baseline`)", c_rate and fmt(c_rate) or "?", "1.00",
-	c_rate and ("%.0f"):format(1e9 / c_rate) or "?")
-row("Lua table of strings, suffixes by `string.sub`", fmt(lua_rate),
-	c_rate and ("%.2f"):format(lua_rate / c_rate) or "?", ("%.0f"):format(1e9 / lua_rate))
+row("`domainset:match(ptr, len)`", ptr_rate, c_rate)
+row("`domainset:match(string)`", str_rate, c_rate)
+row("C: `nfq_domainset_match` in a loop (`bench/sets_baseline.c`)", c_rate, c_rate)
+row("Lua table of strings, suffixes by `string.sub`", lua_rate, c_rate)
 set = nil -- luacheck: ignore 311
-list = nil -- luacheck: ignore 311
 collectgarbage()
 
 ---------------------------------------------------------------- addresses
@@ -210,9 +225,7 @@ end
 local plist = {}
 for i, p in ipairs(prefixes) do plist[i] = names.ipv4_text(p[1]) .. "/" .. p[2] end
 local plist_path = dir .. "/prefixes.txt"
-f = assert(io.open(plist_path, "w"))
-f:write(table.concat(plist, "\n"), "\n")
-f:close()
+write_file(plist_path, table.concat(plist, "\n") .. "\n")
 local ip_t0 = now()
 local ipset = assert(nfq.ipset(plist_path))
 local ip_load = now() - ip_t0
@@ -220,7 +233,6 @@ local ip_stats = ipset:stats()
 
 -- Queries: half inside a listed prefix, half anywhere.
 local aq = ffi.new("uint8_t[?]", 4 * (QUERIES + 1))
-local aq_text = {}
 for i = 1, QUERIES do
 	local a
 	if i % 2 == 0 then
@@ -229,16 +241,8 @@ for i = 1, QUERIES do
 	else
 		a = names.ipv4(rand)
 	end
-	aq_text[i] = names.ipv4_text(a)
 	for k = 0, 3 do aq[4 * i + k] = math.floor(a / 2 ^ (24 - 8 * k)) % 256 end
 end
-local aq_path = dir .. "/addresses.txt"
-f = assert(io.open(aq_path, "w"))
-f:write(table.concat(aq_text, "\n"))
-f:close()
-
-local ip_c_rate, ip_c_out = baseline("ips", plist_path, aq_path)
-if not ip_c_rate then notes[#notes + 1] = "- bench/sets_baseline failed: " .. ip_c_out end
 
 -- The plain Lua way: a table per prefix length, probed longest first.
 for _, p in ipairs(prefixes) do
@@ -269,14 +273,17 @@ local function lua_ip_loop()
 	for i = 1, QUERIES do lua_ip_match(aq_num[i]) end
 	return now() - t0
 end
-local ip_rate, lua_ip_rate = rates { ip_loop, lua_ip_loop }
+local function ip_c_loop()
+	local t0 = now()
+	baseline.sets_baseline_ipv4(ipset, aq, QUERIES)
+	return now() - t0
+end
+local ip_rate, lua_ip_rate, ip_c_rate = rates { ip_loop, lua_ip_loop, ip_c_loop }
 
-row(("`ipset:match(ptr, 4)`, %s IPv4 prefixes of %d lengths"):format(fmt(ip_stats.entries), #lens), fmt(ip_rate),
-	ip_c_rate and ("%.2f"):format(ip_rate / ip_c_rate) or "?", ("%.0f"):format(1e9 / ip_rate))
-row("C: `nfq_ipset_match` in a loop", ip_c_rate and fmt(ip_c_rate) or "?", "1.00",
-	ip_c_rate and ("%.0f"):format(1e9 / ip_c_rate) or "?")
-row("Lua tables per prefix length, longest first", fmt(lua_ip_rate),
-	ip_c_rate and ("%.2f"):format(lua_ip_rate / ip_c_rate) or "?", ("%.0f"):format(1e9 / lua_ip_rate))
+row(("`ipset:match(ptr, 4)`, %s IPv4 prefixes of %d lengths"):format(fmt(ip_stats.entries), #lens), ip_rate,
+	ip_c_rate)
+row("C: `nfq_ipset_match` in a loop", ip_c_rate, ip_c_rate)
+row("Lua tables per prefix length, longest first", lua_ip_rate, ip_c_rate)
 notes[#notes + 1] = ("- Loading %s prefixes from a file: %.2f s; %.1f bytes of C memory per entry.")
 	:format(fmt(PREFIXES), ip_load, ip_stats.bytes / ip_stats.entries)
 
@@ -288,8 +295,9 @@ local report = table.concat({
 	"",
 	("`bench/sets.lua` (`make bench-sets`): %s queries (a third listed names, a third names under listed "
 		.. "ones, a third unlisted; one in ten in capitals, one in ten with a trailing dot) against a set of "
-		.. "%s random names under common TLDs; medians of %d passes, one core, the machine shared with other "
-		.. "work."):format(fmt(QUERIES), fmt(NAMES), RUNS),
+		.. "%s random names under common TLDs; IPv4 addresses, half of them in a listed prefix. Medians of %d "
+		.. "rounds, each timing every loop once (CPU time), the C loop over the same set and queries in the same "
+		.. "process; the machine shared with other work."):format(fmt(QUERIES), fmt(NAMES), RUNS),
 	"",
 	"| lookup | lookups/s | vs C | ns/lookup |",
 	"|---|---:|---:|---:|",
