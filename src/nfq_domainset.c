@@ -21,7 +21,7 @@
 #define NAME_MAX_LEN 253
 #define LABEL_MAX_LEN 63
 /* Per entry in the arena: its length, its flags, its index, then the name.
- * The slots point here, not at the index: a hit reads one place. */
+ * The slots point at the entry, not at its index: a hit reads the arena only. */
 #define ENTRY_HEAD NFQ_DOMAIN_ENTRY_HEAD
 
 static inline uint8_t lower(uint8_t c)
@@ -241,7 +241,8 @@ static int add_line(void *set, const char *line, size_t n)
 int nfq_domainset_add_text(struct nfq_domainset *s, const char *text, size_t len)
 {
 	/* Room for a name a line up front: the table is not doubled and the arrays not copied while loading. */
-	uint64_t want = s->nentries + nfq_set_count_lines(text, len), bytes = s->arena_len + len + (uint64_t)ENTRY_HEAD * want;
+	uint64_t want = s->nentries + nfq_set_count_lines(text, len);
+	uint64_t bytes = s->arena_len + len + (uint64_t)ENTRY_HEAD * want;
 	if (want <= UINT32_MAX && bytes <= UINT32_MAX &&
 	    (nfq_set_reserve(&s->slots, &s->mask, want) != 0 ||
 	     nfq_set_grow((void **)&s->offsets, &s->offsets_cap, (uint32_t)want, sizeof *s->offsets) != 0 ||
