@@ -519,6 +519,37 @@ describe("sets on the per-packet path", function()
 		assert.is_not_nil(keep)
 	end)
 
+	it("compile without trace aborts in the sets module", function()
+		local jit_util = require "jit.util"
+		jit.flush()
+		local domains = domainset { "example.com" }
+		local addresses = ipset { "127.0.0.0/8" }
+		local name = ffi.new("uint8_t[16]")
+		ffi.copy(name, "a.example.com")
+		local run_batch, keep = batch.synthetic_queue(function(pkt)
+			if addresses:match_src(pkt) and addresses:match(pkt:ip().dst) and domains:match(name, 13) then
+				pkt:accept()
+			else
+				pkt:drop()
+			end
+		end, function(i) return 8000 + i end)
+		local aborts = {}
+		local function on_trace(what, _, func, pc)
+			if what == "abort" then
+				local info = jit_util.funcinfo(func, pc)
+				if (info.source or ""):find("nfq/sets.lua", 1, true) then
+					aborts[#aborts + 1] = info.source .. ":" .. tostring(info.currentline)
+				end
+			end
+		end
+		-- From the first batch: a trace that aborts early is blacklisted, and then aborts no more.
+		jit.attach(on_trace, "trace")
+		for _ = 1, 6000 do run_batch() end
+		jit.attach(on_trace)
+		assert.same({}, aborts)
+		assert.is_not_nil(keep)
+	end)
+
 	it("replay the fuzz corpus without a crash", function()
 		local files = H.sh(("ls %s/spec/fuzz/corpus/sets | wc -l"):format(H.root))
 		local out = H.sh(("cd %s && build/replay_sets spec/fuzz/corpus/sets/*"):format(H.root))
