@@ -52,7 +52,7 @@ SYSTEMD_DIR ?= $(PREFIX)/lib/systemd/system
 # The Lua modules, installed under LUA_MODULE_DIR. All but nfq.testing (for
 # busted specs of scripts) are also compiled into nfqlua and libnfqlua.
 LUA_FILES = nfq.lua nfq/cdef.lua nfq/engine.lua nfq/headers.lua nfq/offline.lua nfq/testing.lua \
-	nfq/flows.lua nfq/names.lua
+	nfq/flows.lua nfq/names.lua nfq/sets.lua
 LUA_EMBEDDED = $(filter-out nfq/testing.lua,$(LUA_FILES))
 EXAMPLES = $(wildcard scripts/examples/*.lua) scripts/examples/embed.c \
 	$(wildcard scripts/examples/openresty/*)
@@ -60,7 +60,8 @@ EXAMPLES = $(wildcard scripts/examples/*.lua) scripts/examples/embed.c \
 BUILD = build
 CORE_SRC = src/nfq_queue.c src/nfq_packet.c src/nfq_headers.c src/nfq_send.c src/nfq_reject.c \
 	src/nfq_buffer.c src/nfq_build.c src/nfq_version.c src/nfq_flows.c \
-	src/nfq_names.c src/nfq_dns.c src/nfq_tls.c src/nfq_quic.c src/nfq_http.c
+	src/nfq_names.c src/nfq_dns.c src/nfq_tls.c src/nfq_quic.c src/nfq_http.c \
+	src/nfq_set_common.c src/nfq_domainset.c src/nfq_ipset.c
 ENGINE_SRC = src/nfq_engine.c
 # The daemon: main() and flags, its workers, its log, --replay.
 DAEMON_SRC = src/nfq_daemon.c src/nfq_workers.c src/nfq_log.c src/nfq_replay.c
@@ -74,9 +75,9 @@ SPEC_ENV = NFQ_ROOT=$(CURDIR) LUA_PATH='lua/?.lua;lua/?/init.lua;spec/?.lua;;' L
 FUZZ_CC ?= clang
 FUZZ_SECONDS ?= 600
 FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -fvisibility=hidden
-FUZZ_TARGETS = packet headers reject build flows dns dns_reply tls quic http
+FUZZ_TARGETS = packet headers reject build flows dns dns_reply tls quic http sets
 
-.PHONY: all lib asan tsan deps deps-build deps-fuzz lint test unit demo bench bench-scale bench-send soak install uninstall clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
+.PHONY: all lib asan tsan deps deps-build deps-fuzz lint test unit demo bench bench-scale bench-send bench-sets soak install uninstall clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
 
 all: nfqlua lua/nfq/core.so lib
 
@@ -117,7 +118,7 @@ deps-fuzz:
 	$(call install_missing,$(BUILD_PACKAGES) $(FUZZ_PACKAGES))
 
 # The headers whose BEGIN CDEF ... END CDEF blocks the FFI sees, in this order.
-CDEF_HEADERS = src/nfq_core.h src/nfq_flows.h src/nfq_names.h
+CDEF_HEADERS = src/nfq_core.h src/nfq_flows.h src/nfq_names.h src/nfq_sets.h
 
 # VERSION is the version of the Lua modules too: nfq.lua checks the core's
 # nfq_version() against it.
@@ -179,6 +180,14 @@ bench: deps-build
 	bench/run.sh
 	bench/send.sh
 	bench/throughput.sh
+	$(MAKE) bench-sets
+
+# nfq.domainset and nfq.ipset: load time, memory, lookups/s against C and a
+# Lua table (bench/sets.lua, about a minute): its section of bench/RESULTS.md.
+bench-sets: deps-build
+	$(MAKE) all
+	$(MAKE) -C bench sets_baseline.so
+	$(SPEC_ENV) $(LUAJIT) bench/sets.lua
 
 # nfq.send against a C raw-socket sender: its section of bench/RESULTS.md.
 bench-send: deps-build
@@ -242,6 +251,8 @@ $(BUILD)/fuzz_flows: $(BUILD)/fuzz/fuzz_flows.o $(FUZZ_CORE_OBJ)
 # The name parsers (src/nfq_names.h).
 NAMES_FUZZ = dns dns_reply tls quic http
 $(NAMES_FUZZ:%=$(BUILD)/fuzz_%): $(BUILD)/fuzz_%: $(BUILD)/fuzz/fuzz_%.o $(FUZZ_CORE_OBJ)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ $(CORE_LIBS)
+$(BUILD)/fuzz_sets: $(BUILD)/fuzz/fuzz_sets.o $(FUZZ_CORE_OBJ)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ $(CORE_LIBS)
 
 fuzz: deps-fuzz $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%)

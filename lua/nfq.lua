@@ -1505,5 +1505,9 @@ function _M.bypass_path()
 	return adopted_queue:bypass_path()
 end
 
+-- Domain and address sets (lua/nfq/sets.lua), loaded on first use.
+function _M.domainset(source, opts) return require("nfq.sets").domainset(source, opts) end
+function _M.ipset(source, opts) return require("nfq.sets").ipset(source, opts) end
+
 registry["nfq.module"] = _M
 return _M
