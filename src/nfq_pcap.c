@@ -429,7 +429,7 @@ static struct nfq_pcap *create(const char *path, const struct nfq_pcap_opts *o, 
 	w->o = *o;
 	w->refs = 1;
 	struct stat sb;
-	if (o->keep && stat(path, &sb) == 0 && sb.st_size > 0 && shift_names(path, o->keep) < 0) {
+	if (o->keep && stat(path, &sb) == 0 && sb.st_size > FILE_HEADER_BYTES && shift_names(path, o->keep) < 0) {
 		snprintf(err, errlen, "cannot rotate the existing '%s' away: %s", path, strerror(errno));
 		goto fail;
 	}

@@ -45,11 +45,12 @@ struct nfq_pcap_stats {
 };
 
 /*
- * The recorder of path: a new one (the file created, an existing one rotated
- * away first when o->keep > 0), or the one this process already has open at
- * that same path, shared (another worker's, the previous script version's),
- * which takes max_bytes, keep, snaplen and flush_ms from o. NULL with why in
- * err. Each open needs its nfq_pcap_release().
+ * The recorder of path: a new one (the file created; an existing one that
+ * holds packets is rotated away first when o->keep > 0), or the one this
+ * process already has open at that same path, shared (another worker's, the
+ * previous script version's), which takes max_bytes, keep, snaplen and
+ * flush_ms from o. NULL with why in err. Each open needs its
+ * nfq_pcap_release().
  */
 struct nfq_pcap *nfq_pcap_open(const char *path, const struct nfq_pcap_opts *o, char *err, size_t errlen);
 /*

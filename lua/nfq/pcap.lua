@@ -84,9 +84,16 @@ end
 
 --- The recorder's counters: written, dropped, bytes, rotated, write_errors,
 -- buffered, and last_error (why the last write failed, nil once writing
--- works again).
+-- works again). After close(), they are as close() left them.
 function Recorder:stats()
-	C.nfq_pcap_get_stats(handle_of(self, 2), cstats)
+	local h = self.h
+	if h == nil then
+		local final = self.final_stats
+		local t = {}
+		for k, v in pairs(final) do t[k] = v end
+		return t
+	end
+	C.nfq_pcap_get_stats(h, cstats)
 	return {
 		written = tonumber(cstats.written),
 		dropped = tonumber(cstats.dropped),
@@ -101,11 +108,12 @@ end
 --- Write what is buffered, waiting for the disk (up to 10 s), and give up
 -- this recorder: true, or nil and why when the writes did not finish in
 -- time (the thread goes on with them). The file closes with the last
--- recorder open on its path.
+-- recorder open on its path. Not for the packet path: it waits.
 function Recorder:close()
 	local h = self.h
 	if h == nil then return true end
 	local done = C.nfq_pcap_sync(h, CLOSE_WAIT_MS) == 0
+	self.final_stats = self:stats()
 	self.h = nil
 	ffi_gc(h, nil)
 	C.nfq_pcap_release(h)
@@ -122,8 +130,8 @@ end
 
 local open_opts = { max_bytes = true, keep = true, snaplen = true, buffer_bytes = true, flush_interval = true }
 
---- Open a recorder on path: a new pcap file (an existing one is first
--- rotated to path.1 when keep > 0), or the recorder this process already
+--- Open a recorder on path: a new pcap file (an existing one that holds
+-- packets is first rotated to path.1 when keep > 0), or the recorder this process already
 -- has on that path, shared. nil and why when the file cannot be created.
 function _M.open(path, opts)
 	if type(path) ~= "string" or path == "" then
