@@ -3,7 +3,6 @@
 -- traffic, 10,000 dropped packets recorded by scripts/examples/record_drops.lua,
 -- a recorder that goes on across a reload, and a full disk that loses
 -- records but never a verdict.
-local ffi = require "ffi"
 local nfq = require "nfq"
 local testing = require "nfq.testing"
 local H = require "helpers.net"
