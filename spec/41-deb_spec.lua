@@ -41,9 +41,9 @@ describe("make deb #kernel", function()
 		end
 		local listed = {}
 		for _, path in ipairs(files) do listed[path] = true end
-		for _, path in ipairs { "/usr/bin/nfqlua", "/usr/share/man/man1/nfqlua.1.gz", "/lib/systemd/system/nfqlua@.service",
-			"/usr/share/doc/nfqlua/examples/record_drops.lua", "/usr/share/lua/5.1/nfq.lua",
-			"/usr/share/lua/5.1/nfq/pcap.lua", "/usr/share/lua/5.1/nfq/testing.lua",
+		for _, path in ipairs { "/usr/bin/nfqlua", "/usr/share/man/man1/nfqlua.1.gz",
+			"/lib/systemd/system/nfqlua@.service", "/usr/share/doc/nfqlua/examples/record_drops.lua",
+			"/usr/share/lua/5.1/nfq.lua", "/usr/share/lua/5.1/nfq/pcap.lua", "/usr/share/lua/5.1/nfq/testing.lua",
 			"/usr/lib/" .. triplet .. "/lua/5.1/nfq/core.so", "/usr/lib/" .. triplet .. "/libnfqlua.a",
 			"/usr/include/nfq_engine.h", "/usr/include/nfq_core.h" } do
 			assert.is_true(listed[path], path)
@@ -56,7 +56,8 @@ describe("make deb #kernel", function()
 		assert.matches("/usr/share/doc/nfqlua/examples/dns_filter.lua", man, 1, true)
 		-- A plain luajit, outside the checkout, on Debian's own paths.
 		local lua = H.sh("cd /tmp && env -u LUA_PATH -u LUA_CPATH luajit -e 'local nfq = require \"nfq\"; "
-			.. "print(nfq._VERSION, package.searchpath(\"nfq\", package.path), package.searchpath(\"nfq.core\", package.cpath))'")
+			.. "print(nfq._VERSION, package.searchpath(\"nfq\", package.path), "
+			.. "package.searchpath(\"nfq.core\", package.cpath))'")
 		local shadowed = H.read_file("/usr/local/share/lua/5.1/nfq.lua") -- a make install to /usr/local comes first
 		if not shadowed then
 			assert.equal(("%s\t/usr/share/lua/5.1/nfq.lua\t/usr/lib/%s/lua/5.1/nfq/core.so\n"):format(version, triplet), lua)
