@@ -16,12 +16,17 @@ local blocked = {}
 for port in (os.getenv("NFQ_DROP_PORTS") or "23"):gmatch("%d+") do
 	blocked[tonumber(port)] = true
 end
-local recorder = assert(nfq.pcap(path, {
-	max_bytes = tonumber(os.getenv("NFQ_RECORD_MAX_BYTES") or 100e6),
-	keep = tonumber(os.getenv("NFQ_RECORD_KEEP") or 9),
-}))
+local recorder
 
 return {
+	-- Opened once the queue is bound, not as the script loads: nfqlua --check
+	-- touches no file. A reload's new version gets the same recorder.
+	on_start = function()
+		recorder = assert(nfq.pcap(path, {
+			max_bytes = tonumber(os.getenv("NFQ_RECORD_MAX_BYTES") or 100e6),
+			keep = tonumber(os.getenv("NFQ_RECORD_KEEP") or 9),
+		}))
+	end,
 	on_packet = function(pkt)
 		local l4 = pkt:tcp() or pkt:udp()
 		if l4 and blocked[l4.dport] then
