@@ -10,8 +10,10 @@ PKG_CONFIG ?= pkg-config
 # soak), what the tests add (make test), what fuzzing adds (make fuzz).
 BUILD_PACKAGES = build-essential pkg-config libnetfilter-queue-dev libnfnetlink-dev \
 	libmnl-dev libluajit2-5.1-dev luajit2 libev-dev libpcap-dev libssl-dev iptables iproute2
-TEST_PACKAGES = lua-busted lua-check tcpdump valgrind lua-luv lua-cqueues luarocks \
+TEST_PACKAGES = lua-busted lua-check tcpdump tshark valgrind lua-luv lua-cqueues luarocks \
 	nginx libnginx-mod-http-lua dnsmasq bind9-dnsutils
+# make deb (and spec/41, which runs it).
+DEB_PACKAGES = debhelper dpkg-dev lintian
 FUZZ_PACKAGES = clang
 # libcrypto: HKDF and AES for QUIC Initial packets (src/nfq_quic.c).
 CORE_PKGS = libnetfilter_queue libmnl libcrypto
@@ -52,7 +54,7 @@ SYSTEMD_DIR ?= $(PREFIX)/lib/systemd/system
 # The Lua modules, installed under LUA_MODULE_DIR. All but nfq.testing (for
 # busted specs of scripts) are also compiled into nfqlua and libnfqlua.
 LUA_FILES = nfq.lua nfq/cdef.lua nfq/engine.lua nfq/headers.lua nfq/offline.lua nfq/testing.lua \
-	nfq/flows.lua nfq/names.lua nfq/sets.lua
+	nfq/flows.lua nfq/names.lua nfq/sets.lua nfq/pcap.lua
 LUA_EMBEDDED = $(filter-out nfq/testing.lua,$(LUA_FILES))
 EXAMPLES = $(wildcard scripts/examples/*.lua) scripts/examples/embed.c \
 	$(wildcard scripts/examples/openresty/*)
@@ -61,7 +63,7 @@ BUILD = build
 CORE_SRC = src/nfq_queue.c src/nfq_packet.c src/nfq_headers.c src/nfq_send.c src/nfq_reject.c \
 	src/nfq_buffer.c src/nfq_build.c src/nfq_version.c src/nfq_flows.c \
 	src/nfq_names.c src/nfq_dns.c src/nfq_tls.c src/nfq_quic.c src/nfq_http.c \
-	src/nfq_set_common.c src/nfq_domainset.c src/nfq_ipset.c
+	src/nfq_set_common.c src/nfq_domainset.c src/nfq_ipset.c src/nfq_pcap.c
 ENGINE_SRC = src/nfq_engine.c
 # The daemon: main() and flags, its workers, its log, --replay.
 DAEMON_SRC = src/nfq_daemon.c src/nfq_workers.c src/nfq_log.c src/nfq_replay.c
@@ -77,7 +79,7 @@ FUZZ_SECONDS ?= 600
 FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -fvisibility=hidden
 FUZZ_TARGETS = packet headers reject build flows dns dns_reply tls quic http sets
 
-.PHONY: all lib asan tsan deps deps-build deps-fuzz lint test unit demo bench bench-scale bench-send bench-sets soak install uninstall clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
+.PHONY: all lib asan tsan deps deps-build deps-fuzz deps-deb deb lint test unit demo bench bench-scale bench-send bench-sets soak install uninstall clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
 
 all: nfqlua lua/nfq/core.so lib
 
@@ -91,7 +93,7 @@ $(BUILD)/libnfqlua.a: $(CORE_OBJ) $(ENGINE_OBJ) $(LUA_BC_OBJ)
 	$(AR) rcs $@ $^
 
 $(BUILD)/libnfqlua.so: $(CORE_OBJ) $(ENGINE_OBJ) $(LUA_BC_OBJ)
-	$(CC) -shared -o $@ $^ $(CORE_LIBS) $(LUA_LIBS) $(EV_LIBS) -lpthread
+	$(CC) $(LDFLAGS) -shared -o $@ $^ $(CORE_LIBS) $(LUA_LIBS) $(EV_LIBS) -lpthread
 
 # install_missing PACKAGES: apt-get install those not installed yet. Debian's
 # nginx package starts a web server on port 80 when installed: a policy-rc.d
@@ -113,12 +115,14 @@ endef
 deps-build:
 	$(call install_missing,$(BUILD_PACKAGES))
 deps:
-	$(call install_missing,$(BUILD_PACKAGES) $(TEST_PACKAGES))
+	$(call install_missing,$(BUILD_PACKAGES) $(TEST_PACKAGES) $(DEB_PACKAGES))
+deps-deb:
+	$(call install_missing,$(BUILD_PACKAGES) $(DEB_PACKAGES))
 deps-fuzz:
 	$(call install_missing,$(BUILD_PACKAGES) $(FUZZ_PACKAGES))
 
 # The headers whose BEGIN CDEF ... END CDEF blocks the FFI sees, in this order.
-CDEF_HEADERS = src/nfq_core.h src/nfq_flows.h src/nfq_names.h src/nfq_sets.h
+CDEF_HEADERS = src/nfq_core.h src/nfq_flows.h src/nfq_names.h src/nfq_sets.h src/nfq_pcap.h
 
 # VERSION is the version of the Lua modules too: nfq.lua checks the core's
 # nfq_version() against it.
@@ -148,11 +152,11 @@ $(BUILD)/bc/%.o: lua/%.lua
 	$(LUAJIT) -b -n $(subst /,.,$*) $< $@
 
 lua/nfq/core.so: $(CORE_OBJ)
-	$(CC) -shared -o $@ $^ $(CORE_LIBS) -lpthread
+	$(CC) $(LDFLAGS) -shared -o $@ $^ $(CORE_LIBS) -lpthread
 
 # -Wl,-E exports the core's functions, so the module's FFI finds them in ffi.C.
 nfqlua: $(CORE_OBJ) $(ENGINE_OBJ) $(DAEMON_SRC:src/%.c=$(BUILD)/%.o) $(LUA_BC_OBJ)
-	$(CC) -o $@ $^ -Wl,-E $(CORE_LIBS) $(LUA_LIBS) $(EV_LIBS) $(PCAP_LIBS) -lpthread -ldl -lm
+	$(CC) $(LDFLAGS) -o $@ $^ -Wl,-E $(CORE_LIBS) $(LUA_LIBS) $(EV_LIBS) $(PCAP_LIBS) -lpthread -ldl -lm
 
 # Static checks of the Lua code (settings in .luacheckrc).
 lint:
@@ -305,6 +309,22 @@ install: all
 	sed 's#/usr/local/bin/#$(BINDIR)/#g' scripts/systemd/nfqlua@.service > nfqlua@.service.tmp
 	install -D -m 644 nfqlua@.service.tmp $(DESTDIR)$(SYSTEMD_DIR)/nfqlua@.service
 	rm -f nfqlua@.service.tmp
+
+# Debian packages (nfqlua, lua-nfq, libnfqlua-dev; see debian/control) in
+# build/deb/: dpkg-buildpackage builds them in a copy of the tree there, so
+# that its output stays out of the checkout's parent, and lintian checks them.
+DEB_DIR = $(BUILD)/deb
+DEB_SRC = $(DEB_DIR)/nfqlua-$(VERSION)
+
+deb: deps-deb
+	@head -n 1 debian/changelog | grep -q '^nfqlua ($(VERSION))' || { \
+		echo "make deb: the first entry of debian/changelog is not for version $(VERSION) (the file VERSION); add one with dch -v $(VERSION)" >&2; exit 1; }
+	rm -rf $(DEB_DIR)
+	mkdir -p $(DEB_SRC)
+	tar --exclude=./$(BUILD) --exclude=./.git -cf - . | tar -xf - -C $(DEB_SRC)
+	$(MAKE) -s -C $(DEB_SRC) clean
+	cd $(DEB_SRC) && DEB_BUILD_OPTIONS="nocheck noautodbgsym parallel=2" dpkg-buildpackage -b -us -uc
+	lintian --fail-on error $(DEB_DIR)/*.changes
 
 uninstall:
 	rm -f $(INSTALLED:%=$(DESTDIR)%)

@@ -26,10 +26,29 @@ end
 -- A TCP segment of 100 bytes of data, for the split.
 local tcp_segment = testing.packet { proto = "tcp", payload = ("x"):rep(100), tcp_flags = 0x18 }
 
+-- Accept, and record every nth packet with nfq.pcap into /dev/null: the
+-- packet path's part of recording (the copy into the buffer), the writer
+-- thread's write(2) on whichever CPU is free. Buffers large enough that a
+-- writer sharing the CPU with the packet path keeps up.
+local recorder = assert(nfq.pcap("/dev/null", { keep = 0, buffer_bytes = 16 * 1024 * 1024 }))
+local function record_every(n)
+	local count = 0
+	return function(pkt)
+		count = count + 1
+		if count == n then
+			count = 0
+			recorder:write(pkt)
+		end
+		pkt:accept()
+	end
+end
+
 local FILTERS = {
 	{ "`scripts/examples/accept_all.lua`", load_filter("scripts/examples/accept_all.lua") },
 	{ "`bench/filter.lua`", load_filter("bench/filter.lua") },
 	{ "`scripts/examples/port_firewall.lua`", load_filter("scripts/examples/port_firewall.lua") },
+	{ "accept, every 10th packet recorded with `nfq.pcap` (to /dev/null)", record_every(10) },
+	{ "accept, every packet recorded with `nfq.pcap` (to /dev/null)", record_every(1) },
 	-- A drop is a verdict message of its own (accepts go out in batches):
 	-- the baseline of the rows after it.
 	{ "drop", function(pkt) pkt:drop() end },

@@ -55,6 +55,7 @@ CONSUMERS=(
 	"ref-mark|C reference that marks every packet (the filter's kernel work)|bench/ref_consumer -q $QUEUE -m $MAXLEN -k 0x42"
 	"filter|nfqlua bench/filter.lua (parse IPv4+UDP, mark)|./nfqlua bench/filter.lua --queue $QUEUE --max-len $MAXLEN"
 	"lib|library mode: luajit bench/lib_filter.lua|$LUA_ENV BENCH_MAXLEN=$MAXLEN luajit bench/lib_filter.lua $QUEUE"
+	"record|nfqlua bench/record_tenth.lua (accept all, record every 10th packet with nfq.pcap)|env BENCH_RECORD=/tmp/nfq-bench-record.pcap ./nfqlua bench/record_tenth.lua --queue $QUEUE --max-len $MAXLEN"
 	"copy|nfqlua bench/copy_send.lua (drop, send two copies with a new TTL)|./nfqlua bench/copy_send.lua --queue $QUEUE --max-len $MAXLEN --send --send-mark 0x1/0x1"
 	"ruby|Ruby: ruby-nfqueue, bench/consumers/accept.rb|ruby bench/consumers/accept.rb $QUEUE $MAXLEN"
 	"go|Go: nfqueue-go (chifflier), bench/consumers/accept.go|bench/go_accept $QUEUE $MAXLEN"
@@ -145,7 +146,7 @@ cleanup() {
 	for pid in $CONS_PID $SINK_PID; do
 		kill -KILL "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
 	done
-	rm -rf "$TMP"
+	rm -rf "$TMP" /tmp/nfq-bench-record.pcap*
 }
 trap cleanup EXIT
 

@@ -227,8 +227,9 @@ local function live(pkt, level)
 end
 
 --- The struct nfq_packet behind a live Lua packet, for specs and tools; not a public API.
-function _M._c_packet(pkt)
-	return live(pkt)
+-- level blames a caller for a packet that is gone, as error() counts from the caller.
+function _M._c_packet(pkt, level)
+	return live(pkt, level and level + 2)
 end
 
 local function payload_of(p)
@@ -1508,6 +1509,12 @@ end
 -- Domain and address sets (lua/nfq/sets.lua), loaded on first use.
 function _M.domainset(source, opts) return require("nfq.sets").domainset(source, opts) end
 function _M.ipset(source, opts) return require("nfq.sets").ipset(source, opts) end
+
+
+--- Record packets to a pcap file without blocking: see nfq.pcap (lua/nfq/pcap.lua).
+function _M.pcap(path, opts)
+	return require("nfq.pcap").open(path, opts)
+end
 
 registry["nfq.module"] = _M
 return _M
