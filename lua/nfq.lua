@@ -1427,5 +1427,8 @@ function _M.stats()
 	return adopted_queue:stats()
 end
 
+--- Counters and gauges the script defines, for Prometheus (lua/nfq/metric.lua).
+_M.metric = require "nfq.metric"
+
 registry["nfq.module"] = _M
 return _M
