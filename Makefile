@@ -11,7 +11,7 @@ PKG_CONFIG ?= pkg-config
 BUILD_PACKAGES = build-essential pkg-config libnetfilter-queue-dev libnfnetlink-dev \
 	libmnl-dev libluajit2-5.1-dev luajit2 libev-dev libpcap-dev iptables iproute2 libmicrohttpd-dev
 TEST_PACKAGES = lua-busted lua-check tcpdump valgrind lua-luv lua-cqueues luarocks \
-	nginx libnginx-mod-http-lua prometheus
+	nginx libnginx-mod-http-lua prometheus curl
 FUZZ_PACKAGES = clang
 CORE_PKGS = libnetfilter_queue libmnl
 LUA_PKG = luajit

@@ -54,7 +54,7 @@ function Counter:inc()
 	self.value = self.value + 1
 end
 function Counter:add(n)
-	if type(n) ~= "number" or not (n >= 0) then bad_amount("counter:add", n) end
+	if type(n) ~= "number" or n ~= n or n < 0 then bad_amount("counter:add", n) end
 	self.value = self.value + n
 end
 function Counter:get()
@@ -116,7 +116,8 @@ end
 function Family:series(...)
 	local values = ...
 	if type(values) ~= "table" then values = { ... } end
-	return series_of(self, values, 2)
+	local s = series_of(self, values, 2)
+	return s
 end
 
 -- A series found by its label values: a string for one label, a list for
@@ -191,12 +192,14 @@ end
 -- _total, added when missing). The same declaration again, as after a
 -- reload, returns the same metric; another kind or label set is an error.
 function _M.counter(name, help, labels)
-	return declare("counter", name, help, labels)
+	local family = declare("counter", name, help, labels)
+	return family
 end
 
 --- nfq.metric.gauge(name, help, {label names}): a gauge.
 function _M.gauge(name, help, labels)
-	return declare("gauge", name, help, labels)
+	local family = declare("gauge", name, help, labels)
+	return family
 end
 
 --- Every metric of this process as text: format "openmetrics", or
