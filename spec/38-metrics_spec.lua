@@ -37,6 +37,13 @@ local function promtool_check(text)
 	return H.sh(("%s check metrics < %s; echo promtool=$?"):format(PROMTOOL, path))
 end
 
+--- The README's block marked <!-- illustrative: MARK -->.
+local function readme_block(mark)
+	local readme = assert(H.read_file(H.root .. "/README.md"))
+	local at = assert(readme:find("<!-- illustrative: " .. mark .. " -->\n```", 1, true), mark)
+	return readme:match("```%w*\n(.-)```", at)
+end
+
 describe("nfq.metric", function()
 	it("counts into series and renders them in both formats", function()
 		local c = metric.counter("spec38_requests_total", "Requests, by method.", { "method" })
@@ -91,7 +98,8 @@ describe("nfq.metric", function()
 		metric.counter("spec38_conflict_total", "", { "a" })
 		local cases = {
 			{ function() metric.gauge("spec38_conflict", "", { "a" }) end,
-				"metric 'spec38_conflict' is already declared as a counter with labels {a}: declare it the same way, or use another name" },
+				"metric 'spec38_conflict' is already declared as a counter with labels {a}: "
+					.. "declare it the same way, or use another name" },
 			{ function() metric.counter("spec38_conflict_total", "", { "b" }) end,
 				"already declared as a counter with labels {a}" },
 			{ function() metric.counter("nfqlua_mine", "") end, "are the daemon's own; use another prefix" },
@@ -113,6 +121,28 @@ describe("nfq.metric", function()
 			assert.matches(case[2], err, 1, true)
 			assert.matches("^[^\n]*38%-metrics_spec.lua:%d+: nfq%.metric", err)
 		end
+	end)
+
+	it("counts as the README's example script says, run by nfq.testing", function()
+		local testing = require "nfq.testing"
+		local script = H.tmpfile(readme_block("spec/38-metrics_spec.lua runs this block with nfq.testing"), ".lua")
+		local function counts()
+			local text = metric.render()
+			return sample(text, 'filter_packets_total{verdict="drop"}') or 0,
+				sample(text, 'filter_packets_total{verdict="accept"}') or 0
+		end
+		local dropped, accepted = counts()
+		local results = testing.run(script, {
+			testing.packet { dport = 5555 },
+			testing.packet { dport = 53, payload = "query" },
+			testing.packet { proto = "tcp", dport = 80 },
+		})
+		assert.same({ "drop", "accept", "accept" },
+			{ results[1].verdict, results[2].verdict, results[3].verdict })
+		local now_dropped, now_accepted = counts()
+		assert.equal(1, now_dropped - dropped)
+		assert.equal(2, now_accepted - accepted)
+		assert.equal(40, sample(metric.render(), "filter_last_packet_bytes"), "the last packet: IPv4 and TCP headers")
 	end)
 
 	it("adds to a series without allocating, JIT-compiled", function()
@@ -138,6 +168,64 @@ describe("nfq.metric", function()
 end)
 
 local have_prometheus = exists(PROMETHEUS) and exists(PROMTOOL)
+
+describe("nfq.metric in nginx #kernel", function()
+	local NGINX = "/usr/sbin/nginx"
+	local MODULES = { "/usr/lib/nginx/modules/ndk_http_module.so", "/usr/lib/nginx/modules/ngx_http_lua_module.so" }
+
+	it("renders from a location, as the README shows", function()
+		if not (exists(NGINX) and exists(MODULES[2])) then
+			pending("nginx with its Lua module is not installed (apt-get install nginx libnginx-mod-http-lua)")
+			return
+		end
+		H.fresh_netns()
+		local dir = H.sh("mktemp -d"):gsub("%s+$", "")
+		local conf = ([[
+load_module %s;
+load_module %s;
+user root;
+worker_processes 1;
+pid nginx.pid;
+error_log stderr notice;
+events { worker_connections 64; }
+http {
+	access_log off;
+	client_body_temp_path tmp; proxy_temp_path tmp; fastcgi_temp_path tmp; uwsgi_temp_path tmp; scgi_temp_path tmp;
+	lua_package_path "%s/lua/?.lua;;";
+	lua_package_cpath "%s/lua/?.so;;";
+	server {
+		listen 127.0.0.1:8081;
+		location = /hit {
+			content_by_lua_block {
+				require("nfq").metric.counter("spec38_nginx_hits_total", "Requests to /hit."):series():inc()
+				ngx.say("ok")
+			}
+		}
+%s
+	}
+}
+]]):format(MODULES[1], MODULES[2], H.root, H.root, readme_block("spec/38-metrics_spec.lua runs this block in nginx"))
+		local f = assert(io.open(dir .. "/nginx.conf", "w"))
+		f:write(conf)
+		f:close()
+		os.execute(("( setsid %s -p %s/ -c nginx.conf -g 'daemon off;' > %s/log 2>&1 & echo $! > %s/pid )")
+			:format(NGINX, dir, dir, dir))
+		local pid = H.wait_for(function() return tonumber(H.read_file(dir .. "/pid") or "") end, 5, "nginx to start")
+		finally(function()
+			os.execute(("kill -QUIT %d 2>/dev/null"):format(pid))
+			pcall(H.wait_for, function() return not exists("/proc/" .. pid .. "/stat") end, 10, "nginx to exit")
+			os.execute(("kill -KILL -%d 2>/dev/null; rm -rf %s"):format(pid, dir))
+		end)
+		H.wait_for(function() return pcall(H.sh, "curl -sf -m 2 http://127.0.0.1:8081/hit") end, 10,
+			"nginx to answer; its log:\n" .. (H.read_file(dir .. "/log") or ""))
+		H.sh("curl -sf -m 2 http://127.0.0.1:8081/hit")
+		local headers = H.tmpfile("")
+		local text = H.sh(("curl -sf -m 2 -D %s http://127.0.0.1:8081/metrics"):format(headers))
+		assert.equal(2, sample(text, "spec38_nginx_hits_total"), text)
+		assert.matches("Content-Type: text/plain; version=0.0.4; charset=utf-8", H.read_file(headers), 1, true)
+		assert.matches("promtool=0", promtool_check(text), 1, true)
+	end)
+end)
 
 --- A Prometheus server on 127.0.0.1:PROM_PORT that scrapes the daemon every second.
 local function start_prometheus()

@@ -71,16 +71,15 @@ double *nfq_metric_series(int family, const char *const *values, int n_values, c
 char *nfq_metrics_render(int format, size_t *len);
 void nfq_metrics_free(char *text);
 /* END CDEF */
+#pragma GCC visibility pop
 
 /*
  * The worker column the calling thread's series use: the daemon gives each
  * worker thread its index (0..NFQ_METRIC_MAX_WORKERS-1) before it loads the
- * script; every other thread uses column 0. A host that runs scripts in
- * several threads gives each its own index, or the threads' increments of
- * one series can be lost.
+ * script; every other thread uses column 0 (library hosts run their scripts
+ * in one thread).
  */
 void nfq_metrics_set_worker(unsigned index);
-#pragma GCC visibility pop
 
 /* A growing text buffer; `failed` once an allocation failed. */
 struct nfq_metrics_text {
