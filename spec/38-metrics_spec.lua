@@ -399,6 +399,12 @@ except OSError as e:
 			return text and sample(text, 'nfqlua_packets_received_total{queue="0"}') == 30
 		end, 15, "a scrape after the bad clients")
 		assert.equal(0, sample(text, 'nfqlua_fallback_verdicts_total{queue="0"}'))
+		local url = "http://127.0.0.1:" .. METRICS_PORT
+		-- Prometheus keeps its connection: two scrapes over one.
+		assert.matches("Re-using existing connection", H.sh(("curl -sv -o /dev/null -o /dev/null %s/metrics %s/metrics 2>&1")
+			:format(url, url)), 1, true)
+		assert.equal("405 404", H.sh(("curl -s -o /dev/null -w '%%{http_code} ' -X POST -d x %s/metrics; "
+			.. "curl -s -o /dev/null -w '%%{http_code}' %s/"):format(url, url)))
 		d:signal("TERM")
 		assert.equal(0, d:wait())
 	end)

@@ -368,7 +368,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	(void)cls;
 	(void)version;
 	(void)upload_data;
-	(void)con_cls;
+	/* The first call comes with the headers: answering only once the whole
+	 * request is in (an empty call) lets the connection be kept alive. */
+	static int headers_seen;
+	if (!*con_cls) {
+		*con_cls = &headers_seen;
+		return MHD_YES;
+	}
 	if (*upload_data_size) {
 		*upload_data_size = 0;	/* a body is ignored */
 		return MHD_YES;
