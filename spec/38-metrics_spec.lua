@@ -145,7 +145,7 @@ describe("nfq.metric", function()
 		assert.equal(40, sample(metric.render(), "filter_last_packet_bytes"), "the last packet: IPv4 and TCP headers")
 	end)
 
-	it("adds to a series without allocating, JIT-compiled", function()
+	it("adds to a series without allocating", function()
 		local s = metric.counter("spec38_hot_total", ""):series()
 		local g = metric.gauge("spec38_hot_gauge", ""):series()
 		local function run(n)
@@ -407,6 +407,29 @@ except OSError as e:
 			.. "curl -s -o /dev/null -w '%%{http_code}' %s/"):format(url, url)))
 		d:signal("TERM")
 		assert.equal(0, d:wait())
+	end)
+
+	it("refuses a reload that declares a metric another way, and counts on", function()
+		H.sh("iptables -A OUTPUT -o lo -p udp --dport 9200 -j NFQUEUE --queue-num 0")
+		local rx = H.udp("0.0.0.0", 9200)
+		local script = H.tmpfile([[
+local seen = require("nfq").metric.counter("spec_seen_total", "Packets seen.", { "port" }):series("9200")
+return function(pkt) seen:inc() pkt:accept() end
+]], ".lua")
+		local d = H.daemon(("%s --queue 0 --metrics 127.0.0.1:%d"):format(script, METRICS_PORT))
+		H.wait_queue_ready(0)
+		assert.equal(5, traffic(rx, 5))
+		local f = assert(io.open(script, "w"))
+		f:write('require("nfq").metric.gauge("spec_seen", "Now a gauge.")\nreturn function(pkt) pkt:accept() end\n')
+		f:close()
+		d:signal("HUP")
+		d:wait_output("reload of " .. script .. " failed, version 1 keeps running: " .. script .. ":1: "
+			.. "nfq.metric.gauge: metric 'spec_seen' is already declared as a counter with labels {port}")
+		assert.equal(5, traffic(rx, 5))
+		local text = scrape("127.0.0.1:" .. METRICS_PORT)
+		assert.equal(10, sample(text, 'spec_seen_total{port="9200"}'))
+		assert.equal(1, sample(text, 'nfqlua_reload_failures_total{queue="0"}'))
+		assert.equal(1, sample(text, "nfqlua_script_version"))
 	end)
 
 	it("serves on IPv6 and on a unix socket, which it removes at exit and replaces when stale", function()
