@@ -445,7 +445,7 @@ return function(pkt) seen:inc() pkt:accept() end
 		assert.equal(1, sample(text, "nfqlua_script_version"))
 	end)
 
-	it("serves on IPv6 and on a unix socket, which it removes at exit and replaces when stale", function()
+	it("serves on IPv6, and on a unix socket (with --user) that it removes at exit and replaces when stale", function()
 		local script = H.tmpfile("return function(pkt) pkt:accept() end", ".lua")
 		local d = H.daemon(("%s --queue 0 --metrics '[::1]:%d'"):format(script, METRICS_PORT))
 		H.wait_queue_ready(0)
@@ -463,12 +463,16 @@ return function(pkt) seen:inc() pkt:accept() end
 		local path = dir .. "/nfqlua.sock"
 		-- A socket file left by a daemon that was killed.
 		H.sh(("python3 -c 'import socket; s = socket.socket(socket.AF_UNIX); s.bind(\"%s\")'"):format(path))
-		d = H.daemon(("%s --queue 0 --metrics unix:%s"):format(script, path))
+		-- The daemon runs as nobody: the directory is nobody's, so that it can remove the socket.
+		H.sh("chown nobody " .. dir)
+		d = H.daemon(("%s --queue 0 --user nobody --metrics unix:%s"):format(script, path))
 		H.wait_queue_ready(0)
-		H.wait_for(function()
+		local text = H.wait_for(function()
 			local ok, body = pcall(scrape, "localhost", nil, path)
-			return ok and body:find("nfqlua_build_info", 1, true)
+			return ok and body:find("nfqlua_build_info", 1, true) and body
 		end, 5, "metrics on the unix socket")
+		-- Root's alone, the kernel's counters were opened before giving up root.
+		assert.equal(0, sample(text, 'nfqlua_kernel_queue_full_drops_total{queue="0"}'), text)
 		d:signal("TERM")
 		assert.equal(0, d:wait())
 		assert.is_false(exists(path), "the socket file is removed at exit")
