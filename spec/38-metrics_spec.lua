@@ -487,6 +487,12 @@ return function(pkt) seen:inc() pkt:accept() end
 		assert.equal(("nfqlua: --metrics 127.0.0.1:%d: cannot listen: Address already in use; stop what listens "
 			.. "there, or give --metrics another address\n"):format(METRICS_PORT), out)
 		assert.is_nil(H.queue_info(0))
+		-- A file that is not a socket is never taken for a stale one.
+		local file = H.tmpfile("precious")
+		rc, out = H.run_nfqlua(("%s --queue 0 --metrics unix:%s"):format(script, file))
+		assert.equal(1, rc)
+		assert.matches("cannot listen: Address already in use", out, 1, true)
+		assert.equal("precious", H.read_file(file))
 		for _, bad in ipairs { "9640", "localhost:9640", "127.0.0.1:0", "127.0.0.1:70000", "[::1]9640", "unix:" } do
 			rc, out = H.run_nfqlua(("%s --queue 0 --metrics '%s'"):format(script, bad))
 			assert.equal(2, rc, bad)

@@ -139,9 +139,13 @@ int nfq_metrics_check_addr(const char *addr, char *err, size_t errlen)
 	return parse_addr(addr, &a, err, errlen);
 }
 
-/* A unix socket nobody accepts on any more (a daemon that was killed): 1. */
+/* A unix socket nobody accepts on any more (a daemon that was killed): 1.
+ * Anything but a socket at that path is never taken for one. */
 static int stale_unix_socket(const struct address *a)
 {
+	struct stat st;
+	if (lstat(((const struct sockaddr_un *)&a->sa)->sun_path, &st) < 0 || !S_ISSOCK(st.st_mode))
+		return 0;
 	int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (probe < 0)
 		return 0;
