@@ -9,9 +9,9 @@ PKG_CONFIG ?= pkg-config
 # Debian packages: what building and running nfqlua needs (make demo, bench,
 # soak), what the tests add (make test), what fuzzing adds (make fuzz).
 BUILD_PACKAGES = build-essential pkg-config libnetfilter-queue-dev libnfnetlink-dev \
-	libmnl-dev libluajit2-5.1-dev luajit2 libev-dev libpcap-dev libssl-dev iptables iproute2
+	libmnl-dev libluajit2-5.1-dev luajit2 libev-dev libpcap-dev libssl-dev libmicrohttpd-dev iptables iproute2
 TEST_PACKAGES = lua-busted lua-check tcpdump tshark valgrind lua-luv lua-cqueues luarocks \
-	nginx libnginx-mod-http-lua dnsmasq bind9-dnsutils
+	nginx libnginx-mod-http-lua dnsmasq bind9-dnsutils prometheus curl
 # make deb (and spec/41, which runs it).
 DEB_PACKAGES = debhelper dpkg-dev lintian
 FUZZ_PACKAGES = clang
@@ -39,6 +39,8 @@ CORE_LIBS = $(shell $(PKG_CONFIG) --libs $(CORE_PKGS))
 LUA_CFLAGS = $(shell $(PKG_CONFIG) --cflags $(LUA_PKG))
 LUA_LIBS = $(shell $(PKG_CONFIG) --libs $(LUA_PKG))
 PCAP_LIBS = $(shell $(PKG_CONFIG) --libs libpcap)
+# The daemon's --metrics HTTP server.
+MHD_LIBS = $(shell $(PKG_CONFIG) --libs libmicrohttpd)
 # Debian's libev ships no pkg-config file.
 EV_LIBS = $(shell $(PKG_CONFIG) --libs libev 2>/dev/null || echo -lev)
 
@@ -54,7 +56,7 @@ SYSTEMD_DIR ?= $(PREFIX)/lib/systemd/system
 # The Lua modules, installed under LUA_MODULE_DIR. All but nfq.testing (for
 # busted specs of scripts) are also compiled into nfqlua and libnfqlua.
 LUA_FILES = nfq.lua nfq/cdef.lua nfq/engine.lua nfq/headers.lua nfq/offline.lua nfq/testing.lua \
-	nfq/flows.lua nfq/names.lua nfq/sets.lua nfq/pcap.lua
+	nfq/flows.lua nfq/names.lua nfq/sets.lua nfq/pcap.lua nfq/metric.lua
 LUA_EMBEDDED = $(filter-out nfq/testing.lua,$(LUA_FILES))
 EXAMPLES = $(wildcard scripts/examples/*.lua) scripts/examples/embed.c \
 	$(wildcard scripts/examples/openresty/*)
@@ -63,10 +65,10 @@ BUILD = build
 CORE_SRC = src/nfq_queue.c src/nfq_packet.c src/nfq_headers.c src/nfq_send.c src/nfq_reject.c \
 	src/nfq_buffer.c src/nfq_build.c src/nfq_version.c src/nfq_flows.c \
 	src/nfq_names.c src/nfq_dns.c src/nfq_tls.c src/nfq_quic.c src/nfq_http.c \
-	src/nfq_set_common.c src/nfq_domainset.c src/nfq_ipset.c src/nfq_pcap.c
+	src/nfq_set_common.c src/nfq_domainset.c src/nfq_ipset.c src/nfq_pcap.c src/nfq_metrics.c
 ENGINE_SRC = src/nfq_engine.c
 # The daemon: main() and flags, its workers, its log, --replay.
-DAEMON_SRC = src/nfq_daemon.c src/nfq_workers.c src/nfq_log.c src/nfq_replay.c
+DAEMON_SRC = src/nfq_daemon.c src/nfq_workers.c src/nfq_log.c src/nfq_replay.c src/nfq_metrics_server.c
 CORE_OBJ = $(CORE_SRC:src/%.c=$(BUILD)/%.o)
 ENGINE_OBJ = $(ENGINE_SRC:src/%.c=$(BUILD)/%.o)
 # Module bytecode linked into the binary: require finds luaJIT_BC_<name>.
@@ -122,7 +124,7 @@ deps-fuzz:
 	$(call install_missing,$(BUILD_PACKAGES) $(FUZZ_PACKAGES))
 
 # The headers whose BEGIN CDEF ... END CDEF blocks the FFI sees, in this order.
-CDEF_HEADERS = src/nfq_core.h src/nfq_flows.h src/nfq_names.h src/nfq_sets.h src/nfq_pcap.h
+CDEF_HEADERS = src/nfq_core.h src/nfq_flows.h src/nfq_names.h src/nfq_sets.h src/nfq_pcap.h src/nfq_metrics.h
 
 # VERSION is the version of the Lua modules too: nfq.lua checks the core's
 # nfq_version() against it.
@@ -156,7 +158,7 @@ lua/nfq/core.so: $(CORE_OBJ)
 
 # -Wl,-E exports the core's functions, so the module's FFI finds them in ffi.C.
 nfqlua: $(CORE_OBJ) $(ENGINE_OBJ) $(DAEMON_SRC:src/%.c=$(BUILD)/%.o) $(LUA_BC_OBJ)
-	$(CC) $(LDFLAGS) -o $@ $^ -Wl,-E $(CORE_LIBS) $(LUA_LIBS) $(EV_LIBS) $(PCAP_LIBS) -lpthread -ldl -lm
+	$(CC) $(LDFLAGS) -o $@ $^ -Wl,-E $(CORE_LIBS) $(LUA_LIBS) $(EV_LIBS) $(PCAP_LIBS) $(MHD_LIBS) -lpthread -ldl -lm
 
 # Static checks of the Lua code (settings in .luacheckrc).
 lint:
@@ -224,7 +226,7 @@ $(BUILD)/$(1)/%.o: src/%.c Makefile
 	$$(CC) $$(CPPFLAGS) $$(CFLAGS) $(2) $$(DEPFLAGS) $$(CORE_CFLAGS) $$(LUA_CFLAGS) -c -o $$@ $$<
 
 $(BUILD)/$(1)/nfqlua: $(DAEMON_ALL_SRC:src/%.c=$(BUILD)/$(1)/%.o) $$(LUA_BC_OBJ)
-	$$(CC) $(2) -o $$@ $$^ -Wl,-E $$(CORE_LIBS) $$(LUA_LIBS) $$(EV_LIBS) $$(PCAP_LIBS) -lpthread -ldl -lm
+	$$(CC) $(2) -o $$@ $$^ -Wl,-E $$(CORE_LIBS) $$(LUA_LIBS) $$(EV_LIBS) $$(PCAP_LIBS) $$(MHD_LIBS) -lpthread -ldl -lm
 
 $(1): $(BUILD)/$(1)/nfqlua
 endef

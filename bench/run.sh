@@ -52,6 +52,7 @@ LUA_ENV="env LUA_PATH='lua/?.lua;;' LUA_CPATH='lua/?.so;;'"
 CONSUMERS=(
 	"ref|C reference (libmnl, recvmmsg, batch verdict)|bench/ref_consumer -q $QUEUE -m $MAXLEN"
 	"accept|nfqlua scripts/examples/accept_all.lua|./nfqlua scripts/examples/accept_all.lua --queue $QUEUE --max-len $MAXLEN"
+	"accept-scraped|nfqlua scripts/examples/accept_all.lua, /metrics scraped every 100 ms|bench/scraped.sh 127.0.0.1:9640 ./nfqlua scripts/examples/accept_all.lua --queue $QUEUE --max-len $MAXLEN --metrics 127.0.0.1:9640"
 	"ref-mark|C reference that marks every packet (the filter's kernel work)|bench/ref_consumer -q $QUEUE -m $MAXLEN -k 0x42"
 	"filter|nfqlua bench/filter.lua (parse IPv4+UDP, mark)|./nfqlua bench/filter.lua --queue $QUEUE --max-len $MAXLEN"
 	"lib|library mode: luajit bench/lib_filter.lua|$LUA_ENV BENCH_MAXLEN=$MAXLEN luajit bench/lib_filter.lua $QUEUE"

@@ -1510,11 +1510,13 @@ end
 function _M.domainset(source, opts) return require("nfq.sets").domainset(source, opts) end
 function _M.ipset(source, opts) return require("nfq.sets").ipset(source, opts) end
 
-
 --- Record packets to a pcap file without blocking: see nfq.pcap (lua/nfq/pcap.lua).
 function _M.pcap(path, opts)
 	return require("nfq.pcap").open(path, opts)
 end
+
+--- Counters and gauges the script defines, for Prometheus (lua/nfq/metric.lua).
+_M.metric = require "nfq.metric"
 
 registry["nfq.module"] = _M
 return _M

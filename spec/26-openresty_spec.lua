@@ -166,6 +166,11 @@ describe("OpenResty example #kernel", function()
 			{ received = s.received, accepted = s.accepted, dropped = s.dropped, fallback = s.fallback,
 				script_errors = s.script_errors })
 		assert.equal(tostring(BLOCKED), s.blocked)
+		-- Worker 0's nfq.metric counters, published with the stats.
+		local status, metrics = get("/metrics")
+		assert.equal(200, status)
+		assert.matches('\nnfq_filter_packets_total{verdict="drop"} 2\n', metrics, 1, true)
+		assert.matches('\nnfq_filter_packets_total{verdict="accept"} 4\n', metrics, 1, true)
 		-- Only worker 0 tried to bind, and the filter raised nothing.
 		assert.same({}, problems(nginx.log()))
 

@@ -22,6 +22,7 @@
 #include <linux/capability.h>
 
 #include "nfq_log.h"
+#include "nfq_metrics_server.h"
 #include "nfq_replay.h"
 #include "nfq_workers.h"
 #include "nfq_engine.h"
@@ -77,6 +78,9 @@ static const char usage[] =
 	"      --bypass-mark MARK[/MASK]  what pkt:bypass() sets in the packet's mark:\n"
 	"                         the bits of MASK (default: MARK's) to MARK's, for the\n"
 	"                         CONNMARK rules that skip the queue (default 0x40000000)\n"
+	"      --metrics ADDR     serve Prometheus metrics at http://ADDR/metrics, ADDR\n"
+	"                         being IPv4:PORT, [IPv6]:PORT or unix:PATH\n"
+	"                         (as 127.0.0.1:9640); bound before --user\n"
 	"      --pidfile PATH     write the pid to PATH once every queue is bound;\n"
 	"                         removed at exit\n"
 	"      --syslog           log to syslog (facility daemon) instead of stderr\n"
@@ -98,6 +102,7 @@ struct cli {
 	int have_queue;
 	uint32_t last_queue;	/* --queue A-B: queue_num is A, last_queue is B */
 	const char *pidfile;
+	const char *metrics;	/* --metrics ADDR */
 	const char *user;	/* --user */
 	int syslog;
 	int send;		/* --send */
@@ -285,6 +290,15 @@ static void set_bypass_mark(struct cli *cli, const struct flag *f, const char *v
 	cli->engine.bypass_mask = mask;
 }
 
+static void set_metrics(struct cli *cli, const struct flag *f, const char *value)
+{
+	(void)f;
+	char err[256];
+	if (nfq_metrics_check_addr(value, err, sizeof err) < 0)
+		usage_error("%s", err);
+	cli->metrics = value;
+}
+
 static void set_log_level(struct cli *cli, const struct flag *f, const char *value)
 {
 	(void)cli;
@@ -362,6 +376,7 @@ static const struct flag flags[] = {
 	{ "send-mark", 0, VALUE, LIVE | REPLAY, .set = set_send_mark },
 	{ "bypass-mark", 0, VALUE, LIVE | REPLAY, .set = set_bypass_mark },
 	{ "pidfile", 0, VALUE, LIVE, .set = set_text, FIELD(pidfile), .expect = "a path" },
+	{ "metrics", 0, VALUE, LIVE, .set = set_metrics },
 	{ "syslog", 0, SWITCH, ANY, .set = set_true, FIELD(syslog) },
 	{ "log-level", 0, VALUE, ANY, .set = set_log_level, .choices = log_levels,
 	  .expect = "error, warn, info or debug" },
@@ -647,6 +662,11 @@ int main(int argc, char **argv)
 	unsigned n_senders = cli.send ? (live ? n_queues : 1) : 0;
 	if (open_senders(&cli, live, n_senders, senders) < 0)
 		return 1;
+	/* Bound as root, so that a privileged port or /run works with --user. */
+	if (cli.metrics && live && nfq_metrics_listen(cli.metrics, err, sizeof err) < 0) {
+		fprintf(stderr, "nfqlua: %s\n", err);
+		goto fail;
+	}
 	/* From here on, the script is only read as the user it runs as. */
 	if (cli.user && drop_privileges(cli.user) < 0)
 		goto fail;
@@ -690,11 +710,13 @@ int main(int argc, char **argv)
 	ev_signal_start(loop, &sighup);
 	ev_signal_start(loop, &sigusr1);
 	/* After the watchers: a stop from here on removes the new file too. */
-	if (cli.pidfile && prepare_pidfile(cli.pidfile, cli.user) < 0) {
-		close_senders(senders, n_senders);
-		return 1;
-	}
+	if (cli.pidfile && prepare_pidfile(cli.pidfile, cli.user) < 0)
+		goto fail;
 
+	if (cli.metrics && nfq_metrics_serve(cli.engine.script, cli.engine.queue_num, n_queues, err, sizeof err) < 0) {
+		fprintf(stderr, "nfqlua: %s\n", err);
+		goto fail;
+	}
 	int started = nfq_workers_start(loop, &cli.engine, n_queues, kernel_stats_fds,
 					cli.send ? senders : NULL);
 	if (started == 0 && cli.pidfile && place_pidfile() < 0)
@@ -718,6 +740,8 @@ int main(int argc, char **argv)
 	ev_signal_stop(loop, &sigterm);
 	signal(SIGINT, exit_now);
 	signal(SIGTERM, exit_now);
+	/* Scrapes read the engines' counters: they end before the engines do. */
+	nfq_metrics_stop();
 	nfq_workers_stop();
 	if (remove_pidfile() < 0)
 		nfq_log(NFQ_LOG_WARN, "cannot remove pidfile '%s': %s", pidfile.path, strerror(errno));
@@ -730,6 +754,7 @@ int main(int argc, char **argv)
 	return 0;
 fail:
 	close_senders(senders, n_senders);
+	nfq_metrics_stop();
 	remove_pidfile();
 	return 1;
 }

@@ -958,6 +958,13 @@ unsigned nfq_engine_version(const struct nfq_engine *e)
 	return e->version;
 }
 
+size_t nfq_engine_lua_bytes(const struct nfq_engine *e)
+{
+	if (!e->cur.L)
+		return (size_t)e->lua_kb * 1024;
+	return (size_t)lua_gc(e->cur.L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(e->cur.L, LUA_GCCOUNTB, 0);
+}
+
 struct nfq_engine *nfq_engine_create(struct ev_loop *loop,
 				     const struct nfq_engine_opts *opts,
 				     char *err, size_t errlen)

@@ -138,6 +138,9 @@ void nfq_engine_reload_abort(struct nfq_engine *e);
 /* The script version running: 1 at start, +1 per reload. */
 unsigned nfq_engine_version(const struct nfq_engine *e);
 
+/* The bytes the running script's Lua state uses. */
+size_t nfq_engine_lua_bytes(const struct nfq_engine *e);
+
 /* Counters; valid until nfq_engine_free(). */
 const struct nfq_stats *nfq_engine_stats(const struct nfq_engine *e);
 

@@ -17,10 +17,14 @@
 #include <ev.h>
 
 #include "nfq_log.h"
+#include "nfq_metrics.h"
+#include "nfq_metrics_server.h"
 #include "nfq_workers.h"
 
 /* How long a stopping worker may take before its script is interrupted. */
 #define STOP_GRACE_MS 2000
+/* With --metrics: how often a worker publishes its Lua heap. */
+#define HEAP_PUBLISH_S 1.0
 
 /* A worker's part in a reload: see begin_reload(). */
 enum reload_step { RELOAD_IDLE, RELOAD_PREPARING, RELOAD_PREPARED, RELOAD_FAILED, RELOAD_DECIDING, RELOAD_DONE };
@@ -31,6 +35,7 @@ struct worker {
 	struct ev_loop *loop;
 	struct nfq_engine_opts opts;
 	ev_async reload, decide, stats, stop;
+	ev_timer heap;		/* with --metrics */
 	int kernel_stats_fd;	/* opened before --user gave up root, or -1 */
 	/* Under lock: */
 	struct nfq_engine *engine;	/* once created; freed by the main thread after the join */
@@ -127,10 +132,20 @@ static void on_decide_async(struct ev_loop *loop, ev_async *w, int revents)
 	wake_main();
 }
 
+static void on_heap_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	(void)loop;
+	(void)revents;
+	struct worker *wk = w->data;
+	nfq_metrics_worker_heap((unsigned)(wk - workers), nfq_engine_lua_bytes(wk->engine));
+}
+
 static void *worker_main(void *arg)
 {
 	struct worker *wk = arg;
 	char err[sizeof wk->err];
+	/* The script's metric series write this worker's cells. */
+	nfq_metrics_set_worker((unsigned)(wk - workers));
 	struct nfq_engine *e = nfq_engine_create(wk->loop, &wk->opts, err, sizeof err);
 	pthread_mutex_lock(&lock);
 	wk->engine = e;
@@ -148,6 +163,12 @@ static void *worker_main(void *arg)
 	for (unsigned i = 0; ok && i < sizeof asyncs / sizeof *asyncs; i++) {
 		asyncs[i]->data = wk;
 		ev_async_start(wk->loop, asyncs[i]);
+	}
+	if (ok && nfq_metrics_enabled()) {
+		nfq_metrics_worker_serving((unsigned)(wk - workers), nfq_engine_stats(e));
+		ev_timer_init(&wk->heap, on_heap_timer, 0, HEAP_PUBLISH_S);
+		wk->heap.data = wk;
+		ev_timer_start(wk->loop, &wk->heap);
 	}
 	pthread_mutex_lock(&lock);
 	wk->started = ok ? 1 : -1;
@@ -233,6 +254,7 @@ static void advance_reload(void)
 	pthread_mutex_unlock(&lock);
 	if (committed) {
 		version++;
+		nfq_metrics_script_reloaded(version);
 		nfq_log(NFQ_LOG_INFO, "%s: reloaded %s: version %u runs now, %d held packets handed to it",
 			tag, script, version, handed);
 	}

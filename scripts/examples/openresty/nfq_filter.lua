@@ -5,8 +5,9 @@
 --
 -- Shared dict keys: "port:N" (N is blocked), "version" (bumped by every
 -- change), "applied" (the version the filter uses), "stats" (JSON counters,
--- written by the worker that holds the queue), "checked" (the master could
--- bind the queue at start).
+-- written by the worker that holds the queue), "metrics" (the same worker's
+-- nfq.metric text, for Prometheus), "checked" (the master could bind the
+-- queue at start).
 local found, nfq = pcall(require, "nfq")
 if not found then
 	error("nfq_filter: cannot load the nfq module (" .. tostring(nfq):match("^[^\n]*")
@@ -45,12 +46,18 @@ local blocked = {}
 local seen_version
 local handled = 0
 
+-- Counted in worker 0 (its own process memory), published to the dict.
+local verdicts = nfq.metric.counter("nfq_filter_packets_total", "Packets the filter saw, by verdict.", { "verdict" })
+local dropped, accepted = verdicts:series("drop"), verdicts:series("accept")
+
 local function on_packet(pkt)
 	handled = handled + 1
 	local udp = pkt:udp()
 	if udp and blocked[udp.dport] then
+		dropped:inc()
 		pkt:drop()
 	else
+		accepted:inc()
 		pkt:accept()
 	end
 end
@@ -84,6 +91,7 @@ local function publish(q, queue_num)
 	sort(ports)
 	fields[#fields + 1] = '"blocked":[' .. concat(ports, ",") .. "]"
 	dict:set("stats", "{" .. concat(fields, ",") .. "}\n")
+	dict:set("metrics", (nfq.metric.render()))
 end
 
 local last_bind_error
@@ -142,6 +150,7 @@ function serve(premature, opts)
 	-- Stale counters go first: the next holder publishes only once it is
 	-- bound, which needs this socket closed.
 	dict:delete("stats")
+	dict:delete("metrics")
 	-- Unbinding gives packets still in the socket the fallback verdict now,
 	-- instead of leaving them to the kernel when the socket goes.
 	q:close()
@@ -250,6 +259,18 @@ function _M.stats()
 	end
 	ngx.header.content_type = "application/json"
 	ngx.print(s)
+end
+
+--- Worker 0's metrics in Prometheus' text format, from whichever worker
+-- serves the request. A new worker 0 (nginx -s reload) counts from zero,
+-- which Prometheus reads as a counter reset.
+function _M.metrics()
+	local text = dict:get("metrics")
+	if not text then
+		return reply(ngx.HTTP_SERVICE_UNAVAILABLE, "the queue is not bound yet")
+	end
+	ngx.header.content_type = "text/plain; version=0.0.4; charset=utf-8"
+	ngx.print(text)
 end
 
 return _M
