@@ -312,6 +312,12 @@ for _, name in ipairs { "bypass-input", "bypass-output", "bypass-forward" } do
 	end
 end
 
+-- The nftables bypass set: spec/42-nftables_spec.lua runs it.
+checks["nft-bypass"] = function()
+	local spec = assert(H.read_file(H.root .. "/spec/42-nftables_spec.lua"))
+	assert.truthy(spec:find("nft-bypass", 1, true), "spec/42 does not run the block nft-bypass")
+end
+
 describe("README blocks", function()
 	it("are each run by a check here or marked illustrative", function()
 		local unmarked, unknown, used = {}, {}, {}

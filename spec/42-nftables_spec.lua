@@ -3,7 +3,8 @@
 -- the kernel must accept each set up to its `queue` statements (nft parses the
 -- whole file; the only errors are the missing queue expression's), and the
 -- set with every `queue` statement replaced by a `counter` must load and list
--- back. Sets without `queue` (the mark rules) are loaded as they are.
+-- back. Sets without `queue` (the mark rules) are loaded as they are. The
+-- bypass set runs with a stand-in for a bypass verdict in place of `queue`.
 local H = require "helpers.net"
 
 local function nft_blocks()
@@ -12,7 +13,8 @@ local function nft_blocks()
 	local line = 1
 	for before, body in text:gmatch("()```nft\n(.-)```") do
 		local _, lines = text:sub(1, before):gsub("\n", "")
-		blocks[#blocks + 1] = { line = line + lines, text = body }
+		local marker = text:sub(1, before - 1):match("<!%-%- check: ([%w-]+) %-%->\n$")
+		blocks[#blocks + 1] = { line = line + lines, text = body, check = marker }
 	end
 	return blocks
 end
@@ -45,6 +47,35 @@ describe("README nftables rules", function()
 		assert.matches("queue num %d+%-%d+ fanout", all)
 		assert.matches("meta mark & 0x1 == 0x1", all, 1, true)
 		assert.matches("ct mark", all, 1, true)
+	end)
+
+	it("for bypass keep a connection out of the queue once its packet has the bypass bit", function()
+		local set
+		for _, b in ipairs(blocks) do
+			if b.check == "nft-bypass" then set = b.text end
+		end
+		assert.truthy(set, "no ```nft block marked <!-- check: nft-bypass -->")
+		-- What a script's pkt:bypass() does to every packet it sees.
+		local path = nft_file((set:gsub("queue num 1\n", "meta mark set meta mark | 0x40000000\n")))
+		H.sh("nft -f " .. path)
+		os.remove(path)
+		local server = H.tcp_listen("127.0.0.1", 7171)
+		local client = H.tcp_connect("127.0.0.1", 7171)
+		local conn = assert(server:accept(2))
+		for _ = 1, 5 do
+			client:send("ping")
+			assert.equal("ping", conn:recv(2))
+		end
+		client:close(); conn:close(); server:close()
+		-- Each hook's accept rule: input and output both see loopback.
+		local accepted = {}
+		local rule = "chain (%w+) {[^}]-ct mark & 0x40000000 == 0x40000000 counter packets (%d+)"
+		for chain, n in H.sh("nft list ruleset"):gmatch(rule) do
+			accepted[chain] = tonumber(n)
+		end
+		assert.is_true(accepted.input >= 5, "input accepted " .. tostring(accepted.input))
+		assert.is_true(accepted.output >= 5, "output accepted " .. tostring(accepted.output))
+		assert.equal(0, accepted.forward)
 	end)
 
 	for _, b in ipairs(blocks) do
