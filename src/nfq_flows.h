@@ -119,7 +119,8 @@ struct nfq_flows_priv;
 struct nfq_lua_flow;
 
 struct nfq_flows {
-	uint8_t *slots;			/* capacity records of stride bytes */
+	uint8_t *slots;			/* capacity records of stride bytes: the table's, which Lua
+					 * reads and writes (counters, the script's state) in place */
 	uint32_t stride;
 	uint32_t user_offset;		/* of the script's state in a record */
 	uint32_t max;			/* live flows at most */
@@ -170,7 +171,9 @@ int nfq_flows_next_ended(struct nfq_flows *t);
  * Add p's TCP payload to its direction's stream bytes (first received bytes
  * win where segments overlap), then give that direction's buffer and how
  * many bytes from its start are contiguous: *data is NULL while no byte was
- * kept. *dir is p's direction. 0 or an NFQ_FLOW_STREAM_E* code.
+ * kept. *dir is p's direction. 0 or an NFQ_FLOW_STREAM_E* code. *data
+ * belongs to the table's pool: Lua may read it until the flow ends or
+ * nfq_flows_stream_done() gives the buffer back.
  */
 int nfq_flows_stream(struct nfq_flows *t, uint32_t slot, const struct nfq_packet *p, const uint8_t **data,
 		     uint32_t *contiguous, int *dir);
