@@ -373,6 +373,27 @@ describe("flows on the per-packet path", function()
 	end)
 end)
 
+describe("bench/flows.lua on the per-packet path", function()
+	it("compiles without trace aborts in the module", function()
+		local jit_util = require "jit.util"
+		local vmdef = require "jit.vmdef"
+		jit.flush()
+		local run_batch = batch.synthetic_queue(dofile(H.root .. "/bench/flows.lua"), function(i) return 8000 + i % 10 end)
+		for _ = 1, 3000 do run_batch() end
+		local aborts = {}
+		local function on_trace(what, _, func, pc, otr)
+			local info = what == "abort" and jit_util.funcinfo(func, pc)
+			if info and info.source:find("nfq", 1, true) then
+				aborts[#aborts + 1] = ("%s:%s: %s"):format(info.source, tostring(info.currentline), tostring(vmdef.traceerr[otr]))
+			end
+		end
+		jit.attach(on_trace, "trace")
+		for _ = 1, 3000 do run_batch() end
+		jit.attach(on_trace)
+		assert.same({}, aborts)
+	end)
+end)
+
 describe("flows on real connections #kernel", function()
 	H.isolated_tests()
 
@@ -449,6 +470,17 @@ return {
 		d:wait_output("end flow udp 127.0.0.1:7104 > 127.0.0.1:7101 timeout 1/0", 10)
 		for _, s in ipairs(clients) do s:close() end
 		rx:close()
+
+		-- IPv6: the same flow both ways
+		H.sh("ip6tables -A OUTPUT -o lo -p udp -m multiport --ports 7105 -j NFQUEUE --queue-num 1")
+		local rx6, tx6 = H.udp("::1", 7105), H.udp("::1", 7106)
+		tx6:sendto("q6", "::1", 7105)
+		assert.equal("q6", rx6:recv(5))
+		rx6:sendto("a6", "::1", 7106)
+		assert.equal("a6", tx6:recv(5))
+		d:wait_output("pkt flow udp [::1]:7106 > [::1]:7105 reply 1/1 nil true")
+		rx6:close()
+		tx6:close()
 	end)
 
 	it("hands a named table to the next version on SIGHUP, and starts afresh when its layout changed", function()
