@@ -576,6 +576,47 @@ end
 		listener:close()
 	end)
 
+	it("reads a request sent as 3 overlapping segments, last first (nfq.tcp_split ahead of flow_counter.lua)", function()
+		-- queue 2 drops the client's first data segment and sends it again as three
+		-- pieces, each overlapping the one before by 3 bytes, the last first; the
+		-- pieces carry the send mark past queue 2, and queue 1 reads them on INPUT
+		H.sh("iptables -A OUTPUT -o lo -p tcp --dport 7140 -m mark --mark 0x1/0x1 -j RETURN")
+		H.sh("iptables -A OUTPUT -o lo -p tcp --dport 7140 --tcp-flags PSH PSH -j NFQUEUE --queue-num 2")
+		H.sh("iptables -A INPUT -i lo -p tcp -m multiport --ports 7140 -j NFQUEUE --queue-num 1")
+		local split = H.tmpfile([[
+local nfq = require "nfq"
+local done = {}
+return function(pkt)
+	local tcp = pkt:tcp()
+	if done[tcp.sport] then return pkt:accept() end
+	done[tcp.sport] = true
+	local last, middle, first = nfq.tcp_split(pkt, 9, 27, { overlap = 3, reverse = true })
+	assert(nfq.send(last))
+	assert(nfq.send(middle))
+	assert(nfq.send(first))
+	print("split")
+	pkt:drop()
+end
+]], ".lua")
+		local splitter = H.daemon(split .. " --queue 2 --no-gso --send --send-mark 0x1/0x1")
+		local d = H.daemon(H.root .. "/scripts/examples/flow_counter.lua --queue 1")
+		H.wait_queue_ready(2)
+		H.wait_queue_ready(1)
+		local listener = H.tcp_listen("127.0.0.1", 7140)
+		local conn = H.tcp_connect("127.0.0.1", 7140)
+		local served = listener:accept(5)
+		write_in_pieces(conn, { request })
+		assert.equal(request, read_all(served, request))
+		splitter:wait_output("split")
+		d:wait_output("request flow tcp ")
+		assert.matches("request flow tcp 127.0.0.1:%d+ > 127.0.0.1:7140: " .. shown:gsub("%p", "%%%0") .. "\n",
+			d:output())
+		conn:close()
+		served:close()
+		listener:close()
+		splitter:stop()
+	end)
+
 	it("reads a request whose segments a first queue reordered (ahead of flow_counter.lua)", function()
 		-- queue 2 swaps the client's data segments in pairs on OUTPUT (one
 		-- left alone goes after 50 ms); queue 1 reads them on INPUT
