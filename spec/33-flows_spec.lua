@@ -373,6 +373,27 @@ describe("flows on the per-packet path", function()
 	end)
 end)
 
+describe("bench/flows.lua on the per-packet path", function()
+	it("compiles without trace aborts in the module", function()
+		local jit_util = require "jit.util"
+		local vmdef = require "jit.vmdef"
+		jit.flush()
+		local run_batch = batch.synthetic_queue(dofile(H.root .. "/bench/flows.lua"), function(i) return 8000 + i % 10 end)
+		for _ = 1, 3000 do run_batch() end
+		local aborts = {}
+		local function on_trace(what, _, func, pc, otr)
+			local info = what == "abort" and jit_util.funcinfo(func, pc)
+			if info and info.source:find("nfq", 1, true) then
+				aborts[#aborts + 1] = ("%s:%s: %s"):format(info.source, tostring(info.currentline), tostring(vmdef.traceerr[otr]))
+			end
+		end
+		jit.attach(on_trace, "trace")
+		for _ = 1, 3000 do run_batch() end
+		jit.attach(on_trace)
+		assert.same({}, aborts)
+	end)
+end)
+
 describe("flows on real connections #kernel", function()
 	H.isolated_tests()
 
@@ -449,6 +470,17 @@ return {
 		d:wait_output("end flow udp 127.0.0.1:7104 > 127.0.0.1:7101 timeout 1/0", 10)
 		for _, s in ipairs(clients) do s:close() end
 		rx:close()
+
+		-- IPv6: the same flow both ways
+		H.sh("ip6tables -A OUTPUT -o lo -p udp -m multiport --ports 7105 -j NFQUEUE --queue-num 1")
+		local rx6, tx6 = H.udp("::1", 7105), H.udp("::1", 7106)
+		tx6:sendto("q6", "::1", 7105)
+		assert.equal("q6", rx6:recv(5))
+		rx6:sendto("a6", "::1", 7106)
+		assert.equal("a6", tx6:recv(5))
+		d:wait_output("pkt flow udp [::1]:7106 > [::1]:7105 reply 1/1 nil true")
+		rx6:close()
+		tx6:close()
 	end)
 
 	it("hands a named table to the next version on SIGHUP, and starts afresh when its layout changed", function()
@@ -542,6 +574,47 @@ end
 		conn:close()
 		served:close()
 		listener:close()
+	end)
+
+	it("reads a request sent as 3 overlapping segments, last first (nfq.tcp_split ahead of flow_counter.lua)", function()
+		-- queue 2 drops the client's first data segment and sends it again as three
+		-- pieces, each overlapping the one before by 3 bytes, the last first; the
+		-- pieces carry the send mark past queue 2, and queue 1 reads them on INPUT
+		H.sh("iptables -A OUTPUT -o lo -p tcp --dport 7140 -m mark --mark 0x1/0x1 -j RETURN")
+		H.sh("iptables -A OUTPUT -o lo -p tcp --dport 7140 --tcp-flags PSH PSH -j NFQUEUE --queue-num 2")
+		H.sh("iptables -A INPUT -i lo -p tcp -m multiport --ports 7140 -j NFQUEUE --queue-num 1")
+		local split = H.tmpfile([[
+local nfq = require "nfq"
+local done = {}
+return function(pkt)
+	local tcp = pkt:tcp()
+	if done[tcp.sport] then return pkt:accept() end
+	done[tcp.sport] = true
+	local last, middle, first = nfq.tcp_split(pkt, 9, 27, { overlap = 3, reverse = true })
+	assert(nfq.send(last))
+	assert(nfq.send(middle))
+	assert(nfq.send(first))
+	print("split")
+	pkt:drop()
+end
+]], ".lua")
+		local splitter = H.daemon(split .. " --queue 2 --no-gso --send --send-mark 0x1/0x1")
+		local d = H.daemon(H.root .. "/scripts/examples/flow_counter.lua --queue 1")
+		H.wait_queue_ready(2)
+		H.wait_queue_ready(1)
+		local listener = H.tcp_listen("127.0.0.1", 7140)
+		local conn = H.tcp_connect("127.0.0.1", 7140)
+		local served = listener:accept(5)
+		write_in_pieces(conn, { request })
+		assert.equal(request, read_all(served, request))
+		splitter:wait_output("split")
+		d:wait_output("request flow tcp ")
+		assert.matches("request flow tcp 127.0.0.1:%d+ > 127.0.0.1:7140: " .. shown:gsub("%p", "%%%0") .. "\n",
+			d:output())
+		conn:close()
+		served:close()
+		listener:close()
+		splitter:stop()
 	end)
 
 	it("reads a request whose segments a first queue reordered (ahead of flow_counter.lua)", function()

@@ -4,6 +4,7 @@
  * are made there, once.
  */
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,8 @@
 
 #include "nfq_flows.h"
 #include "nfq_internal.h"
+
+_Static_assert(sizeof(struct nfq_flow) == NFQ_FLOW_RECORD, "NFQ_FLOW_RECORD is the record's size");
 
 #define NONE 0xffffffffu
 /* Flows whose timeout has passed that one get() ends at most, before its own lookup. */
@@ -39,6 +42,15 @@ struct pkt_info {
 	uint32_t l4_len;	/* to the end of the IP packet, or of the copy if shorter */
 };
 
+/*
+ * A slot's place in its class's LRU list, or in the end queue (next). Apart
+ * from the records, so that moving a flow to the head touches 8-byte links
+ * of its neighbours rather than their 128-byte records.
+ */
+struct lru_link {
+	uint32_t prev, next;
+};
+
 /* A stream buffer: stream_bytes of data and a bit per byte saying it was filled. */
 struct stream_buf {
 	uint32_t contiguous;	/* bytes filled from the start */
@@ -56,6 +68,7 @@ struct nfq_flows_priv {
 	uint64_t seed;
 	uint32_t lru_head[NFQ_FLOW_CLASSES];	/* most recent */
 	uint32_t lru_tail[NFQ_FLOW_CLASSES];
+	struct lru_link *links;	/* by slot */
 	struct stream_buf *streams;
 	uint32_t stream_free;	/* index plus 1; 0: none */
 	uint8_t *stream_mem;
@@ -183,27 +196,28 @@ static int match(const struct nfq_flow *f, const struct pkt_info *pi)
 	return -1;
 }
 
-static void lru_unlink(struct nfq_flows *t, struct nfq_flow *f)
+static void lru_unlink(struct nfq_flows *t, const struct nfq_flow *f, uint32_t i)
 {
 	struct nfq_flows_priv *pv = t->priv;
-	if (f->lru_prev != NONE)
-		slot_at(t, f->lru_prev)->lru_next = f->lru_next;
+	struct lru_link *l = &pv->links[i];
+	if (l->prev != NONE)
+		pv->links[l->prev].next = l->next;
 	else
-		pv->lru_head[f->tclass] = f->lru_next;
-	if (f->lru_next != NONE)
-		slot_at(t, f->lru_next)->lru_prev = f->lru_prev;
+		pv->lru_head[f->tclass] = l->next;
+	if (l->next != NONE)
+		pv->links[l->next].prev = l->prev;
 	else
-		pv->lru_tail[f->tclass] = f->lru_prev;
+		pv->lru_tail[f->tclass] = l->prev;
 }
 
-static void lru_push(struct nfq_flows *t, struct nfq_flow *f, uint32_t i)
+static void lru_push(struct nfq_flows *t, const struct nfq_flow *f, uint32_t i)
 {
 	struct nfq_flows_priv *pv = t->priv;
 	uint32_t head = pv->lru_head[f->tclass];
-	f->lru_prev = NONE;
-	f->lru_next = head;
+	pv->links[i].prev = NONE;
+	pv->links[i].next = head;
 	if (head != NONE)
-		slot_at(t, head)->lru_prev = i;
+		pv->links[head].prev = i;
 	else
 		pv->lru_tail[f->tclass] = i;
 	pv->lru_head[f->tclass] = i;
@@ -241,7 +255,7 @@ static void end_flow(struct nfq_flows *t, uint32_t i, uint8_t why)
 {
 	struct nfq_flow *f = slot_at(t, i);
 	hash_unlink(t, f, i);
-	lru_unlink(t, f);
+	lru_unlink(t, f, i);
 	stream_put(t, f, 0);
 	stream_put(t, f, 1);
 	t->count--;
@@ -251,11 +265,11 @@ static void end_flow(struct nfq_flows *t, uint32_t i, uint8_t why)
 		return;
 	}
 	f->state = NFQ_FLOW_ENDED;
-	f->lru_next = NONE;
+	t->priv->links[i].next = NONE;
 	if (t->ended_head == NONE)
 		t->ended_head = i;
 	else
-		slot_at(t, t->priv->ended_tail)->lru_next = i;
+		t->priv->links[t->priv->ended_tail].next = i;
 	t->priv->ended_tail = i;
 }
 
@@ -266,17 +280,34 @@ static uint8_t timeout_reason(const struct nfq_flow *f)
 	return f->tcp & NFQ_FLOW_TCP_RST ? NFQ_FLOW_END_RST : NFQ_FLOW_END_FIN;
 }
 
+/*
+ * The tail of each class is its next flow to time out. While they were all
+ * looked at, t->next_check is the earliest time one of them can; it only
+ * moves later as tails leave or are seen again, and get() lowers it when a
+ * flow becomes a tail, so a get() before then reads no tail at all.
+ */
 uint32_t nfq_flows_expire(struct nfq_flows *t, double now, uint32_t budget)
 {
 	uint32_t ended = 0;
-	for (int c = 0; c < NFQ_FLOW_CLASSES && ended < budget; c++) {
+	double next = HUGE_VAL;
+	for (int c = 0; c < NFQ_FLOW_CLASSES; c++) {
 		uint32_t i;
-		while (ended < budget && (i = t->priv->lru_tail[c]) != NONE &&
-		       now - slot_at(t, i)->last_seen > t->timeouts[c]) {
-			end_flow(t, i, timeout_reason(slot_at(t, i)));
+		while ((i = t->priv->lru_tail[c]) != NONE) {
+			const struct nfq_flow *f = slot_at(t, i);
+			if (!(now - f->last_seen > t->timeouts[c])) {
+				if (f->last_seen + t->timeouts[c] < next)
+					next = f->last_seen + t->timeouts[c];
+				break;
+			}
+			if (ended == budget) {
+				next = -HUGE_VAL;	/* more are due: look again next time */
+				break;
+			}
+			end_flow(t, i, timeout_reason(f));
 			ended++;
 		}
 	}
+	t->next_check = next;
 	return ended;
 }
 
@@ -397,7 +428,8 @@ int nfq_flows_get(struct nfq_flows *t, const struct nfq_packet *p, double now, i
 	struct pkt_info pi;
 	if (!p->payload || parse_packet(p->payload, p->payload_len, &pi) < 0)
 		return NFQ_FLOW_NONE;
-	nfq_flows_expire(t, now, EXPIRE_PER_GET);
+	if (now > t->next_check)
+		nfq_flows_expire(t, now, EXPIRE_PER_GET);
 	struct flow_key k;
 	make_key(&k, pi.family, pi.proto, pi.src, pi.sport, pi.dst, pi.dport);
 	uint32_t bucket = key_hash(&k, t->priv->seed) & t->priv->mask;
@@ -429,9 +461,15 @@ int nfq_flows_get(struct nfq_flows *t, const struct nfq_packet *p, double now, i
 	f->last_seen = now;
 	if (pi.proto == PROTO_TCP)
 		track_tcp(f, &pi, dir, is_new);
-	lru_unlink(t, f);
-	f->tclass = class_of(f);
-	lru_push(t, f, (uint32_t)i);
+	/* Already the most recent of its class: nothing to move. */
+	uint8_t tclass = class_of(f);
+	if (tclass != f->tclass || t->priv->lru_head[tclass] != (uint32_t)i) {
+		lru_unlink(t, f, (uint32_t)i);
+		f->tclass = tclass;
+		lru_push(t, f, (uint32_t)i);
+	}
+	if (t->priv->lru_tail[tclass] == (uint32_t)i && now + t->timeouts[tclass] < t->next_check)
+		t->next_check = now + t->timeouts[tclass];
 	return i;
 }
 
@@ -454,7 +492,7 @@ int nfq_flows_next_ended(struct nfq_flows *t)
 	if (i == NONE)
 		return -1;
 	struct nfq_flow *f = slot_at(t, i);
-	t->ended_head = f->lru_next;
+	t->ended_head = t->priv->links[i].next;
 	f->state = NFQ_FLOW_ENDING;
 	t->priv->ending = i;
 	return (int)i;
@@ -551,6 +589,7 @@ static void table_free(struct nfq_flows *t)
 		return;
 	if (t->priv) {
 		free(t->priv->buckets);
+		free(t->priv->links);
 		free(t->priv->streams);
 		free(t->priv->stream_mem);
 		free(t->priv->layout);
@@ -592,10 +631,12 @@ static struct nfq_flows *table_new(uint32_t max, uint32_t user_size, uint32_t us
 	pv->mask = buckets - 1;
 	pv->seed = fresh_seed();
 	pv->ended_tail = NONE;
+	t->next_check = -HUGE_VAL;
 	pv->ending = NONE;
 	t->slots = aligned_alloc(64, ((size_t)t->capacity * t->stride + 63) / 64 * 64);
 	pv->buckets = malloc(buckets * sizeof *pv->buckets);
-	if (!t->slots || !pv->buckets)
+	pv->links = malloc(t->capacity * sizeof *pv->links);
+	if (!t->slots || !pv->buckets || !pv->links)
 		goto nomem;
 	memset(t->slots, 0, (size_t)t->capacity * t->stride);
 	memset(pv->buckets, 0xff, buckets * sizeof *pv->buckets);

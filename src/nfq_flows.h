@@ -31,7 +31,7 @@ enum {
 	NFQ_FLOW_EFULL = -2,		/* every slot waits for the end callback */
 	NFQ_FLOW_MAX = 16000000,	/* the most flows a table holds */
 	NFQ_FLOW_RESERVE = 16,		/* slots beyond max, for flows that wait for on_end */
-	NFQ_FLOW_RECORD = 120,		/* sizeof(struct nfq_flow): the user area follows */
+	NFQ_FLOW_RECORD = 112,		/* sizeof(struct nfq_flow): the user area follows */
 	NFQ_FLOW_STREAM_MAX = 65536,	/* the most stream bytes per direction */
 	NFQ_FLOW_STREAMS_MAX = 65535,	/* the most stream buffers per table */
 	NFQ_FLOW_NAME_MAX = 64,
@@ -104,8 +104,6 @@ struct nfq_flow {
 	uint8_t sflags;			/* stream: sequence base known, stream done, per direction */
 	uint32_t gen;			/* bumped when the slot is freed, modulo 2^21 */
 	uint32_t hnext;			/* hash chain; free list */
-	uint32_t lru_prev;
-	uint32_t lru_next;		/* LRU list; ended queue */
 	uint32_t isn[2];		/* the sequence number of each direction's first stream byte */
 	uint16_t stream[2];		/* each direction's stream buffer, plus 1; 0: none */
 };
@@ -121,7 +119,8 @@ struct nfq_flows_priv;
 struct nfq_lua_flow;
 
 struct nfq_flows {
-	uint8_t *slots;			/* capacity records of stride bytes */
+	uint8_t *slots;			/* capacity records of stride bytes: the table's, which Lua
+					 * reads and writes (counters, the script's state) in place */
 	uint32_t stride;
 	uint32_t user_offset;		/* of the script's state in a record */
 	uint32_t max;			/* live flows at most */
@@ -135,6 +134,7 @@ struct nfq_flows {
 	uint32_t refs;			/* Lua states that hold it */
 	uint32_t reserved;
 	double timeouts[8];		/* NFQ_FLOW_CLASSES, seconds idle */
+	double next_check;		/* no flow times out before: see nfq_flows_expire (-inf after a change of timeouts) */
 	struct nfq_flows_priv *priv;
 };
 
@@ -171,7 +171,9 @@ int nfq_flows_next_ended(struct nfq_flows *t);
  * Add p's TCP payload to its direction's stream bytes (first received bytes
  * win where segments overlap), then give that direction's buffer and how
  * many bytes from its start are contiguous: *data is NULL while no byte was
- * kept. *dir is p's direction. 0 or an NFQ_FLOW_STREAM_E* code.
+ * kept. *dir is p's direction. 0 or an NFQ_FLOW_STREAM_E* code. *data
+ * belongs to the table's pool: Lua may read it until the flow ends or
+ * nfq_flows_stream_done() gives the buffer back.
  */
 int nfq_flows_stream(struct nfq_flows *t, uint32_t slot, const struct nfq_packet *p, const uint8_t **data,
 		     uint32_t *contiguous, int *dir);

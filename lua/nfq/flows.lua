@@ -160,6 +160,7 @@ end
 -- reload may yet fail, and the old version run on.
 local function take_over(self, t)
 	for i = 0, #timeout_names - 1 do t.timeouts[i] = self.timeouts[i] end
+	t.next_check = -math.huge
 	t.keep_ended = self.on_end and 1 or 0
 	self.taken_over = true
 end

@@ -7,7 +7,8 @@
  * clock steps with expiry, removals and stream_done. Bytes given raw may
  * carry anything: after one, stream contents are no longer compared.
  * Checked after each: the live count matches the slots, never above max; a
- * flow found is live; stream bytes never exceed the buffer, and the bytes
+ * flow found is live; an expiry with budget for all leaves none past its
+ * timeout; stream bytes never exceed the buffer, and the bytes
  * in order are the ones sent at those sequence numbers (every segment
  * carries byte f(seq) at seq, so any overlap policy must give those).
  * Build: make fuzz. Replay without clang: make fuzz-replay.
@@ -159,8 +160,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			free(pkt);
 		} else if (op == 5) {
 			now += take(&in) / 16.0;
-			nfq_flows_expire(t, now, 1 + take(&in) % 4);
+			unsigned b = take(&in);
+			nfq_flows_expire(t, now, b & 1 ? t->capacity : 1 + b % 4);
 			drain(t);
+			/* With budget for all, none is left past its timeout. */
+			for (uint32_t k = 0; (b & 1) && k < t->capacity; k++) {
+				const struct nfq_flow *f = (const struct nfq_flow *)(t->slots + (size_t)k * t->stride);
+				if (f->state == NFQ_FLOW_LIVE && now - f->last_seen > t->timeouts[f->tclass])
+					abort();
+			}
 		} else {
 			uint32_t slot = take(&in) % t->capacity;
 			if (op == 6)
