@@ -188,6 +188,20 @@ describe("nfq.domainset", function()
 			.. "\"@@||allowed.org^\", line 15 \"example.org##.banner\", line 16 \"1.2.3.4\"", warnings[1], 1, true)
 	end)
 
+	it("reads dnsmasq lines that block, and not those that forward", function()
+		local warnings = {}
+		local set = domainset({ "address=/ads.example/track.example/0.0.0.0", "address=/nx.example/",
+			"server=/local.example/", "local=/other.example/", "server=/corp.example/10.0.0.53",
+			"address=//0.0.0.0", "address=/bad..name/" }, warnings)
+		assert.same({ "ads.example", "track.example", "nx.example", "local.example", "other.example" },
+			{ set:entry(1), set:entry(2), set:entry(3), set:entry(4), set:entry(5) })
+		assert.equal(5, #set)
+		assert.equal(2, set:match("a.track.example"))
+		assert.is_nil(set:match("corp.example"))
+		assert.matches("3 of 7 items are not names, ignored: item 5 \"server=/corp.example/10.0.0.53\", item 6 "
+			.. "\"address=//0.0.0.0\", item 7 \"address=/bad..name/\"", warnings[1], 1, true)
+	end)
+
 	it("names the first five bad items of a list and counts the rest", function()
 		local list = {}
 		for i = 1, 20 do list[i] = i % 2 == 0 and ("bad name %d"):format(i) or ("ok%d.example"):format(i) end

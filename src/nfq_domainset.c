@@ -166,20 +166,53 @@ static int add_name(struct nfq_domainset *s, const uint8_t *name, size_t n, uint
 	return 0;
 }
 
-/* One name as a list writes it: name, or =name for that name only. 1 if added, 0 if not a name, -1 on ENOMEM. */
-static int add_token(struct nfq_domainset *s, const char *p, size_t n)
+/* The name p[0..n) with flags: 1 if added, 0 if it is not a name, -1 on ENOMEM. */
+static int add_text_name(struct nfq_domainset *s, const char *p, size_t n, uint8_t flags)
 {
-	uint8_t flags = 0;
 	uint8_t name[NAME_MAX_LEN + 1];
-	if (n && p[0] == '=') {
-		flags = NFQ_DOMAIN_EXACT;
-		p++;
-		n--;
-	}
 	size_t len = normalize(p, n, name);
 	if (!len)
 		return 0;
 	return add_name(s, name, len, flags) == 0 ? 1 : -1;
+}
+
+/* One name as a list writes it: name, or =name for that name only. */
+static int add_token(struct nfq_domainset *s, const char *p, size_t n)
+{
+	if (n && p[0] == '=')
+		return add_text_name(s, p + 1, n - 1, NFQ_DOMAIN_EXACT);
+	return add_text_name(s, p, n, 0);
+}
+
+/*
+ * A dnsmasq line that blocks: address=/a.example/b.example/0.0.0.0 (any
+ * answer, or none), or server=/a.example/ and local=/a.example/ with no
+ * server (answered locally: NXDOMAIN). The names between the slashes, each
+ * with the names under it, as dnsmasq means them. 1 if added, 0 if it is
+ * not such a line (a server= line that forwards is not), -1 on ENOMEM.
+ */
+static int add_dnsmasq_names(struct nfq_domainset *s, const char *p, size_t n)
+{
+	static const char *const keys[] = { "address=/", "server=/", "local=/" };
+	size_t k = 0;
+	while (k < sizeof keys / sizeof keys[0] && (n <= strlen(keys[k]) || memcmp(p, keys[k], strlen(keys[k])) != 0))
+		k++;
+	if (k == sizeof keys / sizeof keys[0])
+		return 0;
+	const char *first = p + strlen(keys[k]), *end = p + n, *last = end;
+	while (last > first && last[-1] != '/')
+		last--;
+	int forwards = k > 0 && last != end;
+	if (last == first || forwards)
+		return 0;
+	for (const char *name = first; name < last;) {
+		const char *slash = memchr(name, '/', (size_t)(last - name));
+		int rc = add_text_name(s, name, (size_t)(slash - name), 0);
+		if (rc <= 0)
+			return rc;
+		name = slash + 1;
+	}
+	return 1;
 }
 
 /* The names after the address of a hosts-file line. */
@@ -227,7 +260,9 @@ static int add_line(void *set, const char *line, size_t n)
 	int rc = 0;
 	if (nfq_set_token(&rest).n == 0) {
 		if (first.n > 3 && first.p[0] == '|' && first.p[1] == '|' && first.p[first.n - 1] == '^')
-			rc = first.p[2] == '=' ? 0 : add_token(s, first.p + 2, first.n - 3);
+			rc = add_text_name(s, first.p + 2, first.n - 3, 0);
+		else if (memchr(first.p, '/', first.n))
+			rc = add_dnsmasq_names(s, first.p, first.n);
 		else
 			rc = add_token(s, first.p, first.n);
 	}

@@ -84,7 +84,8 @@ struct nfq_domainset *nfq_domainset_new(void);
 void nfq_domainset_free(struct nfq_domainset *s);
 /*
  * Add the names of text[0..len), line by line (one name a line, hosts-file
- * lines, ||name^ lines, comments), or of one list item; what each line gave
+ * lines, ||name^ lines, dnsmasq address=/name/ lines, comments), or of one
+ * list item; what each line gave
  * goes to s->report. 0, or -1 and errno ENOMEM (the set keeps what it had).
  */
 int nfq_domainset_add_text(struct nfq_domainset *s, const char *text, size_t len);

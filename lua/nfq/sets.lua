@@ -259,7 +259,8 @@ local function build(name, source, opts)
 end
 
 --- A domain set from a file (one name a line, hosts files, ||name^ lines,
--- # comments) or a list of strings: the set, or nil and why.
+-- dnsmasq address=/name/ lines, # comments) or a list of strings: the set,
+-- or nil and why.
 function _M.domainset(source, opts)
 	return build("domainset", source, opts)
 end
