@@ -292,17 +292,15 @@ int nfq_domainset_add_item(struct nfq_domainset *s, const char *item, size_t len
 	return add_line(s, item, len);
 }
 
+/* nfq_domainset_add_text for nfq_set_add_file. */
+static int add_text(void *set, const char *text, size_t len)
+{
+	return nfq_domainset_add_text(set, text, len);
+}
+
 int nfq_domainset_add_file(struct nfq_domainset *s, const char *path)
 {
-	size_t len;
-	char *text = nfq_set_read_file(path, &len);
-	if (!text)
-		return -1;
-	int rc = nfq_domainset_add_text(s, text, len);
-	int e = errno;
-	free(text);
-	errno = e;
-	return rc;
+	return nfq_set_add_file(path, add_text, s);
 }
 
 void nfq_domainset_trim(struct nfq_domainset *s)

@@ -198,17 +198,15 @@ int nfq_ipset_add_item(struct nfq_ipset *s, const char *item, size_t len)
 	return add_line(s, item, len);
 }
 
+/* nfq_ipset_add_text for nfq_set_add_file. */
+static int add_text(void *set, const char *text, size_t len)
+{
+	return nfq_ipset_add_text(set, text, len);
+}
+
 int nfq_ipset_add_file(struct nfq_ipset *s, const char *path)
 {
-	size_t len;
-	char *text = nfq_set_read_file(path, &len);
-	if (!text)
-		return -1;
-	int rc = nfq_ipset_add_text(s, text, len);
-	int e = errno;
-	free(text);
-	errno = e;
-	return rc;
+	return nfq_set_add_file(path, add_text, s);
 }
 
 void nfq_ipset_trim(struct nfq_ipset *s)

@@ -164,7 +164,8 @@ int nfq_set_each_line(const char *text, size_t len, struct nfq_set_report *r,
 	return 0;
 }
 
-char *nfq_set_read_file(const char *path, size_t *len)
+/* The whole file at path, malloc'd (the caller frees it): NULL and errno on failure. */
+static char *read_file(const char *path, size_t *len)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
@@ -254,4 +255,17 @@ int nfq_set_address(const char *p, size_t n, uint8_t *out)
 	if (memchr(text, ':', n))
 		return inet_pton(AF_INET6, text, out) == 1 ? 16 : 0;
 	return inet_pton(AF_INET, text, out) == 1 ? 4 : 0;
+}
+
+int nfq_set_add_file(const char *path, int (*add_text)(void *set, const char *text, size_t len), void *set)
+{
+	size_t len;
+	char *text = read_file(path, &len);
+	if (!text)
+		return -1;
+	int rc = add_text(set, text, len);
+	int e = errno;
+	free(text);
+	errno = e;
+	return rc;
 }

@@ -70,8 +70,9 @@ void nfq_set_report_bad(struct nfq_set_report *r, const char *line, size_t n);
 int nfq_set_each_line(const char *text, size_t len, struct nfq_set_report *r,
 		      int (*add)(void *set, const char *line, size_t n), void *set);
 
-/* The whole file at path, malloc'd (the caller frees it): NULL and errno on failure. */
-char *nfq_set_read_file(const char *path, size_t *len);
+/* Read the whole file at path and give its text to add_text: what add_text
+ * returns, or -1 and errno when the file cannot be read. */
+int nfq_set_add_file(const char *path, int (*add_text)(void *set, const char *text, size_t len), void *set);
 
 /* The IPv4 or IPv6 address in p[0..n) into out: 4, 16, or 0 when it is not one. */
 int nfq_set_address(const char *p, size_t n, uint8_t *out);
