@@ -49,14 +49,7 @@ describe("per-packet path", function()
 				pkt:accept()
 			end
 		end)
-		for _ = 1, 2000 do run_batch() end
-		collectgarbage()
-		collectgarbage()
-		collectgarbage("stop")
-		local before = collectgarbage("count")
-		for _ = 1, 1000000 / BATCH do run_batch() end
-		local grown = collectgarbage("count") - before
-		collectgarbage("restart")
+		local grown = batch.heap_growth(run_batch, 2000, 1000000 / BATCH)
 		assert.is_true(grown < 16, ("the Lua heap grew by %.1f KB over 1M packets"):format(grown))
 		assert.is_true(seen > 0)
 		assert.is_not_nil(keep)

@@ -6,6 +6,7 @@ local bit = require "bit"
 local nfq = require "nfq"
 local testing = require "nfq.testing"
 local H = require "helpers.net"
+local batch = require "helpers.batch"
 
 local C = nfq._C
 local AF_INET, SOCK_RAW, IPPROTO_UDP = 2, 3, 17
@@ -196,14 +197,7 @@ describe("nfq.send without a kernel (nfq.testing)", function()
 		end
 		-- Traces of earlier specs' callbacks would stand in the way (as in spec 05).
 		jit.flush()
-		for _ = 1, 200 do round() end
-		collectgarbage()
-		collectgarbage()
-		collectgarbage("stop")
-		local before = collectgarbage("count")
-		for _ = 1, 3000 do round() end
-		local grown = collectgarbage("count") - before
-		collectgarbage("restart")
+		local grown = batch.heap_growth(round, 200, 3000)
 		assert.is_true(grown < 16, ("the Lua heap grew by %.1f KB over 192000 packets"):format(grown))
 		assert.equal(3200 * 64 * 3 / 2, tonumber(q.stats.sent))
 	end)

@@ -344,14 +344,7 @@ describe("flows on the per-packet path", function()
 			if f.dir == "orig" and f.orig_packets > 0 then seen = seen + 1 end
 			pkt:accept()
 		end, port_of)
-		for _ = 1, 2000 do run_batch() end
-		collectgarbage()
-		collectgarbage()
-		collectgarbage("stop")
-		local before = collectgarbage("count")
-		for _ = 1, 1000000 / batch.SIZE do run_batch() end
-		local grown = collectgarbage("count") - before
-		collectgarbage("restart")
+		local grown = batch.heap_growth(run_batch, 2000, 1000000 / batch.SIZE)
 		assert.is_not_nil(keep)
 		return grown, seen
 	end

@@ -267,14 +267,7 @@ return {
 		for _, cb in ipairs { function(pkt) pkt:bypass() end, example } do
 			jit.flush()
 			local run = batch.synthetic_queue(cb, function(i) return 8000 + i end)
-			for _ = 1, 2000 do run() end
-			collectgarbage()
-			collectgarbage()
-			collectgarbage("stop")
-			local before = collectgarbage("count")
-			for _ = 1, 500000 / batch.SIZE do run() end
-			local grown = collectgarbage("count") - before
-			collectgarbage("restart")
+			local grown = batch.heap_growth(run, 2000, 500000 / batch.SIZE)
 			assert.is_true(grown < 16, ("the Lua heap grew by %.1f KB over 500k packets"):format(grown))
 		end
 	end)

@@ -10,6 +10,7 @@ local bit = require "bit"
 local nfq = require "nfq"
 local testing = require "nfq.testing"
 local H = require "helpers.net"
+local batch = require "helpers.batch"
 
 local C = nfq._C
 
@@ -348,15 +349,7 @@ end)
 describe("name parsers per packet", function()
 	local function heap_growth(n, f)
 		jit.flush()
-		for _ = 1, 20000 do f() end
-		collectgarbage()
-		collectgarbage()
-		collectgarbage("stop")
-		local before = collectgarbage("count")
-		for _ = 1, n do f() end
-		local grown = collectgarbage("count") - before
-		collectgarbage("restart")
-		return grown
+		return batch.heap_growth(f, 20000, n)
 	end
 
 	local function buffer_of(s)
@@ -405,7 +398,6 @@ describe("name parsers on queued packets", function()
 	-- (spec/helpers/batch.lua, as spec 05 does); the verdicts go to a queue
 	-- number nobody bound.
 	it("allocate nothing: nfq.dns on each packet, its name matched and its query dropped", function()
-		local batch = require "helpers.batch"
 		local queries = { fixture("dns-a.query"), fixture("dns-aaaa.query"), fixture("dns-mx.query") }
 		local blocked = ffi.new("char[13]", "example.test")
 		local dropped, seen = 0, 0
@@ -421,14 +413,7 @@ describe("name parsers on queued packets", function()
 			end
 		end, nil, function(i) return testing.packet { payload = queries[i % 3 + 1] } end)
 		jit.flush()
-		for _ = 1, 1000 do run_batch() end
-		collectgarbage()
-		collectgarbage()
-		collectgarbage("stop")
-		local before = collectgarbage("count")
-		for _ = 1, 300000 / batch.SIZE do run_batch() end
-		local grown = collectgarbage("count") - before
-		collectgarbage("restart")
+		local grown = batch.heap_growth(run_batch, 1000, 300000 / batch.SIZE)
 		assert.is_true(grown < 16, ("the Lua heap grew by %.1f KB over 300k packets"):format(grown))
 		assert.is_true(dropped > 0 and dropped < seen)
 		assert.is_not_nil(keep)

@@ -51,4 +51,18 @@ function B.synthetic_queue(callback, dport_of, packet_of)
 	return run, { q = q, pkts = pkts, payloads = payloads }
 end
 
+--- How many KB the Lua heap grows over `runs` calls of fn, after `warm`
+-- calls that let the JIT compile it, with the collector stopped meanwhile.
+function B.heap_growth(fn, warm, runs)
+	for _ = 1, warm do fn() end
+	collectgarbage()
+	collectgarbage()
+	collectgarbage("stop")
+	local before = collectgarbage("count")
+	for _ = 1, runs do fn() end
+	local grown = collectgarbage("count") - before
+	collectgarbage("restart")
+	return grown
+end
+
 return B
