@@ -131,6 +131,8 @@ except socket.timeout:
 		end
 		assert.matches("^reset", split(4433, fixture("tls-openssl.hello")))
 		assert.matches("^got [1-9]%d* bytes", split(4434, fixture("tls-curl.hello")))
+		-- The rest of the connections that passed skipped the queue.
+		assert.is_true(H.rule_packets("filter", "OUTPUT", "ACCEPT.-mark match 0x40000000") > 0)
 		local counts = stop_counts(d)
 		assert.equal(2, counts.tls_blocked)
 		assert.equal(2, counts.tls_passed)
@@ -197,5 +199,33 @@ except socket.timeout:
 		assert.equal(1, counts.dns_passed)
 		assert.equal(3, counts.names)
 		assert.matches("reloads=1 reload_failures=1", out, 1, true)
+	end)
+end)
+
+describe("blocklist.lua per packet", function()
+	-- Its callback on batches of real packets through the module's own
+	-- dispatch (spec/helpers/batch.lua, as spec 05 does), with its default
+	-- list: DNS queries for names not listed, and the packets of HTTP
+	-- connections that passed (bypassed).
+	it("allocates nothing on the common path: queries that pass, packets of decided connections", function()
+		local batch = require "helpers.batch"
+		local testing = require "nfq.testing"
+		local script = dofile(SCRIPT)
+		local request = "GET / HTTP/1.1\r\nHost: ok.test\r\n\r\n"
+		local run_batch, keep = batch.synthetic_queue(script.on_packet, nil, function(i)
+			if i % 2 == 0 then return testing.packet { payload = H.dns_query(("n%d.example.org"):format(i)) } end
+			return testing.packet { proto = "tcp", sport = 40000 + i % 8, dport = 80, payload = request }
+		end)
+		jit.flush()
+		for _ = 1, 1000 do run_batch() end
+		collectgarbage()
+		collectgarbage()
+		collectgarbage("stop")
+		local before = collectgarbage("count")
+		for _ = 1, 300000 / batch.SIZE do run_batch() end
+		local grown = collectgarbage("count") - before
+		collectgarbage("restart")
+		assert.is_true(grown < 16, ("the Lua heap grew by %.1f KB over 300k packets"):format(grown))
+		assert.is_not_nil(keep)
 	end)
 end)
