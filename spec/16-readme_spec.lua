@@ -312,6 +312,12 @@ for _, name in ipairs { "bypass-input", "bypass-output", "bypass-forward" } do
 	end
 end
 
+-- The blocklist's rules: spec/45-blocklist_spec.lua applies them as written.
+checks["blocklist"] = function()
+	local spec = assert(H.read_file(H.root .. "/spec/45-blocklist_spec.lua"))
+	assert.truthy(spec:find("check: blocklist", 1, true), "spec/45 does not run the block blocklist")
+end
+
 describe("README blocks", function()
 	it("are each run by a check here or marked illustrative", function()
 		local unmarked, unknown, used = {}, {}, {}

@@ -12,16 +12,11 @@ local SCRIPT = H.root .. "/scripts/examples/blocklist.lua"
 
 local function fixture(name) return H.root .. "/spec/fixtures/" .. name end
 
--- Rules as README, A blocklist, gives them, with the bypass rules of README,
--- Bypass, for OUTPUT; TLS servers listen on 4431-4439 here.
+-- The rules of README, A blocklist, as written.
 local function rules()
-	H.sh("iptables -A OUTPUT -m mark --mark 0x1/0x1 -j RETURN")
-	H.sh("iptables -A OUTPUT -j CONNMARK --restore-mark --mask 0x40000000")
-	H.sh("iptables -A OUTPUT -m mark --mark 0x40000000/0x40000000 -j ACCEPT")
-	H.sh("iptables -A OUTPUT -o lo -p udp -m multiport --dports 53,443 -j NFQUEUE --queue-num 1")
-	H.sh("iptables -A OUTPUT -o lo -p tcp -m multiport --dports 53,80,4431:4439 -j NFQUEUE --queue-num 1")
-	H.sh("iptables -t security -A OUTPUT -m mark --mark 0x40000000/0x40000000 "
-		.. "-j CONNMARK --save-mark --mask 0x40000000")
+	local readme = assert(H.read_file(H.root .. "/README.md"))
+	local text = assert(readme:match("<!%-%- check: blocklist %-%->\n```sh\n(.-)```"), "no README block blocklist")
+	H.sh("set -e\n" .. text)
 end
 
 local function start(list)
@@ -92,27 +87,30 @@ describe("blocklist.lua #kernel", function()
 		local dir = H.tmpfile() .. ".d"
 		H.sh(("mkdir %s && cd %s && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
 			.. "-keyout key.pem -out cert.pem -days 1 -subj /CN=blocklist.test 2>&1"):format(dir, dir))
-		-- One server per connection: s_server serves one at a time, and a
-		-- refused client leaves its connection open on the server's side.
-		for port = 4431, 4435 do
-			background(("openssl s_server -accept 127.0.0.1:%d -cert %s/cert.pem -key %s/key.pem -quiet "
-				.. "< /dev/null"):format(port, dir, dir))
+		-- A server per connection refused: s_server serves one at a time, and
+		-- a refused client leaves its connection open on the server's side.
+		local server
+		local function serve()
+			if server then os.execute("kill " .. server .. "; while ss -ltn | grep -q ':443 '; do sleep 0.05; done") end
+			local pidfile = H.tmpfile()
+			H.sh(("openssl s_server -accept 127.0.0.1:443 -cert %s/cert.pem -key %s/key.pem -quiet < /dev/null "
+				.. "> /dev/null 2>&1 & echo $! > %s"):format(dir, dir, pidfile))
+			server = H.read_file(pidfile):match("%d+")
+			H.wait_for(function() return H.sh("ss -ltn"):find("127.0.0.1:443 ", 1, true) end, 10, "s_server to listen")
 		end
-		H.wait_for(function() return H.sh("ss -ltn"):find(":4435") end, 10, "s_server to listen")
+		finally(function() if server then os.execute("kill " .. server) end end)
 		local d = start(H.tmpfile("ads.example\nblocked.example\n"))
-		local function s_client(port, name)
-			return H.sh(("timeout 10 openssl s_client -connect 127.0.0.1:%d -servername %s < /dev/null 2>&1 || true")
-				:format(port, name))
+		local function s_client(name)
+			return H.sh(("timeout 10 openssl s_client -connect 127.0.0.1:443 -servername %s < /dev/null 2>&1 || true")
+				:format(name))
 		end
-		assert.matches("Cipher is TLS_", s_client(4431, "ok.test"))
-		local refused = s_client(4432, "www.ads.example")
-		assert.matches("errno=104", refused) -- ECONNRESET
-		assert.matches("SSL handshake has read 0 bytes", refused)
+		serve()
+		assert.matches("Cipher is TLS_", s_client("ok.test"))
 		-- The SNI of the openssl fixture is blocked.example; curl's is curl.example.
 		local client = H.tmpfile([[
 import socket, sys, time
-data = open(sys.argv[2], "rb").read()
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+data = open(sys.argv[1], "rb").read()
+s = socket.create_connection(("127.0.0.1", 443))
 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 s.settimeout(5)
 cuts = [0, 40, len(data) // 2, len(data)]
@@ -126,11 +124,15 @@ except ConnectionResetError:
 except socket.timeout:
     print("timeout")
 ]], ".py")
-		local function split(port, hello)
-			return H.sh(("/usr/bin/python3 %s %d %s"):format(client, port, hello))
+		local function split(hello)
+			return H.sh(("/usr/bin/python3 %s %s"):format(client, hello))
 		end
-		assert.matches("^reset", split(4433, fixture("tls-openssl.hello")))
-		assert.matches("^got [1-9]%d* bytes", split(4434, fixture("tls-curl.hello")))
+		assert.matches("^got [1-9]%d* bytes", split(fixture("tls-curl.hello")))
+		local refused = s_client("www.ads.example")
+		assert.matches("errno=104", refused) -- ECONNRESET
+		assert.matches("SSL handshake has read 0 bytes", refused)
+		serve()
+		assert.matches("^reset", split(fixture("tls-openssl.hello")))
 		-- The rest of the connections that passed skipped the queue.
 		assert.is_true(H.rule_packets("filter", "OUTPUT", "ACCEPT.-mark match 0x40000000") > 0)
 		local counts = stop_counts(d)
