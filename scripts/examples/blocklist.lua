@@ -40,7 +40,8 @@ local domains, err = nfq.domainset(list_path)
 if not domains then
 	error(("blocklist: %s; the running list stays (fix the file, or NFQ_BLOCKLIST)"):format(err), 0)
 end
-io.stderr:write(("blocklist: %d names from %s (%.2f s)\n"):format(#domains, list_path, os.clock() - loading))
+io.stderr:write(("blocklist: %d names from %s (%.2f s, %.1f MB)\n"):format(#domains, list_path,
+	os.clock() - loading, domains:stats().bytes / 1048576))
 
 -- A ClientHello or request head longer than this is let through unread.
 local HEAD_BYTES = 4096
