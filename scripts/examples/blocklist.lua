@@ -34,6 +34,10 @@ local nfq = require "nfq"
 local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 local list_path = os.getenv("NFQ_BLOCKLIST") or (here .. "blocklist.txt")
 local report_every = tonumber(os.getenv("NFQ_BLOCKLIST_REPORT") or "60")
+local max_flows = tonumber(os.getenv("NFQ_BLOCKLIST_FLOWS") or "65536")
+if not (report_every and max_flows) then
+	error("blocklist: NFQ_BLOCKLIST_REPORT (seconds) and NFQ_BLOCKLIST_FLOWS (flows) must be numbers", 0)
+end
 
 local loading = os.clock()
 local domains, err = nfq.domainset(list_path)
@@ -51,7 +55,7 @@ local TLS_HANDSHAKE = 0x16
 
 local flows = nfq.flows {
 	name = "blocklist",
-	max = tonumber(os.getenv("NFQ_BLOCKLIST_FLOWS") or "65536"),
+	max = max_flows,
 	state = "struct { uint8_t verdict; }",
 	stream_bytes = HEAD_BYTES,
 }
@@ -75,7 +79,11 @@ local function dns_udp(pkt)
 	if q and not q:is_response() and listed(q:name_ptr()) then
 		count("dns_blocked")
 		pkt:drop()
-		return send(assert(dns_reply(pkt)))
+		-- A query nfq.dns_reply cannot answer (not a standard query, or
+		-- several questions) is dropped unanswered.
+		local reply = dns_reply(pkt)
+		if reply then send(reply) end
+		return
 	end
 	if q then count("dns_passed") end
 	pkt:accept()
@@ -94,7 +102,9 @@ end
 -- What the client's first bytes decide: a ClientHello or an HTTP request head.
 local function decide_stream(flow, pkt)
 	local data, len = flow:stream(pkt, HEAD_BYTES)
-	if not data or len == 0 then return UNDECIDED end
+	-- No stream buffer free (more undecided connections than the pool holds): let it through.
+	if not data then count("unread") return PASS end
+	if len == 0 then return UNDECIDED end
 	local whole = len == HEAD_BYTES
 	if data[0] == TLS_HANDSHAKE then
 		local hello, why = tls_client_hello(data, len)
