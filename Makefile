@@ -58,7 +58,7 @@ SYSTEMD_DIR ?= $(PREFIX)/lib/systemd/system
 LUA_FILES = nfq.lua nfq/cdef.lua nfq/engine.lua nfq/headers.lua nfq/offline.lua nfq/testing.lua \
 	nfq/flows.lua nfq/names.lua nfq/sets.lua nfq/pcap.lua nfq/metric.lua
 LUA_EMBEDDED = $(filter-out nfq/testing.lua,$(LUA_FILES))
-EXAMPLES = $(wildcard scripts/examples/*.lua) scripts/examples/embed.c \
+EXAMPLES = $(wildcard scripts/examples/*.lua) scripts/examples/blocklist.txt scripts/examples/embed.c \
 	$(wildcard scripts/examples/openresty/*)
 
 BUILD = build

@@ -1,14 +1,16 @@
 /* gen: UDP load generator for the NFQUEUE benchmark (loopback only).
  *
  *   gen [-d 127.0.0.1] [-p PORT] [-s SIZE] [-t SECONDS | -n DATAGRAMS]
- *       [-b BATCH] [-g] [-c CPU] [-S SNDBUF] [-F FLOWS]
+ *       [-b BATCH] [-g] [-c CPU] [-S SNDBUF] [-F FLOWS] [-D]
  *
  * Sends SIZE-byte UDP payloads with sendmmsg, BATCH messages per call. With
  * -g each message is one UDP GSO super-packet of 32 segments of SIZE bytes
  * (UDP_SEGMENT), so the counts below are always datagrams on the wire. With
  * -F the datagrams take turns over FLOWS source addresses (127.1.0.0 on,
  * set per message with IP_PKTINFO), so a stateful filter sees that many
- * concurrent flows.
+ * concurrent flows. With -D the payloads are DNS queries (A, one question)
+ * for random names under common TLDs, 4096 of them taken in turn, instead
+ * of SIZE bytes: what a DNS filter sees.
  * Prints "sent=N sends=M errors=E seconds=S" on stdout.
  */
 #define _GNU_SOURCE
@@ -42,22 +44,54 @@ static double now(void)
 	return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+#define DNS_QUERIES 4096 /* a power of two */
+#define DNS_QUERY_MAX 64
+
+/* A DNS query for a random name such as "k3x9q.example7.net" into out; its length. */
+static size_t dns_query(unsigned char *out, unsigned *seed)
+{
+	static const char *const tlds[] = { "com", "com", "net", "org", "io", "de", "info", "xyz" };
+	static const char letters[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+	size_t n = 0;
+	*seed = *seed * 1103515245u + 12345u;
+	unsigned char header[12] = { *seed >> 24, *seed >> 16, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0 };
+	memcpy(out, header, sizeof header);
+	n = sizeof header;
+	int labels = 1 + (*seed >> 8) % 2;
+	for (int l = 0; l < labels; l++) {
+		*seed = *seed * 1103515245u + 12345u;
+		int len = 3 + (*seed >> 16) % 12;
+		out[n++] = (unsigned char)len;
+		for (int i = 0; i < len; i++) {
+			*seed = *seed * 1103515245u + 12345u;
+			out[n++] = (unsigned char)letters[(*seed >> 16) % (sizeof letters - 1)];
+		}
+	}
+	const char *tld = tlds[(*seed >> 4) % (sizeof tlds / sizeof *tlds)];
+	out[n++] = (unsigned char)strlen(tld);
+	memcpy(out + n, tld, strlen(tld));
+	n += strlen(tld);
+	static const unsigned char tail[5] = { 0, 0, 1, 0, 1 }; /* root, type A, class IN */
+	memcpy(out + n, tail, sizeof tail);
+	return n + sizeof tail;
+}
+
 static void usage(void)
 {
 	fprintf(stderr, "usage: gen [-d 127.0.0.1] [-p PORT] [-s SIZE] [-t SECONDS | -n DATAGRAMS]\n"
-			"           [-b BATCH] [-g] [-c CPU] [-S SNDBUF] [-F FLOWS]\n");
+			"           [-b BATCH] [-g] [-c CPU] [-S SNDBUF] [-F FLOWS] [-D]\n");
 	exit(2);
 }
 
 int main(int argc, char **argv)
 {
 	const char *dst = "127.0.0.1";
-	int port = 9999, size = 64, batch = 64, gso = 0, cpu = -1, flows = 0, opt;
+	int port = 9999, size = 64, batch = 64, gso = 0, cpu = -1, flows = 0, dns = 0, opt;
 	double seconds = 0;
 	unsigned long long limit = 0;
 	int sndbuf = 64 << 20;
 
-	while ((opt = getopt(argc, argv, "d:p:s:t:n:b:gc:S:F:h")) != -1) {
+	while ((opt = getopt(argc, argv, "d:p:s:t:n:b:gc:S:F:Dh")) != -1) {
 		switch (opt) {
 		case 'd': dst = optarg; break;
 		case 'p': port = atoi(optarg); break;
@@ -69,12 +103,14 @@ int main(int argc, char **argv)
 		case 'c': cpu = atoi(optarg); break;
 		case 'S': sndbuf = atoi(optarg); break;
 		case 'F': flows = atoi(optarg); break;
+		case 'D': dns = 1; break;
 		default: usage();
 		}
 	}
 	if (seconds <= 0 && limit == 0)
 		seconds = 2;
-	if (port < 1 || port > 65535 || size < 1 || batch < 1 || batch > MAX_BATCH || flows < 0 || flows > 1 << 22)
+	if (port < 1 || port > 65535 || size < 1 || batch < 1 || batch > MAX_BATCH || flows < 0 || flows > 1 << 22 ||
+	    (dns && gso))
 		usage();
 
 	struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons(port) };
@@ -142,6 +178,11 @@ int main(int argc, char **argv)
 		}
 	}
 	unsigned next_flow = 0;
+	static unsigned char queries[DNS_QUERIES][DNS_QUERY_MAX];
+	static size_t query_len[DNS_QUERIES];
+	unsigned seed = 1, next_query = 0;
+	for (int q = 0; dns && q < DNS_QUERIES; q++)
+		query_len[q] = dns_query(queries[q], &seed);
 
 	struct sigaction sa = { .sa_handler = on_signal };
 	sigaction(SIGINT, &sa, NULL);
@@ -155,6 +196,11 @@ int main(int argc, char **argv)
 			unsigned long long left = (limit - sent + segs - 1) / segs;
 			if (left == 0) break;
 			if (left < (unsigned long long)n) n = (int)left;
+		}
+		for (int i = 0; dns && i < n; i++) {
+			iov[i].iov_base = queries[next_query];
+			iov[i].iov_len = query_len[next_query];
+			next_query = (next_query + 1) & (DNS_QUERIES - 1);
 		}
 		for (int i = 0; flows && i < n; i++) {
 			struct in_pktinfo pi = { 0 };

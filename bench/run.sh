@@ -18,8 +18,8 @@
 # SIZES ("64 1400"), POST (1: the POSTROUTING table), GSO (1: the GSO table),
 # MAXLEN (1024, queue length for every consumer), GEN_BATCH (64), GEN_SNDBUF
 # (64 MiB), GEN_CPU (0), CONS_CPU (1), SINK_CPU (CONS_CPU), GSO_SINK_CPU
-# (GEN_CPU), PORT (9999), FLOWS (1: the flow table's rounds), BENCH_ONLY
-# (regex on consumer ids), OUT.
+# (GEN_CPU), PORT (9999), FLOWS (1: the flow table's rounds), BLOCKLIST (1:
+# the blocklist example's rounds), BENCH_ONLY (regex on consumer ids), OUT.
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -91,6 +91,16 @@ FLOW_CONSUMERS=(
 	"flows-10|nfqlua bench/flows.lua, 10 flows|-F 10|./nfqlua bench/flows.lua --queue $QUEUE --max-len $MAXLEN"
 	"flows-accept-100k|nfqlua accept_all.lua, 100,000 flows|-F 100000|./nfqlua scripts/examples/accept_all.lua --queue $QUEUE --max-len $MAXLEN"
 	"flows-100k|nfqlua bench/flows.lua, 100,000 flows|-F 100000|./nfqlua bench/flows.lua --queue $QUEUE --max-len $MAXLEN"
+)
+
+# The blocklist example with 1,000,000 names (written by spec/helpers/names.lua
+# as bench/sets.lua does) against accept_all, both fed DNS queries for names
+# not listed (gen -D), "id|label|generator flags|command"; BLOCKLIST=0 leaves
+# the table out.
+BLOCKLIST=${BLOCKLIST:-1}
+BLOCKLIST_CONSUMERS=(
+	"bl-accept|nfqlua accept_all.lua|-D|./nfqlua scripts/examples/accept_all.lua --queue $QUEUE --max-len $MAXLEN"
+	"blocklist|nfqlua scripts/examples/blocklist.lua, 1,000,000 names|-D|env NFQ_BLOCKLIST=\$TMP/blocklist.txt ./nfqlua scripts/examples/blocklist.lua --queue $QUEUE --max-len $MAXLEN --send --send-mark 0x1/0x1"
 )
 
 die() { echo "run.sh: $*" >&2; exit 1; }
@@ -355,6 +365,19 @@ if ((FLOWS)); then
 	SIZES=$SIZES_ALL
 fi
 
+if ((BLOCKLIST)) && { selected bl-accept || selected blocklist; }; then
+	LUA_PATH='lua/?.lua;spec/?.lua;;' luajit -e \
+		"require('helpers.names').write_names('$TMP/blocklist.txt', 1000000, 1)"
+	SIZES_ALL=$SIZES SIZES=${SIZES%% *}
+	rounds BLOCKLIST_CONSUMERS
+	SIZES=$SIZES_ALL
+	BLOCKLIST_LOAD=$(grep -ho 'blocklist: [0-9]* names from [^(]*([^)]*)' "$TMP"/blocklist-*.log 2>/dev/null | tail -n 1)
+	# The same script and list without the kernel (bench/blocklist.lua).
+	BLOCKLIST_COST=$(LUA_PATH='lua/?.lua;spec/?.lua;;' LUA_CPATH='lua/?.so;;' taskset -c "$CONS_CPU" \
+		luajit bench/blocklist.lua "$TMP/blocklist.txt" 2>/dev/null) ||
+		BLOCKLIST_COST="bench/blocklist.lua failed: $BLOCKLIST_COST"
+fi
+
 # The Lua side alone, without the kernel: dispatch and verdict code on a
 # batch we fill ourselves (bench/dispatch_cost.lua).
 DISPATCH_COST=$(LUA_PATH='lua/?.lua;spec/?.lua;;' LUA_CPATH='lua/?.so;;' taskset -c "$CONS_CPU" luajit bench/dispatch_cost.lua 2>&1) ||
@@ -465,6 +488,29 @@ ref_id=$(cut -d'|' -f1 <<<"${CONSUMERS[0]}")
 				echo "| $flow_size B | $label | $(fmt "${R_PPS[$k]}") | $(fmtk "${R_MIN[$k]}")–$(fmtk "${R_MAX[$k]}") | $ratio | ${R_CPU[$k]} | ${R_RSS[$k]} MB |"
 			done
 		done
+	fi
+	bl_size=${SIZES%% *}
+	if ((BLOCKLIST)) && [[ -n ${R_PPS[blocklist/$bl_size]:-} ]]; then
+		echo
+		echo "The blocklist example (\`scripts/examples/blocklist.lua\`) with a list of 1,000,000 random names, against accept_all.lua,"
+		echo "both fed DNS queries (A, 25 to 52 bytes) for 4096 random names not on the list (\`gen -D\`), in rounds of their own:"
+		echo "each query parsed (\`nfq.dns\`), its name looked up (\`domainset:match\` by pointer), accepted."
+		echo "Its load: \`${BLOCKLIST_LOAD:-?}\` (CPU time, C memory of the set)."
+		echo
+		echo "| consumer | verdicts/s (median) | min–max | vs accept_all | CPU µs/pkt | peak RSS |"
+		echo "|---|---:|---:|---:|---:|---:|"
+		for id in bl-accept blocklist; do
+			k="$id/$bl_size"
+			[[ -n ${R_PPS[$k]:-} ]] || continue
+			ratio=$(awk -v a="${R_PPS[$k]}" -v b="${R_PPS[bl-accept/$bl_size]:-0}" 'BEGIN {printf (b ? "%.2f" : "—"), a / b}')
+			label=$(printf '%s\n' "${BLOCKLIST_CONSUMERS[@]}" | awk -F'|' -v id="$id" '$1 == id {print $2}')
+			echo "| $label | $(fmt "${R_PPS[$k]}") | $(fmtk "${R_MIN[$k]}")–$(fmtk "${R_MAX[$k]}") | $ratio | ${R_CPU[$k]} | ${R_RSS[$k]} MB |"
+		done
+		echo
+		echo "The same without the kernel (\`bench/blocklist.lua\`: the same list, DNS queries for 4096 names not on it through the"
+		echo "module's dispatch), on CPU $CONS_CPU; the lookup in a million-name set is most of the difference (cache misses, see the sets' table):"
+		echo
+		echo "$BLOCKLIST_COST"
 	fi
 	echo
 	echo "How it is measured: verdicts/s is the growth of the queue's id sequence in \`$PROC_Q\`, less netlink-full drops and"

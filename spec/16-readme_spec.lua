@@ -164,6 +164,12 @@ checks["openresty-pattern"] = function()
 	end
 end
 
+-- The blocklist's rules: spec/45-blocklist_spec.lua applies them as written.
+checks["blocklist"] = function()
+	local spec = assert(H.read_file(H.root .. "/spec/45-blocklist_spec.lua"))
+	assert.truthy(spec:find("check: blocklist", 1, true), "spec/45 does not run the block blocklist")
+end
+
 -- The output block belongs to the quick start's check.
 checks["quickstart-output"] = function() end
 
