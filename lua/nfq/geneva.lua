@@ -906,6 +906,7 @@ local function compile(strategy, node, emit)
 		local is_ip_csum = proto == "IP" and field == "chksum"
 		local is_tcp_csum = proto == "TCP" and field == "chksum"
 		local is_ip_len = proto == "IP" and field == "len"
+		local is_dataofs = proto == "TCP" and field == "dataofs"
 		return function(b, fl, sl, pay)
 			stats.tamper = stats.tamper + 1
 			local d, len = b:data()
@@ -922,6 +923,7 @@ local function compile(strategy, node, emit)
 				if is_ip_csum then fl = band(fl, bnot(IP_CSUM)) end
 				if is_tcp_csum then fl = band(fl, bnot(TCP_CSUM)) end
 				if is_ip_len then fl = band(fl, bnot(IP_LEN)) end
+				if is_dataofs then fl = band(fl, bnot(TCP_DATAOFS)) end
 			end
 			left(b, fl, sl, pay)
 		end
@@ -1118,9 +1120,13 @@ end
 
 --- A strategy from Geneva's DNA, or nil and where the DNA is wrong and what
 -- was expected there ("position 17: ...").
-function _M.parse(dna)
+-- opts.send: the function that sends outbound packets (default nfq.send).
+function _M.parse(dna, opts)
 	if type(dna) ~= "string" then
 		error("nfq.geneva.parse: the strategy must be a string, got " .. nfq._shown(dna), 2)
+	end
+	if opts ~= nil and (type(opts) ~= "table" or (opts.send ~= nil and not nfq._is_callable(opts.send))) then
+		error("nfq.geneva.parse: opts must be a table with send, a function, got " .. nfq._shown(opts), 2)
 	end
 	local ok, s = pcall(function()
 		local i, j = 1, #dna
@@ -1152,8 +1158,27 @@ function _M.parse(dna)
 		send_errors = 0, lengths_fixed = 0 }
 	for _, n in ipairs(stats_names) do strategy.stats[n] = 0 end
 	strategy.held = {}
+	strategy.send = opts and opts.send or send
 	strategy:_build()
 	return strategy
+end
+
+-- One forest as a chain of closures, one per tree (a loop over the trees
+-- would leave the JIT's trace): run(d, len, pkt, outbound) says whether a
+-- tree fired. Each fired tree gets a fresh copy of the packet; an outbound
+-- packet is dropped before the first copy is made.
+local function chain(list, i)
+	local t = list[i]
+	if not t then return function(_, _, _, _, fired) return fired end end
+	local check, run, rest = t.check, t.run, chain(list, i + 1)
+	return function(d, len, pkt, outbound, fired)
+		if check(d, len) then
+			if not fired and outbound then pkt:drop() end
+			fired = true
+			run(new_buffer(d, len), 0, 0, in_pay)
+		end
+		return rest(d, len, pkt, outbound, fired)
+	end
 end
 
 -- The emitters: outbound packets are sent (or held for their sleep), the
@@ -1161,7 +1186,7 @@ end
 local inbound_buf, inbound_sleep, inbound_set = nil, 0, false
 
 function Strategy:_build()
-	local stats, held = self.stats, self.held
+	local stats, held, send_packet = self.stats, self.held, self.send
 	local function emit_out(b, fl, sl, pay)
 		finish(b, fl, pay)
 		local d, len = b:data()
@@ -1178,7 +1203,7 @@ function Strategy:_build()
 			stats.held = stats.held + 1
 			return
 		end
-		if send(b) then
+		if send_packet(b) then
 			stats.sent = stats.sent + 1
 		else
 			stats.send_errors = stats.send_errors + 1
@@ -1197,22 +1222,9 @@ function Strategy:_build()
 		end
 		return list
 	end
-	self.out_trees = forest(self.outbound, emit_out)
-	self.in_trees = forest(self.inbound, emit_in)
-end
-
--- Run one forest on the packet at d, len: whether a tree fired.
-local function run_forest(trees, d, len, pkt, outbound)
-	local fired = false
-	for i = 1, #trees do
-		local t = trees[i]
-		if t.check(d, len) then
-			if not fired and outbound then pkt:drop() end
-			fired = true
-			t.run(new_buffer(d, len), 0, 0, in_pay)
-		end
-	end
-	return fired
+	self.out_trees = chain(forest(self.outbound, emit_out), 1)
+	self.in_trees = chain(forest(self.inbound, emit_in), 1)
+	self.out_count, self.in_count = #self.outbound, #self.inbound
 end
 
 local HOOK_PREROUTING, HOOK_INPUT = C.NFQ_HOOK_PREROUTING, C.NFQ_HOOK_INPUT
@@ -1233,13 +1245,13 @@ function Strategy:apply(pkt, direction)
 		inbound = direction == "in"
 	end
 	local trees = inbound and self.in_trees or self.out_trees
-	if #trees == 0 or not read_layout(d, len) then
+	if (inbound and self.in_count or self.out_count) == 0 or not read_layout(d, len) then
 		stats.accepted = stats.accepted + 1
 		pkt:accept()
 		return "accept"
 	end
 	if not inbound then
-		if run_forest(trees, d, len, pkt, true) then
+		if trees(d, len, pkt, true, false) then
 			stats.matched = stats.matched + 1
 			stats.dropped = stats.dropped + 1
 			return "drop"
@@ -1249,7 +1261,7 @@ function Strategy:apply(pkt, direction)
 		return "accept"
 	end
 	inbound_set = false
-	if not run_forest(trees, d, len, pkt, false) then
+	if not trees(d, len, pkt, false, false) then
 		stats.accepted = stats.accepted + 1
 		pkt:accept()
 		return "accept"
@@ -1285,7 +1297,7 @@ function Strategy:tick()
 			if h.pkt then
 				h.pkt:accept()
 			else
-				if send(h.buf) then
+				if self.send(h.buf) then
 					self.stats.sent = self.stats.sent + 1
 				else
 					self.stats.send_errors = self.stats.send_errors + 1
