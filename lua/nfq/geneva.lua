@@ -473,8 +473,8 @@ local function parse_action(text, pos, direction)
 				if kind == "add" then fail(kpos, "a TCP option cannot be added to; use replace") end
 				local how = node.option[2]
 				if how == "md5" then
-					if value ~= "" and (#value % 2 ~= 0 or value:find("%X") or python_int(value)) then
-						fail(vpos, "options-md5header takes hex digits (not all decimal), got " .. shown_text(value))
+					if value ~= "" and (#value % 2 ~= 0 or #value > 32 or value:find("%X") or python_int(value)) then
+						fail(vpos, "options-md5header takes up to 32 hex digits (not all decimal), got " .. shown_text(value))
 					end
 					node.bytes = value:gsub("%x%x", function(h) return char(tonumber(h, 16)) end)
 				elseif how == "u8" or how == "u16" or how == "ts" or how == "alt" then
@@ -782,7 +782,10 @@ end
 
 local MAX_OPTIONS = 60
 local option_scratch = ffi.new("uint8_t[?]", MAX_OPTIONS + 64)
-local option_value_buf = ffi.new("uint8_t[16]")
+-- The option being written (up to 2 + 16 bytes, md5header), and the random
+-- bytes of a corrupted md5header.
+local option_value_buf = ffi.new("uint8_t[20]")
+local md5_buf = ffi.new("uint8_t[16]")
 
 -- Rewrite the TCP options as scapy does for Geneva's set_options: the
 -- options up to the first EOL (included), the one of this kind replaced in
@@ -976,8 +979,8 @@ local function compile(strategy, node, emit)
 				elseif how == "ts" then
 					v = randint(0, 4294967294)
 				elseif how == "md5" then
-					for i = 0, 15 do option_value_buf[i] = randint(0, 255) end
-					vb = ffi_string(option_value_buf, 16)
+					for i = 0, 15 do md5_buf[i] = randint(0, 255) end
+					vb = ffi_string(md5_buf, 16)
 				end
 			end
 			pay = set_option(b, pay, okind, how, v, vb)
