@@ -52,7 +52,7 @@ SYSTEMD_DIR ?= $(PREFIX)/lib/systemd/system
 # busted specs of scripts) are also compiled into nfqlua and libnfqlua.
 LUA_FILES = nfq.lua nfq/cdef.lua nfq/engine.lua nfq/headers.lua nfq/offline.lua nfq/testing.lua nfq/geneva.lua
 LUA_EMBEDDED = $(filter-out nfq/testing.lua,$(LUA_FILES))
-EXAMPLES = $(wildcard scripts/examples/*.lua) scripts/examples/embed.c \
+EXAMPLES = $(wildcard scripts/examples/*.lua) scripts/examples/embed.c scripts/examples/geneva.strategy \
 	$(wildcard scripts/examples/openresty/*)
 
 BUILD = build

@@ -335,3 +335,164 @@ describe("nfq.geneva's per-packet path", function()
 		end)
 	end
 end)
+
+describe("scripts/examples/geneva.lua on the wire #kernel", function()
+	H.isolated_tests()
+	local ffi = require "ffi"
+	local C = ffi.C
+	local ADDR = { "169.254.35.1", "169.254.35.2" }
+	local PORT = 5035
+	local peer, capture_dir
+
+	before_each(function()
+		peer = "nfqgeneva" .. C.getpid()
+		capture_dir = H.sh("mktemp -d"):gsub("%s+$", "")
+		H.sh("ip netns add " .. peer)
+		H.sh("ip link add nfqg0 type veth peer name nfqg1 netns " .. peer)
+		H.sh(("ip addr add %s/24 dev nfqg0 && ip link set nfqg0 up"):format(ADDR[1]))
+		H.sh(("ip netns exec %s sh -c 'ip addr add %s/24 dev nfqg1 && ip link set nfqg1 up && ip link set lo up'")
+			:format(peer, ADDR[2]))
+		H.sh(("iptables -A OUTPUT -o nfqg0 -p tcp --dport %d -m mark --mark 0x1/0x1 -j RETURN"):format(PORT))
+		H.sh(("iptables -A OUTPUT -o nfqg0 -p tcp --dport %d -j NFQUEUE --queue-num 1"):format(PORT))
+	end)
+
+	after_each(function()
+		os.execute(("pkill -F %s/tcpdump.pid 2>/dev/null"):format(capture_dir))
+		os.execute("ip netns del " .. peer .. " 2>/dev/null")
+		os.execute("rm -rf " .. capture_dir)
+	end)
+
+	-- fn() run in the peer namespace: the sockets it makes live there.
+	local function in_peer(fn)
+		local home = C.open("/proc/self/ns/net", 0)
+		local there = C.open("/var/run/netns/" .. peer, 0)
+		assert(home >= 0 and there >= 0, "cannot open the namespaces")
+		assert(C.setns(there, 0x40000000) == 0, "setns")
+		local ok, result = pcall(fn)
+		assert(C.setns(home, 0x40000000) == 0, "cannot go back to the test's namespace")
+		C.close(home)
+		C.close(there)
+		assert(ok, result)
+		return result
+	end
+
+	-- tcpdump on the server's side of the veth, until stop(); then the TCP
+	-- segments to the server as tshark reads them: { seq, len, hdr_len, ttl }.
+	local captures = 0
+	local function capture()
+		captures = captures + 1
+		local pcap, log = ("%s/c%d.pcap"):format(capture_dir, captures), ("%s/c%d.log"):format(capture_dir, captures)
+		os.execute(("ip netns exec %s sh -c 'echo $$ > %s/tcpdump.pid; exec tcpdump --immediate-mode -U -n -i nfqg1 -w %s "
+			.. "tcp dst port %d' > %s 2>&1 &"):format(peer, capture_dir, pcap, PORT, log))
+		H.wait_for(function()
+			return (H.read_file(log) or ""):find("listening on", 1, true)
+		end, 10, "tcpdump to listen")
+		return function()
+			H.sleep(0.3)
+			os.execute(("pkill -INT -F %s/tcpdump.pid"):format(capture_dir))
+			H.wait_for(function()
+				return (H.read_file(log) or ""):find("packets captured", 1, true)
+			end, 10, "tcpdump to stop")
+			local out = H.sh(("tshark -r %s -T fields -e tcp.seq_raw -e tcp.len -e tcp.hdr_len -e ip.ttl "
+				.. "-e tcp.checksum.status -o tcp.check_checksum:TRUE 2>/dev/null"):format(pcap))
+			local segments = {}
+			for line in out:gmatch("[^\n]+") do
+				local seq, len, hdr, ttl, status = line:match("^(%d+)\t(%d+)\t(%d+)\t(%d+)\t?(%S*)")
+				if seq then
+					segments[#segments + 1] = { seq = tonumber(seq), len = tonumber(len), hdr_len = tonumber(hdr),
+						ttl = tonumber(ttl), checksum = status }
+				end
+			end
+			return segments
+		end
+	end
+
+	-- A connection that sends request and reads what the server got back.
+	local function exchange(server, request)
+		local c = H.tcp_connect(ADDR[2], PORT)
+		local conn = H.wait_for(function() return server:accept(0.05) end, 10, "the connection")
+		c:send(request)
+		local got = ""
+		H.wait_for(function()
+			got = got .. (conn:recv(0.05) or "")
+			return #got >= #request
+		end, 10, "the request to arrive")
+		c:close()
+		conn:close()
+		return got
+	end
+
+	local function run_daemon(strategy_path)
+		local d = H.daemon(H.root .. "/scripts/examples/geneva.lua --queue 1 --no-gso --send --send-mark 0x1/0x1",
+			"NFQ_GENEVA_STRATEGY=" .. strategy_path)
+		d:wait_output("geneva: running")
+		H.wait_queue_ready(1)
+		return d
+	end
+
+	local request = "GET /index.html HTTP/1.1\r\nHost: example.com\r\nUser-Agent: nfqlua-spec\r\n\r\n"
+
+	it("segments each request in three (8, 4, the rest) and the server reads it whole", function()
+		local server = in_peer(function() return H.tcp_listen(ADDR[2], PORT) end)
+		local path = H.tmpfile("[TCP:flags:PA]-fragment{tcp:8:True}(,fragment{tcp:4:True})-|\n")
+		local d = run_daemon(path)
+		local stop = capture()
+		assert.equal(request, exchange(server, request))
+		local segments = stop()
+		local data = {}
+		for _, s in ipairs(segments) do
+			if s.len > 0 then data[#data + 1] = s end
+		end
+		assert.equal(3, #data)
+		assert.same({ 8, 4, #request - 12 }, { data[1].len, data[2].len, data[3].len })
+		assert.equal(data[1].seq + 8, data[2].seq)
+		assert.equal(data[2].seq + 4, data[3].seq)
+		d:signal("TERM")
+		assert.equal(0, d:wait())
+		local out = d:output()
+		assert.truthy(out:find("fragment=2", 1, true), out)
+		assert.truthy(out:find("sent=3", 1, true), out)
+	end)
+
+	it("sends a copy with a bad header the server's TCP drops, the request intact, and swaps strategies on SIGHUP", function()
+		local server = in_peer(function() return H.tcp_listen(ADDR[2], PORT) end)
+		local path = H.tmpfile("[TCP:flags:PA]-duplicate(tamper{TCP:dataofs:replace:10}(tamper{TCP:chksum:corrupt},),)-|\n")
+		local d = run_daemon(path)
+		local stop = capture()
+		assert.equal(request, exchange(server, request))
+		local segments = stop()
+		local data = {}
+		for _, s in ipairs(segments) do
+			if s.len > 0 then data[#data + 1] = s end
+		end
+		assert.equal(2, #data)
+		assert.equal(40, data[1].hdr_len)
+		assert.equal("0", data[1].checksum) -- tshark: bad
+		assert.equal(data[1].seq, data[2].seq)
+		assert.equal(#request, data[2].len)
+		-- a strategy that does not parse keeps the running one
+		local f = assert(io.open(path, "w"))
+		f:write("[TCP:flags:PA]-duplicate(tamper{TCP:dataofs:replace:99},)-|\n")
+		f:close()
+		d:signal("HUP")
+		d:wait_output("position 53: TCP:dataofs is 4 bits: 0 to 15, got 99")
+		d:wait_output("keeps running")
+		f = assert(io.open(path, "w"))
+		f:write("# the TTL-limited copy of strategies.md\n[TCP:flags:PA]-duplicate(tamper{IP:ttl:replace:1},)-|\n")
+		f:close()
+		d:signal("HUP")
+		d:wait_output("[TCP:flags:PA]-duplicate(tamper{IP:ttl:replace:1},)-|")
+		stop = capture()
+		assert.equal(request, exchange(server, request))
+		segments = stop()
+		local ttls = {}
+		for _, s in ipairs(segments) do
+			if s.len > 0 then ttls[#ttls + 1] = s.ttl end
+		end
+		assert.same({ 1, 64 }, ttls)
+		d:signal("TERM")
+		assert.equal(0, d:wait())
+		-- the counters went on across the reloads: two requests, two duplicates
+		assert.truthy(d:output():find("duplicate=2", 1, true), d:output())
+	end)
+end)
