@@ -889,13 +889,13 @@ local function compile(strategy, node, emit)
 			stats.duplicate = stats.duplicate + 1
 			local c = b:copy()
 			left(b, fl, sl, pay)
-			right(c, fl, 0, pay)
+			return right(c, fl, 0, pay)
 		end
 	elseif name == "sleep" then
 		local t = node.time
 		return function(b, fl, _, pay)
 			stats.sleep = stats.sleep + 1
-			left(b, fl, t, pay)
+			return left(b, fl, t, pay)
 		end
 	elseif name == "fragment" then
 		return compile_fragment(strategy, node, left, right)
@@ -928,7 +928,7 @@ local function compile(strategy, node, emit)
 				if is_ip_len then fl = band(fl, bnot(IP_LEN)) end
 				if is_dataofs then fl = band(fl, bnot(TCP_DATAOFS)) end
 			end
-			left(b, fl, sl, pay)
+			return left(b, fl, sl, pay)
 		end
 	elseif field == "load" then
 		local load = node.load
@@ -961,7 +961,7 @@ local function compile(strategy, node, emit)
 					fl, pay = bor(fl, NO_L4), l4off
 				end
 			end
-			left(b, fl, sl, pay)
+			return left(b, fl, sl, pay)
 		end
 	end
 	-- TCP options
@@ -986,7 +986,7 @@ local function compile(strategy, node, emit)
 			pay = set_option(b, pay, okind, how, v, vb)
 			fl = bor(fl, IP_LEN, IP_CSUM, TCP_CSUM, TCP_DATAOFS)
 		end
-		left(b, fl, sl, pay)
+		return left(b, fl, sl, pay)
 	end
 end
 
@@ -1026,13 +1026,14 @@ compile_fragment = function(strategy, node, left, right)
 	local size, in_order, overlap, segment = node.size, node.in_order, node.overlap, node.segment
 	local AUTO = bor(IP_LEN, IP_CSUM, TCP_CSUM, TCP_DATAOFS)
 	local function two(p1, f1, pay1, p2, f2, pay2)
+		-- right() as a tail call: a nested fragment (the same function) then
+		-- takes this frame, and the JIT does not see a recursion
 		if in_order then
 			left(p1, f1, 0, pay1)
-			right(p2, f2, 0, pay2)
-		else
-			left(p2, f2, 0, pay2)
-			right(p1, f1, 0, pay1)
+			return right(p2, f2, 0, pay2)
 		end
+		left(p2, f2, 0, pay2)
+		return right(p1, f1, 0, pay1)
 	end
 	if segment then
 		return function(b, fl, sl, pay)
@@ -1055,7 +1056,7 @@ compile_fragment = function(strategy, node, left, right)
 			memmove(d2 + pay, d2 + pay + cut, n - cut)
 			second:set_len(len - cut)
 			put32(d2, l4off + 4, (get32(d2, l4off + 4) + cut) % 4294967296)
-			two(b, AUTO, pay, second, AUTO, pay)
+			return two(b, AUTO, pay, second, AUTO, pay)
 		end
 	end
 	local FRAG = bor(IP_LEN, IP_CSUM, NO_L4)
@@ -1107,7 +1108,7 @@ compile_fragment = function(strategy, node, left, right)
 		else
 			put16(d2, 6, bor(band(flags_frag, 0xe000), band(offset, 0x1fff)))
 		end
-		two(b, FRAG, l4off, second, FRAG, l4off)
+		return two(b, FRAG, l4off, second, FRAG, l4off)
 	end
 end
 
