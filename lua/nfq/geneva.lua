@@ -227,14 +227,17 @@ end
 local function write_numeric(d, o, f, v)
 	local off, bits, shift = f[1], f[2], f[3]
 	v = v % 2 ^ bits
-	if bits == 32 then return put32(d, o + off, v) end
-	if bits == 16 then return put16(d, o + off, v) end
-	if bits == 13 or bits == 3 and shift == 13 or bits == 9 then
+	if bits == 32 then
+		put32(d, o + off, v)
+	elseif bits == 16 then
+		put16(d, o + off, v)
+	elseif bits == 13 or bits == 3 and shift == 13 or bits == 9 then
 		local mask = lshift(2 ^ bits - 1, shift)
-		return put16(d, o + off, bor(band(get16(d, o + off), bnot(mask)), lshift(v, shift)))
+		put16(d, o + off, bor(band(get16(d, o + off), bnot(mask)), lshift(v, shift)))
+	else
+		local mask = lshift(2 ^ bits - 1, shift)
+		d[o + off] = bor(band(d[o + off], bnot(mask)), lshift(v, shift))
 	end
-	local mask = lshift(2 ^ bits - 1, shift)
-	d[o + off] = bor(band(d[o + off], bnot(mask)), lshift(v, shift))
 end
 
 --------------------------------------------------------------------------
@@ -875,28 +878,44 @@ local stats_names = { "duplicate", "tamper", "fragment", "drop", "sleep" }
 -- Defined with the packet building below.
 local finish, compile_fragment
 
+-- A closure made by factory() from a prototype of its own: a copy of the
+-- factory's bytecode, with the same upvalues. Every action of a tree then
+-- runs its own function, so that the JIT sees no recursion where one kind
+-- of action follows another of the kind (tamper after tamper, a fragment in
+-- a fragment, tree after tree), which it would unroll or refuse.
+local function fresh(factory)
+	local copy = assert(loadstring(string.dump(factory)))
+	local i = 1
+	while debug.getupvalue(factory, i) do
+		debug.upvaluejoin(copy, i, factory, i)
+		i = i + 1
+	end
+	return copy()
+end
+
 local function compile(strategy, node, emit)
 	if not node then return emit end
 	local stats = strategy.stats
 	local name = node.name
 	if name == "drop" then
-		return function() stats.drop = stats.drop + 1 end
+		return fresh(function() return function() stats.drop = stats.drop + 1 end end)
 	end
 	local left = compile(strategy, node.left, emit)
 	local right = compile(strategy, node.right, emit)
 	if name == "duplicate" then
-		return function(b, fl, sl, pay)
+		return fresh(function() return function(b, fl, sl, pay)
 			stats.duplicate = stats.duplicate + 1
 			local c = b:copy()
 			left(b, fl, sl, pay)
-			return right(c, fl, 0, pay)
-		end
+			right(c, fl, 0, pay)
+			return
+		end end)
 	elseif name == "sleep" then
 		local t = node.time
-		return function(b, fl, _, pay)
+		return fresh(function() return function(b, fl, _, pay)
 			stats.sleep = stats.sleep + 1
-			return left(b, fl, t, pay)
-		end
+			left(b, fl, t, pay)
+		end end)
 	elseif name == "fragment" then
 		return compile_fragment(strategy, node, left, right)
 	end
@@ -910,7 +929,7 @@ local function compile(strategy, node, emit)
 		local is_tcp_csum = proto == "TCP" and field == "chksum"
 		local is_ip_len = proto == "IP" and field == "len"
 		local is_dataofs = proto == "TCP" and field == "dataofs"
-		return function(b, fl, sl, pay)
+		return fresh(function() return function(b, fl, sl, pay)
 			stats.tamper = stats.tamper + 1
 			local d, len = b:data()
 			local o = layer_offset(proto, d, len, fl, pay)
@@ -928,11 +947,11 @@ local function compile(strategy, node, emit)
 				if is_ip_len then fl = band(fl, bnot(IP_LEN)) end
 				if is_dataofs then fl = band(fl, bnot(TCP_DATAOFS)) end
 			end
-			return left(b, fl, sl, pay)
-		end
+			left(b, fl, sl, pay)
+		end end)
 	elseif field == "load" then
 		local load = node.load
-		return function(b, fl, sl, pay)
+		return fresh(function() return function(b, fl, sl, pay)
 			stats.tamper = stats.tamper + 1
 			local d, len = b:data()
 			local o = layer_offset(proto, d, len, fl, pay)
@@ -961,13 +980,13 @@ local function compile(strategy, node, emit)
 					fl, pay = bor(fl, NO_L4), l4off
 				end
 			end
-			return left(b, fl, sl, pay)
-		end
+			left(b, fl, sl, pay)
+		end end)
 	end
 	-- TCP options
 	local option = node.option
 	local okind, how, bytes = option[1], option[2], node.bytes
-	return function(b, fl, sl, pay)
+	return fresh(function() return function(b, fl, sl, pay)
 		stats.tamper = stats.tamper + 1
 		if has_tcp and band(fl, NO_L4) == 0 then
 			local v, vb = number, bytes
@@ -986,8 +1005,8 @@ local function compile(strategy, node, emit)
 			pay = set_option(b, pay, okind, how, v, vb)
 			fl = bor(fl, IP_LEN, IP_CSUM, TCP_CSUM, TCP_DATAOFS)
 		end
-		return left(b, fl, sl, pay)
-	end
+		left(b, fl, sl, pay)
+	end end)
 end
 
 --------------------------------------------------------------------------
@@ -1025,25 +1044,25 @@ compile_fragment = function(strategy, node, left, right)
 	local stats = strategy.stats
 	local size, in_order, overlap, segment = node.size, node.in_order, node.overlap, node.segment
 	local AUTO = bor(IP_LEN, IP_CSUM, TCP_CSUM, TCP_DATAOFS)
-	local function two(p1, f1, pay1, p2, f2, pay2)
-		-- right() as a tail call: a nested fragment (the same function) then
-		-- takes this frame, and the JIT does not see a recursion
+	local two = fresh(function() return function(p1, f1, pay1, p2, f2, pay2)
 		if in_order then
 			left(p1, f1, 0, pay1)
-			return right(p2, f2, 0, pay2)
+			right(p2, f2, 0, pay2)
+		else
+			left(p2, f2, 0, pay2)
+			right(p1, f1, 0, pay1)
 		end
-		left(p2, f2, 0, pay2)
-		return right(p1, f1, 0, pay1)
-	end
+	end end)
 	if segment then
-		return function(b, fl, sl, pay)
+		return fresh(function() return function(b, fl, sl, pay)
 			stats.fragment = stats.fragment + 1
 			local _, len = b:data()
 			local n = len - pay
 			if not has_tcp or band(fl, NO_L4) ~= 0 or n <= 0 then
 				local c = b:copy()
 				left(b, fl, sl, pay)
-				return right(c, fl, 0, pay)
+				right(c, fl, 0, pay)
+				return
 			end
 			finish(b, fl, pay)
 			local cut = size
@@ -1056,11 +1075,11 @@ compile_fragment = function(strategy, node, left, right)
 			memmove(d2 + pay, d2 + pay + cut, n - cut)
 			second:set_len(len - cut)
 			put32(d2, l4off + 4, (get32(d2, l4off + 4) + cut) % 4294967296)
-			return two(b, AUTO, pay, second, AUTO, pay)
-		end
+			two(b, AUTO, pay, second, AUTO, pay)
+		end end)
 	end
 	local FRAG = bor(IP_LEN, IP_CSUM, NO_L4)
-	return function(b, fl, sl, pay)
+	return fresh(function() return function(b, fl, sl, pay)
 		stats.fragment = stats.fragment + 1
 		local _, len = b:data()
 		-- scapy's hasattr(packet["IP"], "load"): a payload behind the headers
@@ -1073,7 +1092,8 @@ compile_fragment = function(strategy, node, left, right)
 		if not has_load then
 			local c = b:copy()
 			left(b, fl, sl, pay)
-			return right(c, fl, 0, pay)
+			right(c, fl, 0, pay)
+			return
 		end
 		finish(b, fl, pay)
 		local n = len - l4off
@@ -1088,7 +1108,8 @@ compile_fragment = function(strategy, node, left, right)
 		if cut == 0 then
 			local c = b:copy()
 			left(b, FRAG, 0, l4off)
-			return right(c, FRAG, 0, l4off)
+			right(c, FRAG, 0, l4off)
+			return
 		end
 		local count = floor((n - 1) / cut) + 1
 		local second = b:copy()
@@ -1098,7 +1119,8 @@ compile_fragment = function(strategy, node, left, right)
 		put16(d, 6, bor(flags_frag, 0x2000))
 		if count == 1 then
 			put16(d, 6, flags_frag)
-			return two(b, FRAG, l4off, second, FRAG, l4off)
+			two(b, FRAG, l4off, second, FRAG, l4off)
+			return
 		end
 		memmove(d2 + l4off, d2 + l4off + cut, n - cut)
 		second:set_len(len - cut)
@@ -1108,8 +1130,8 @@ compile_fragment = function(strategy, node, left, right)
 		else
 			put16(d2, 6, bor(band(flags_frag, 0xe000), band(offset, 0x1fff)))
 		end
-		return two(b, FRAG, l4off, second, FRAG, l4off)
-	end
+		two(b, FRAG, l4off, second, FRAG, l4off)
+	end end)
 end
 
 --------------------------------------------------------------------------
@@ -1175,14 +1197,14 @@ local function chain(list, i)
 	local t = list[i]
 	if not t then return function(_, _, _, _, fired) return fired end end
 	local check, run, rest = t.check, t.run, chain(list, i + 1)
-	return function(d, len, pkt, outbound, fired)
+	return fresh(function() return function(d, len, pkt, outbound, fired)
 		if check(d, len) then
 			if not fired and outbound then pkt:drop() end
 			fired = true
 			run(new_buffer(d, len), 0, 0, in_pay)
 		end
-		return rest(d, len, pkt, outbound, fired)
-	end
+		return (rest(d, len, pkt, outbound, fired))
+	end end)
 end
 
 -- The emitters: outbound packets are sent (or held for their sleep), the
