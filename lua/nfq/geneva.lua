@@ -27,9 +27,17 @@ local byte, char, sub, find, format, rep = string.byte, string.char, string.sub,
 	string.rep
 local concat = table.concat
 local ffi_copy, ffi_string = ffi.copy, ffi.string
-local new_buffer, send, now = nfq.buffer, nfq.send, nfq.now
+local send, now = nfq.send, nfq.now
+local const_bytes_t = ffi.typeof("const uint8_t *")
 
 local _M = { _VERSION = nfq._VERSION }
+
+-- A packet's whole way through a strategy (the dispatch loop, the trees,
+-- the sends) is one trace, and a fragment in a fragment has more constants
+-- than LuaJIT's default limit of 500 lets a trace have: it would give up on
+-- the loop, which then runs interpreted and allocates. Raised for the Lua
+-- state that loads this module.
+if jit and jit.opt then jit.opt.start("maxirconst=1000") end
 
 if not pcall(function() return ffi.C.nfq_geneva_memmove end) then
 	ffi.cdef [[void *nfq_geneva_memmove(void *dest, const void *src, size_t n) asm("memmove");]]
@@ -790,11 +798,20 @@ local option_scratch = ffi.new("uint8_t[?]", MAX_OPTIONS + 64)
 local option_value_buf = ffi.new("uint8_t[20]")
 local md5_buf = ffi.new("uint8_t[16]")
 
+-- The packets a tree makes live in slots of a strategy's own memory, one
+-- slot a packet: a copy is a memcpy, a length a number, and nothing but the
+-- sends calls into nfq per packet, which keeps a strategy's trace short
+-- enough for the JIT. SLOT leaves room past the longest IP packet for what
+-- a tamper adds (a load, an option) before it is cut at 65535.
+local SLOT = 65536 + 1024
+local MAX_PACKET = 65535
+local next_slot = 0 -- the next free slot of the packet being handled
+
 -- Rewrite the TCP options as scapy does for Geneva's set_options: the
 -- options up to the first EOL (included), the one of this kind replaced in
--- place or appended, zeros to a multiple of 4. Returns the new payload offset.
-local function set_option(b, pay, kind, how, number, value_bytes)
-	local d, len = b:data()
+-- place or appended, zeros to a multiple of 4. Returns the new payload
+-- offset and length.
+local function set_option(d, len, pay, kind, how, number, value_bytes)
 	local o, stop, n = l4off + 20, pay, 0
 	local replaced = false
 	local new = option_value_buf
@@ -855,28 +872,22 @@ local function set_option(b, pay, kind, how, number, value_bytes)
 		n = n + 1
 	end
 	local new_pay = l4off + 20 + n
-	local tail = len - pay
-	if new_pay ~= pay then
-		if new_pay > pay then b:set_len(len + new_pay - pay) end
-		d = b:data()
-		memmove(d + new_pay, d + pay, tail)
-		if new_pay < pay then b:set_len(len + new_pay - pay) end
-	end
+	local new_len_total = len + new_pay - pay
+	if new_len_total > MAX_PACKET then new_len_total = MAX_PACKET end
+	if new_pay ~= pay then memmove(d + new_pay, d + pay, new_len_total - new_pay) end
 	ffi_copy(d + l4off + 20, out, n)
-	return new_pay
+	return new_pay, new_len_total
 end
 
-
--- Replace the bytes from offset from to the end with s (a string) or ptr, n.
-local function set_tail(b, from, s, n)
-	b:set_len(from + n)
-	local d = b:data()
-	ffi_copy(d + from, s, n)
+-- Replace the bytes from offset from to the end with src (a string or a
+-- pointer) of n bytes: the new length.
+local function set_tail(d, from, src, n)
+	if from + n > MAX_PACKET then n = MAX_PACKET - from end
+	ffi_copy(d + from, src, n)
+	return from + n
 end
 
 local stats_names = { "duplicate", "tamper", "fragment", "drop", "sleep" }
--- Defined with the packet building below.
-local finish, compile_fragment
 
 -- A closure made by factory() from a prototype of its own: a copy of the
 -- factory's bytecode, with the same upvalues. Every action of a tree then
@@ -893,129 +904,12 @@ local function fresh(factory)
 	return copy()
 end
 
-local function compile(strategy, node, emit)
-	if not node then return emit end
-	local stats = strategy.stats
-	local name = node.name
-	if name == "drop" then
-		return fresh(function() return function() stats.drop = stats.drop + 1 end end)
-	end
-	local left = compile(strategy, node.left, emit)
-	local right = compile(strategy, node.right, emit)
-	if name == "duplicate" then
-		return fresh(function() return function(b, fl, sl, pay)
-			stats.duplicate = stats.duplicate + 1
-			local c = b:copy()
-			left(b, fl, sl, pay)
-			right(c, fl, 0, pay)
-			return
-		end end)
-	elseif name == "sleep" then
-		local t = node.time
-		return fresh(function() return function(b, fl, _, pay)
-			stats.sleep = stats.sleep + 1
-			left(b, fl, t, pay)
-		end end)
-	elseif name == "fragment" then
-		return compile_fragment(strategy, node, left, right)
-	end
-	-- tamper
-	local proto, field, kind = node.proto, node.field, node.kind
-	local f = numeric[proto] and numeric[proto][field]
-	local number = node.number
-	if f then
-		local draw = f[4]
-		local is_ip_csum = proto == "IP" and field == "chksum"
-		local is_tcp_csum = proto == "TCP" and field == "chksum"
-		local is_ip_len = proto == "IP" and field == "len"
-		local is_dataofs = proto == "TCP" and field == "dataofs"
-		return fresh(function() return function(b, fl, sl, pay)
-			stats.tamper = stats.tamper + 1
-			local d, len = b:data()
-			local o = layer_offset(proto, d, len, fl, pay)
-			if o then
-				local v = number
-				if kind == "corrupt" then
-					v = draw()
-				elseif kind == "add" then
-					v = read_numeric(d, o, f) + number
-				end
-				write_numeric(d, o, f, v)
-				fl = bor(fl, IP_CSUM, (has_tcp and band(fl, NO_L4) == 0) and TCP_CSUM or 0)
-				if is_ip_csum then fl = band(fl, bnot(IP_CSUM)) end
-				if is_tcp_csum then fl = band(fl, bnot(TCP_CSUM)) end
-				if is_ip_len then fl = band(fl, bnot(IP_LEN)) end
-				if is_dataofs then fl = band(fl, bnot(TCP_DATAOFS)) end
-			end
-			left(b, fl, sl, pay)
-		end end)
-	elseif field == "load" then
-		local load = node.load
-		return fresh(function() return function(b, fl, sl, pay)
-			stats.tamper = stats.tamper + 1
-			local d, len = b:data()
-			local o = layer_offset(proto, d, len, fl, pay)
-			if o then
-				local from = proto == "IP" and l4off or pay
-				if kind == "corrupt" then
-					local pick = randint(1, 4)
-					if pick == 1 then
-						set_tail(b, from, "", 0)
-					elseif pick == 2 then
-						set_tail(b, from, DNS_REQUEST, #DNS_REQUEST)
-					elseif pick == 3 then
-						set_tail(b, from, HTTP_REQUEST, #HTTP_REQUEST)
-					else
-						for i = 0, 9 do
-							local k = randint(1, 36)
-							random_load_buf[i] = byte(LOAD_CHARS, k)
-						end
-						set_tail(b, from, random_load_buf, 10)
-					end
-				else
-					set_tail(b, from, load, #load)
-				end
-				fl = bor(fl, IP_LEN, IP_CSUM, (has_tcp and band(fl, NO_L4) == 0) and TCP_CSUM or 0)
-				if proto == "IP" then
-					fl, pay = bor(fl, NO_L4), l4off
-				end
-			end
-			left(b, fl, sl, pay)
-		end end)
-	end
-	-- TCP options
-	local option = node.option
-	local okind, how, bytes = option[1], option[2], node.bytes
-	return fresh(function() return function(b, fl, sl, pay)
-		stats.tamper = stats.tamper + 1
-		if has_tcp and band(fl, NO_L4) == 0 then
-			local v, vb = number, bytes
-			if kind == "corrupt" then
-				if how == "u16" then
-					v = okind == 2 and randint(0, 65535) or randint(0, 255)
-				elseif how == "u8" or how == "alt" then
-					v = randint(0, 255)
-				elseif how == "ts" then
-					v = randint(0, 4294967294)
-				elseif how == "md5" then
-					for i = 0, 15 do md5_buf[i] = randint(0, 255) end
-					vb = ffi_string(md5_buf, 16)
-				end
-			end
-			pay = set_option(b, pay, okind, how, v, vb)
-			fl = bor(fl, IP_LEN, IP_CSUM, TCP_CSUM, TCP_DATAOFS)
-		end
-		left(b, fl, sl, pay)
-	end end)
-end
-
 --------------------------------------------------------------------------
 -- Building packets as scapy would: lengths and checksums
 --------------------------------------------------------------------------
 
 -- Apply the deleted fields of a packet, as scapy's bytes() does.
-finish = function(b, fl, pay)
-	local d, len = b:data()
+local function finish(d, len, fl, pay)
 	if band(fl, TCP_DATAOFS) ~= 0 and has_tcp and band(fl, NO_L4) == 0 then
 		d[l4off + 12] = bor(band(d[l4off + 12], 0x0f), lshift(band((pay - l4off) / 4, 15), 4))
 	end
@@ -1038,50 +932,64 @@ finish = function(b, fl, pay)
 	end
 end
 
+--------------------------------------------------------------------------
+-- Compiling: actions. A packet on its way is its slot s, the fields scapy
+-- would compute (fl), its delay (sl) and its payload offset (pay); its
+-- bytes are at base + s * SLOT, its length lens[s].
+--------------------------------------------------------------------------
+
 -- Fragment: Geneva's segment (two TCP segments of the payload, cut at size,
 -- the first overlap bytes longer, every header copied) or IP fragments.
-compile_fragment = function(strategy, node, left, right)
-	local stats = strategy.stats
+local function compile_fragment(strategy, node, left, right)
+	local stats, base, lens = strategy.stats, strategy.store, strategy.lens
 	local size, in_order, overlap, segment = node.size, node.in_order, node.overlap, node.segment
 	local AUTO = bor(IP_LEN, IP_CSUM, TCP_CSUM, TCP_DATAOFS)
-	local two = fresh(function() return function(p1, f1, pay1, p2, f2, pay2)
+	local FRAG = bor(IP_LEN, IP_CSUM, NO_L4)
+	local two = fresh(function() return function(s1, f1, pay1, s2, f2, pay2)
 		if in_order then
-			left(p1, f1, 0, pay1)
-			right(p2, f2, 0, pay2)
+			left(s1, f1, 0, pay1)
+			right(s2, f2, 0, pay2)
 		else
-			left(p2, f2, 0, pay2)
-			right(p1, f1, 0, pay1)
+			left(s2, f2, 0, pay2)
+			right(s1, f1, 0, pay1)
 		end
 	end end)
+	-- Geneva duplicates what it cannot cut
+	local function copy_of(s)
+		local c = next_slot
+		next_slot = c + 1
+		ffi_copy(base + c * SLOT, base + s * SLOT, lens[s])
+		lens[c] = lens[s]
+		return c
+	end
 	if segment then
-		return fresh(function() return function(b, fl, sl, pay)
+		return fresh(function() return function(s, fl, sl, pay)
 			stats.fragment = stats.fragment + 1
-			local _, len = b:data()
+			local d, len = base + s * SLOT, lens[s]
 			local n = len - pay
 			if not has_tcp or band(fl, NO_L4) ~= 0 or n <= 0 then
-				local c = b:copy()
-				left(b, fl, sl, pay)
+				local c = copy_of(s)
+				left(s, fl, sl, pay)
 				right(c, fl, 0, pay)
 				return
 			end
-			finish(b, fl, pay)
+			finish(d, len, fl, pay)
+			local c = copy_of(s)
 			local cut = size
 			if cut == -1 or cut > n - 1 then cut = floor(n / 2) end
 			local extra = n - cut
 			if overlap < extra then extra = overlap end
-			local second = b:copy()
-			b:set_len(pay + cut + extra)
-			local d2 = second:data()
+			lens[s] = pay + cut + extra
+			local d2 = base + c * SLOT
 			memmove(d2 + pay, d2 + pay + cut, n - cut)
-			second:set_len(len - cut)
+			lens[c] = len - cut
 			put32(d2, l4off + 4, (get32(d2, l4off + 4) + cut) % 4294967296)
-			two(b, AUTO, pay, second, AUTO, pay)
+			two(s, AUTO, pay, c, AUTO, pay)
 		end end)
 	end
-	local FRAG = bor(IP_LEN, IP_CSUM, NO_L4)
-	return fresh(function() return function(b, fl, sl, pay)
+	return fresh(function() return function(s, fl, sl, pay)
 		stats.fragment = stats.fragment + 1
-		local _, len = b:data()
+		local d, len = base + s * SLOT, lens[s]
 		-- scapy's hasattr(packet["IP"], "load"): a payload behind the headers
 		local has_load
 		if band(fl, NO_L4) ~= 0 then
@@ -1090,12 +998,12 @@ compile_fragment = function(strategy, node, left, right)
 			has_load = not has_dns and len > pay
 		end
 		if not has_load then
-			local c = b:copy()
-			left(b, fl, sl, pay)
+			local c = copy_of(s)
+			left(s, fl, sl, pay)
 			right(c, fl, 0, pay)
 			return
 		end
-		finish(b, fl, pay)
+		finish(d, len, fl, pay)
 		local n = len - l4off
 		local cut
 		if size == -1 or size * 8 > n or n <= 8 then
@@ -1103,35 +1011,156 @@ compile_fragment = function(strategy, node, left, right)
 		else
 			cut = size * 8
 		end
-		local d = b:data()
-		local flags_frag = get16(d, 6)
+		local c = copy_of(s)
 		if cut == 0 then
-			local c = b:copy()
-			left(b, FRAG, 0, l4off)
+			left(s, FRAG, 0, l4off)
 			right(c, FRAG, 0, l4off)
 			return
 		end
-		local count = floor((n - 1) / cut) + 1
-		local second = b:copy()
-		local d2 = second:data()
-		-- the first: MF set, cut bytes
-		b:set_len(l4off + cut)
-		put16(d, 6, bor(flags_frag, 0x2000))
-		if count == 1 then
-			put16(d, 6, flags_frag)
-			two(b, FRAG, l4off, second, FRAG, l4off)
+		local flags_frag = get16(d, 6)
+		if cut >= n then -- one fragment, and a copy of it
+			two(s, FRAG, l4off, c, FRAG, l4off)
 			return
 		end
+		-- the first: MF set, cut bytes; the second: the rest
+		lens[s] = l4off + cut
+		put16(d, 6, bor(flags_frag, 0x2000))
+		local d2 = base + c * SLOT
 		memmove(d2 + l4off, d2 + l4off + cut, n - cut)
-		second:set_len(len - cut)
+		lens[c] = len - cut
 		local offset = band(flags_frag, 0x1fff) + cut / 8
-		if count > 2 then
+		if cut * 2 < n then -- scapy made more than two: the rest joined, flags DF
 			put16(d2, 6, bor(0x4000, band(offset, 0x1fff)))
 		else
 			put16(d2, 6, bor(band(flags_frag, 0xe000), band(offset, 0x1fff)))
 		end
-		two(b, FRAG, l4off, second, FRAG, l4off)
+		two(s, FRAG, l4off, c, FRAG, l4off)
 	end end)
+end
+
+local function compile(strategy, node, emit)
+	if not node then return emit end
+	local stats, base, lens = strategy.stats, strategy.store, strategy.lens
+	local name = node.name
+	if name == "drop" then
+		return fresh(function() return function() stats.drop = stats.drop + 1 end end)
+	end
+	local left = compile(strategy, node.left, emit)
+	local right = compile(strategy, node.right, emit)
+	if name == "duplicate" then
+		return fresh(function() return function(s, fl, sl, pay)
+			stats.duplicate = stats.duplicate + 1
+			local c = next_slot
+			next_slot = c + 1
+			ffi_copy(base + c * SLOT, base + s * SLOT, lens[s])
+			lens[c] = lens[s]
+			left(s, fl, sl, pay)
+			right(c, fl, 0, pay)
+		end end)
+	elseif name == "sleep" then
+		local t = node.time
+		return fresh(function() return function(s, fl, _, pay)
+			stats.sleep = stats.sleep + 1
+			left(s, fl, t, pay)
+		end end)
+	elseif name == "fragment" then
+		return compile_fragment(strategy, node, left, right)
+	end
+	-- tamper
+	local proto, field, kind = node.proto, node.field, node.kind
+	local f = numeric[proto] and numeric[proto][field]
+	local number = node.number
+	if f then
+		local draw = f[4]
+		local is_ip_csum = proto == "IP" and field == "chksum"
+		local is_tcp_csum = proto == "TCP" and field == "chksum"
+		local is_ip_len = proto == "IP" and field == "len"
+		local is_dataofs = proto == "TCP" and field == "dataofs"
+		return fresh(function() return function(s, fl, sl, pay)
+			stats.tamper = stats.tamper + 1
+			local d, len = base + s * SLOT, lens[s]
+			local o = layer_offset(proto, d, len, fl, pay)
+			if o then
+				local v = number
+				if kind == "corrupt" then
+					v = draw()
+				elseif kind == "add" then
+					v = read_numeric(d, o, f) + number
+				end
+				write_numeric(d, o, f, v)
+				fl = bor(fl, IP_CSUM, (has_tcp and band(fl, NO_L4) == 0) and TCP_CSUM or 0)
+				if is_ip_csum then fl = band(fl, bnot(IP_CSUM)) end
+				if is_tcp_csum then fl = band(fl, bnot(TCP_CSUM)) end
+				if is_ip_len then fl = band(fl, bnot(IP_LEN)) end
+				if is_dataofs then fl = band(fl, bnot(TCP_DATAOFS)) end
+			end
+			left(s, fl, sl, pay)
+		end end)
+	elseif field == "load" then
+		local load = node.load
+		return fresh(function() return function(s, fl, sl, pay)
+			stats.tamper = stats.tamper + 1
+			local d, len = base + s * SLOT, lens[s]
+			local o = layer_offset(proto, d, len, fl, pay)
+			if o then
+				local from = proto == "IP" and l4off or pay
+				if kind == "corrupt" then
+					local pick = randint(1, 4)
+					if pick == 1 then
+						lens[s] = set_tail(d, from, "", 0)
+					elseif pick == 2 then
+						lens[s] = set_tail(d, from, DNS_REQUEST, #DNS_REQUEST)
+					elseif pick == 3 then
+						lens[s] = set_tail(d, from, HTTP_REQUEST, #HTTP_REQUEST)
+					else
+						for i = 0, 9 do
+							local k = randint(1, 36)
+							random_load_buf[i] = byte(LOAD_CHARS, k)
+						end
+						lens[s] = set_tail(d, from, random_load_buf, 10)
+					end
+				else
+					lens[s] = set_tail(d, from, load, #load)
+				end
+				fl = bor(fl, IP_LEN, IP_CSUM, (has_tcp and band(fl, NO_L4) == 0) and TCP_CSUM or 0)
+				if proto == "IP" then
+					fl, pay = bor(fl, NO_L4), l4off
+				end
+			end
+			left(s, fl, sl, pay)
+		end end)
+	end
+	-- TCP options
+	local option = node.option
+	local okind, how, bytes = option[1], option[2], node.bytes
+	return fresh(function() return function(s, fl, sl, pay)
+		stats.tamper = stats.tamper + 1
+		if has_tcp and band(fl, NO_L4) == 0 then
+			local v, vb = number, bytes
+			if kind == "corrupt" then
+				if how == "u16" then
+					v = okind == 2 and randint(0, 65535) or randint(0, 255)
+				elseif how == "u8" or how == "alt" then
+					v = randint(0, 255)
+				elseif how == "ts" then
+					v = randint(0, 4294967294)
+				elseif how == "md5" then
+					for i = 0, 15 do md5_buf[i] = randint(0, 255) end
+					vb = ffi_string(md5_buf, 16)
+				end
+			end
+			pay, lens[s] = set_option(base + s * SLOT, lens[s], pay, okind, how, v, vb)
+			fl = bor(fl, IP_LEN, IP_CSUM, TCP_CSUM, TCP_DATAOFS)
+		end
+		left(s, fl, sl, pay)
+	end end)
+end
+
+-- How many slots a tree needs: its packet, and one more for each action
+-- that makes two of one.
+local function slots_of(node)
+	if not node then return 0 end
+	return (node.branching and 1 or 0) + slots_of(node.left) + slots_of(node.right)
 end
 
 --------------------------------------------------------------------------
@@ -1146,7 +1175,7 @@ end
 
 --- A strategy from Geneva's DNA, or nil and where the DNA is wrong and what
 -- was expected there ("position 17: ...").
--- opts.send: the function that sends outbound packets (default nfq.send).
+-- opts.send(ptr, len): sends an outbound packet (default nfq.send).
 function _M.parse(dna, opts)
 	if type(dna) ~= "string" then
 		error("nfq.geneva.parse: the strategy must be a string, got " .. nfq._shown(dna), 2)
@@ -1185,6 +1214,13 @@ function _M.parse(dna, opts)
 	for _, n in ipairs(stats_names) do strategy.stats[n] = 0 end
 	strategy.held = {}
 	strategy.send = opts and opts.send or send
+	local slots = 0
+	for _, forest in ipairs { s.outbound, s.inbound } do
+		for _, t in ipairs(forest) do slots = slots + 1 + slots_of(t.root) end
+	end
+	-- the strategy's packet memory: only the pages a packet touches are resident
+	strategy.store = ffi.new("uint8_t[?]", (slots > 0 and slots or 1) * SLOT)
+	strategy.lens = ffi.new("int32_t[?]", slots > 0 and slots or 1)
 	strategy:_build()
 	return strategy
 end
@@ -1193,29 +1229,34 @@ end
 -- would leave the JIT's trace): run(d, len, pkt, outbound) says whether a
 -- tree fired. Each fired tree gets a fresh copy of the packet; an outbound
 -- packet is dropped before the first copy is made.
-local function chain(list, i)
+local function chain(strategy, list, i)
 	local t = list[i]
 	if not t then return function(_, _, _, _, fired) return fired end end
-	local check, run, rest = t.check, t.run, chain(list, i + 1)
+	local check, run, rest = t.check, t.run, chain(strategy, list, i + 1)
+	local base, lens = strategy.store, strategy.lens
 	return fresh(function() return function(d, len, pkt, outbound, fired)
 		if check(d, len) then
 			if not fired and outbound then pkt:drop() end
 			fired = true
-			run(new_buffer(d, len), 0, 0, in_pay)
+			local s = next_slot
+			next_slot = s + 1
+			ffi_copy(base + s * SLOT, d, len)
+			lens[s] = len
+			run(s, 0, 0, in_pay)
 		end
 		return (rest(d, len, pkt, outbound, fired))
 	end end)
 end
 
--- The emitters: outbound packets are sent (or held for their sleep), the
--- first inbound one becomes the packet's new payload.
-local inbound_buf, inbound_sleep, inbound_set = nil, 0, false
+-- The first packet an inbound tree gives: its bytes become the packet's.
+local inbound_bytes, inbound_sleep = nil, 0
 
 function Strategy:_build()
-	local stats, held, send_packet = self.stats, self.held, self.send
-	local function emit_out(b, fl, sl, pay)
-		finish(b, fl, pay)
-		local d, len = b:data()
+	local stats, held, send_packet, base, lens = self.stats, self.held, self.send, self.store, self.lens
+	-- build a packet as scapy would, with the real IPv4 length
+	local function build(s, fl, pay)
+		local d, len = base + s * SLOT, lens[s]
+		finish(d, len, fl, pay)
 		if get16(d, 2) ~= len then
 			-- A raw socket sets the IPv4 total length itself (raw(7)), and
 			-- nfq.send refuses a length that lies: send the real one.
@@ -1224,21 +1265,26 @@ function Strategy:_build()
 			put16(d, 10, C.nfq_geneva_checksum(d, l4off, 0))
 			stats.lengths_fixed = stats.lengths_fixed + 1
 		end
+		return d, len
+	end
+	local function emit_out(s, fl, sl, pay)
+		local d, len = build(s, fl, pay)
 		if sl > 0 then
-			held[#held + 1] = { due = now() + sl, buf = b:retain() }
+			held[#held + 1] = { due = now() + sl, bytes = ffi_string(d, len) }
 			stats.held = stats.held + 1
 			return
 		end
-		if send_packet(b) then
+		if send_packet(d, len) then
 			stats.sent = stats.sent + 1
 		else
 			stats.send_errors = stats.send_errors + 1
 		end
 	end
-	local function emit_in(b, fl, sl, pay)
-		if inbound_set then return end
-		finish(b, fl, pay)
-		inbound_buf, inbound_sleep, inbound_set = b, sl, true
+	local function emit_in(s, fl, sl, pay)
+		if inbound_bytes then return end
+		local d, len = base + s * SLOT, lens[s]
+		finish(d, len, fl, pay)
+		inbound_bytes, inbound_sleep = ffi_string(d, len), sl
 	end
 	local function forest(trees, emit)
 		local list = {}
@@ -1248,8 +1294,8 @@ function Strategy:_build()
 		end
 		return list
 	end
-	self.out_trees = chain(forest(self.outbound, emit_out), 1)
-	self.in_trees = chain(forest(self.inbound, emit_in), 1)
+	self.out_trees = chain(self, forest(self.outbound, emit_out), 1)
+	self.in_trees = chain(self, forest(self.inbound, emit_in), 1)
 	self.out_count, self.in_count = #self.outbound, #self.inbound
 end
 
@@ -1270,14 +1316,14 @@ function Strategy:apply(pkt, direction)
 	else
 		inbound = direction == "in"
 	end
-	local trees = inbound and self.in_trees or self.out_trees
 	if (inbound and self.in_count or self.out_count) == 0 or not read_layout(d, len) then
 		stats.accepted = stats.accepted + 1
 		pkt:accept()
 		return "accept"
 	end
+	next_slot = 0
 	if not inbound then
-		if trees(d, len, pkt, true, false) then
+		if self.out_trees(d, len, pkt, true, false) then
 			stats.matched = stats.matched + 1
 			stats.dropped = stats.dropped + 1
 			return "drop"
@@ -1286,21 +1332,21 @@ function Strategy:apply(pkt, direction)
 		pkt:accept()
 		return "accept"
 	end
-	inbound_set = false
-	if not trees(d, len, pkt, false, false) then
+	inbound_bytes = nil
+	if not self.in_trees(d, len, pkt, false, false) then
 		stats.accepted = stats.accepted + 1
 		pkt:accept()
 		return "accept"
 	end
 	stats.matched = stats.matched + 1
-	if not inbound_set then
+	if not inbound_bytes then
 		stats.dropped = stats.dropped + 1
 		pkt:drop()
 		return "drop"
 	end
-	local b, sl = inbound_buf, inbound_sleep
-	inbound_buf = nil
-	pkt:set_payload(b)
+	local bytes, sl = inbound_bytes, inbound_sleep
+	inbound_bytes = nil
+	pkt:set_payload(bytes)
 	stats.rewritten = stats.rewritten + 1
 	if sl > 0 then
 		self.held[#self.held + 1] = { due = now() + sl, pkt = pkt:retain() }
@@ -1322,13 +1368,10 @@ function Strategy:tick()
 			count = count + 1
 			if h.pkt then
 				h.pkt:accept()
+			elseif self.send(ffi.cast(const_bytes_t, h.bytes), #h.bytes) then
+				self.stats.sent = self.stats.sent + 1
 			else
-				if self.send(h.buf) then
-					self.stats.sent = self.stats.sent + 1
-				else
-					self.stats.send_errors = self.stats.send_errors + 1
-				end
-				h.buf:release()
+				self.stats.send_errors = self.stats.send_errors + 1
 			end
 		else
 			keep[#keep + 1] = h
