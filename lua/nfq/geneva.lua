@@ -23,8 +23,7 @@ local tobit = bit.tobit
 local floor, huge = math.floor, math.huge
 local type, error, tostring, tonumber, pairs, ipairs, setmetatable, getmetatable, pcall = type, error, tostring,
 	tonumber, pairs, ipairs, setmetatable, getmetatable, pcall
-local byte, char, sub, find, format, rep = string.byte, string.char, string.sub, string.find, string.format,
-	string.rep
+local byte, char, sub, find, format = string.byte, string.char, string.sub, string.find, string.format
 local concat = table.concat
 local ffi_copy, ffi_string = ffi.copy, ffi.string
 local send, now = nfq.send, nfq.now
@@ -84,7 +83,7 @@ end
 --------------------------------------------------------------------------
 
 local l4off, l4proto, has_tcp, has_udp, has_dns = 0, 0, false, false, false
-local in_ptr, in_len, in_pay = nil, 0, 0
+local in_pay = 0
 
 local function get16(d, o) return d[o] * 256 + d[o + 1] end
 local function put16(d, o, v) d[o], d[o + 1] = band(rshift(v, 8), 255), band(v, 255) end
@@ -517,7 +516,9 @@ local function parse_action(text, pos, direction)
 	elseif name == "fragment" then
 		local p = {}
 		for part in ((params or "") .. ":"):gmatch("([^:]*):") do p[#p + 1] = part end
-		if #p < 3 or #p > 4 then fail(ppos, "fragment takes {ip|tcp:offset:True|False} or {ip|tcp:offset:True|False:overlap}") end
+		if #p < 3 or #p > 4 then
+			fail(ppos, "fragment takes {ip|tcp:offset:True|False} or {ip|tcp:offset:True|False:overlap}")
+		end
 		if p[1] ~= "tcp" and p[1] ~= "ip" then fail(ppos, "expected tcp or ip, got " .. shown_text(p[1])) end
 		node.segment = p[1] == "tcp"
 		local spos = ppos + #p[1] + 1
@@ -557,7 +558,9 @@ local function parse_node(s, i, j, direction)
 			depth = depth + 1
 		elseif c == ")" then
 			depth = depth - 1
-			if depth == 0 and k ~= j then fail(k + 1, "expected the end of the action after ')', got " .. shown_text(sub(s, k + 1, j))) end
+			if depth == 0 and k ~= j then
+				fail(k + 1, "expected the end of the action after ')', got " .. shown_text(sub(s, k + 1, j)))
+			end
 			if depth < 0 then fail(k, "a ')' without its '('") end
 		elseif c == "," and depth == 1 and not comma then
 			comma = k
