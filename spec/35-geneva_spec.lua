@@ -194,7 +194,7 @@ describe("nfq.geneva against Geneva's engine", function()
 				local sent, verdict = run(s, inputs.http_ipopts, "out")
 				if plain.untouched then
 					assert.equal("accept", verdict.verdict)
-				else
+				elseif plain.outputs then
 					assert.equal(#plain.outputs, #sent, case.dna)
 					for _, p in ipairs(sent) do
 						assert.equal(6, band(p:byte(1), 15))

@@ -42,7 +42,8 @@ describe("make install", function()
 		-- Only Lua modules and the daemon leave the rock's own directory.
 		local deployed = H.sh(("find %s -type f ! -path '*/lib/luarocks/*' | sed 's#^%s/##' | sort"):format(tree, tree))
 		assert.equal(table.concat({ "bin/nfqlua", "lib/lua/5.1/nfq/core.so", "share/lua/5.1/nfq.lua",
-			"share/lua/5.1/nfq/cdef.lua", "share/lua/5.1/nfq/engine.lua", "share/lua/5.1/nfq/headers.lua",
+			"share/lua/5.1/nfq/cdef.lua", "share/lua/5.1/nfq/engine.lua", "share/lua/5.1/nfq/geneva.lua",
+			"share/lua/5.1/nfq/headers.lua",
 			"share/lua/5.1/nfq/offline.lua", "share/lua/5.1/nfq/testing.lua" }, "\n") .. "\n", deployed)
 		H.sh(luarocks .. "remove nfq")
 		assert.equal("", H.sh(("find %s -type f ! -path '*/lib/luarocks/*'"):format(tree)))

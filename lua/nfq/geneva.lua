@@ -528,9 +528,6 @@ local function parse_action(text, pos, direction)
 		node.in_order = p[3] == "True"
 		node.overlap = p[4] and parse_number(p[4], opos + #p[3] + 1, "the overlap") or 0
 		if node.overlap < 0 then fail(opos + #p[3] + 1, "the overlap is at least 0") end
-		if not node.segment and node.overlap ~= 0 then
-			fail(opos + #p[3] + 1, "an overlap goes with tcp segments only (Geneva ignores it for ip)")
-		end
 	else
 		fail(pos, "expected an action (" .. ACTIONS .. "), got " .. shown_text(name))
 	end
@@ -854,7 +851,7 @@ local function set_option(d, len, pay, kind, how, number, value_bytes)
 			if o + span > stop then span = stop - o end
 		end
 		if n + span + new_len > MAX_OPTIONS then break end
-		if k == kind and not replaced and not unmatched_kinds[k] and k > 1 then
+		if k == kind and not replaced and not unmatched_kinds[k] then
 			ffi_copy(out + n, new, new_len)
 			n = n + new_len
 			replaced = true
@@ -1221,7 +1218,7 @@ function _M.parse(dna, opts)
 	for _, forest in ipairs { s.outbound, s.inbound } do
 		for _, t in ipairs(forest) do slots = slots + 1 + slots_of(t.root) end
 	end
-	-- the strategy's packet memory: only the pages a packet touches are resident
+	-- the strategy's packet memory, a slot per packet a tree can make
 	strategy.store = ffi.new("uint8_t[?]", (slots > 0 and slots or 1) * SLOT)
 	strategy.lens = ffi.new("int32_t[?]", slots > 0 and slots or 1)
 	strategy:_build()
