@@ -1249,7 +1249,7 @@ local function chain(strategy, list, i)
 end
 
 -- The first packet an inbound tree gives: its bytes become the packet's.
-local inbound_bytes, inbound_sleep = nil, 0
+local inbound_bytes = nil
 
 function Strategy:_build()
 	local stats, held, send_packet, base, lens = self.stats, self.held, self.send, self.store, self.lens
@@ -1280,11 +1280,12 @@ function Strategy:_build()
 			stats.send_errors = stats.send_errors + 1
 		end
 	end
-	local function emit_in(s, fl, sl, pay)
+	-- (an inbound tree has no sleep: Geneva's parser keeps it to outbound ones)
+	local function emit_in(s, fl, _, pay)
 		if inbound_bytes then return end
 		local d, len = base + s * SLOT, lens[s]
 		finish(d, len, fl, pay)
-		inbound_bytes, inbound_sleep = ffi_string(d, len), sl
+		inbound_bytes = ffi_string(d, len)
 	end
 	local function forest(trees, emit)
 		local list = {}
@@ -1304,7 +1305,7 @@ local HOOK_PREROUTING, HOOK_INPUT = C.NFQ_HOOK_PREROUTING, C.NFQ_HOOK_INPUT
 --- Give the packet what Geneva's engine gives it: outbound (OUTPUT and the
 -- other hooks), dropped and replaced by the packets its trees make; inbound
 -- (PREROUTING, INPUT, or direction "in"), rewritten or dropped. A packet no
--- trigger matches is accepted. Returns the verdict's name.
+-- trigger matches is accepted. Returns the verdict's name ("accept" or "drop").
 function Strategy:apply(pkt, direction)
 	local stats = self.stats
 	stats.packets = stats.packets + 1
@@ -1344,21 +1345,16 @@ function Strategy:apply(pkt, direction)
 		pkt:drop()
 		return "drop"
 	end
-	local bytes, sl = inbound_bytes, inbound_sleep
+	local bytes = inbound_bytes
 	inbound_bytes = nil
 	pkt:set_payload(bytes)
 	stats.rewritten = stats.rewritten + 1
-	if sl > 0 then
-		self.held[#self.held + 1] = { due = now() + sl, pkt = pkt:retain() }
-		stats.held = stats.held + 1
-		return "held"
-	end
 	pkt:accept()
 	return "accept"
 end
 
---- Send (or accept) what a sleep held and is now due: call it from on_timer.
--- Returns how many left.
+--- Send what a sleep held and is now due: call it from on_timer. Returns
+-- how many left.
 function Strategy:tick()
 	local held = self.held
 	if #held == 0 then return 0 end
@@ -1366,9 +1362,7 @@ function Strategy:tick()
 	for _, h in ipairs(held) do
 		if h.due <= t then
 			count = count + 1
-			if h.pkt then
-				h.pkt:accept()
-			elseif self.send(ffi.cast(const_bytes_t, h.bytes), #h.bytes) then
+			if self.send(ffi.cast(const_bytes_t, h.bytes), #h.bytes) then
 				self.stats.sent = self.stats.sent + 1
 			else
 				self.stats.send_errors = self.stats.send_errors + 1
