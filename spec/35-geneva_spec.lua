@@ -33,6 +33,9 @@ local function run(s, input, direction)
 		{ send = true, hook = direction == "in" and "input" or "output" })
 	local sent, verdict = {}, results.by_id[1]
 	for _, r in ipairs(results.sent) do sent[#sent + 1] = r.packet end
+	-- Geneva parses IPv4 only: the IPv6 packet passes as it is
+	assert.equal("accept", results.by_id[2].verdict)
+	assert.is_nil(results.by_id[2].payload)
 	return sent, verdict
 end
 
