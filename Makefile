@@ -56,16 +56,18 @@ SYSTEMD_DIR ?= $(PREFIX)/lib/systemd/system
 # The Lua modules, installed under LUA_MODULE_DIR. All but nfq.testing (for
 # busted specs of scripts) are also compiled into nfqlua and libnfqlua.
 LUA_FILES = nfq.lua nfq/cdef.lua nfq/engine.lua nfq/headers.lua nfq/offline.lua nfq/testing.lua \
-	nfq/flows.lua nfq/names.lua nfq/sets.lua nfq/pcap.lua nfq/metric.lua
+	nfq/flows.lua nfq/names.lua nfq/sets.lua nfq/pcap.lua nfq/metric.lua nfq/geneva.lua
 LUA_EMBEDDED = $(filter-out nfq/testing.lua,$(LUA_FILES))
-EXAMPLES = $(wildcard scripts/examples/*.lua) scripts/examples/blocklist.txt scripts/examples/embed.c \
+EXAMPLES = $(wildcard scripts/examples/*.lua) scripts/examples/blocklist.txt scripts/examples/geneva.strategy \
+	scripts/examples/embed.c \
 	$(wildcard scripts/examples/openresty/*)
 
 BUILD = build
 CORE_SRC = src/nfq_queue.c src/nfq_packet.c src/nfq_headers.c src/nfq_send.c src/nfq_reject.c \
 	src/nfq_buffer.c src/nfq_build.c src/nfq_version.c src/nfq_flows.c \
 	src/nfq_names.c src/nfq_dns.c src/nfq_tls.c src/nfq_quic.c src/nfq_http.c \
-	src/nfq_set_common.c src/nfq_domainset.c src/nfq_ipset.c src/nfq_pcap.c src/nfq_metrics.c
+	src/nfq_set_common.c src/nfq_domainset.c src/nfq_ipset.c src/nfq_pcap.c src/nfq_metrics.c \
+	src/nfq_geneva.c
 ENGINE_SRC = src/nfq_engine.c
 # The daemon: main() and flags, its workers, its log, --replay.
 DAEMON_SRC = src/nfq_daemon.c src/nfq_workers.c src/nfq_log.c src/nfq_replay.c src/nfq_metrics_server.c
@@ -124,7 +126,8 @@ deps-fuzz:
 	$(call install_missing,$(BUILD_PACKAGES) $(FUZZ_PACKAGES))
 
 # The headers whose BEGIN CDEF ... END CDEF blocks the FFI sees, in this order.
-CDEF_HEADERS = src/nfq_core.h src/nfq_flows.h src/nfq_names.h src/nfq_sets.h src/nfq_pcap.h src/nfq_metrics.h
+CDEF_HEADERS = src/nfq_core.h src/nfq_flows.h src/nfq_names.h src/nfq_sets.h src/nfq_pcap.h src/nfq_metrics.h \
+	src/nfq_geneva.h
 
 # VERSION is the version of the Lua modules too: nfq.lua checks the core's
 # nfq_version() against it.

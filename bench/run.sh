@@ -58,6 +58,9 @@ CONSUMERS=(
 	"lib|library mode: luajit bench/lib_filter.lua|$LUA_ENV BENCH_MAXLEN=$MAXLEN luajit bench/lib_filter.lua $QUEUE"
 	"record|nfqlua bench/record_tenth.lua (accept all, record every 10th packet with nfq.pcap)|env BENCH_RECORD=/tmp/nfq-bench-record.pcap ./nfqlua bench/record_tenth.lua --queue $QUEUE --max-len $MAXLEN"
 	"copy|nfqlua bench/copy_send.lua (drop, send two copies with a new TTL)|./nfqlua bench/copy_send.lua --queue $QUEUE --max-len $MAXLEN --send --send-mark 0x1/0x1"
+	"geneva-miss|nfqlua scripts/examples/geneva.lua, bench/geneva_miss.strategy (the issue's two TCP strategies, unmatched)|env NFQ_GENEVA_STRATEGY=bench/geneva_miss.strategy ./nfqlua scripts/examples/geneva.lua --queue $QUEUE --max-len $MAXLEN --no-gso --send --send-mark 0x1/0x1"
+	"geneva-dup|nfqlua scripts/examples/geneva.lua, bench/geneva_dup.strategy (drop, send it and a TTL-limited copy)|env NFQ_GENEVA_STRATEGY=bench/geneva_dup.strategy ./nfqlua scripts/examples/geneva.lua --queue $QUEUE --max-len $MAXLEN --no-gso --send --send-mark 0x1/0x1"
+	"geneva-frag|nfqlua scripts/examples/geneva.lua, bench/geneva_frag.strategy (drop, send two IP fragments)|env NFQ_GENEVA_STRATEGY=bench/geneva_frag.strategy ./nfqlua scripts/examples/geneva.lua --queue $QUEUE --max-len $MAXLEN --no-gso --send --send-mark 0x1/0x1"
 	"ruby|Ruby: ruby-nfqueue, bench/consumers/accept.rb|ruby bench/consumers/accept.rb $QUEUE $MAXLEN"
 	"go|Go: nfqueue-go (chifflier), bench/consumers/accept.go|bench/go_accept $QUEUE $MAXLEN"
 )

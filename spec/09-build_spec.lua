@@ -59,7 +59,8 @@ end
 
 -- The FFI entry points: the CDEF blocks of the headers the Makefile names.
 local ffi_entries = {}
-for header in assert(H.read_file(H.root .. "/Makefile")):match("\nCDEF_HEADERS = ([^\n]+)"):gmatch("%S+") do
+local cdef_headers = assert(H.read_file(H.root .. "/Makefile")):match("\nCDEF_HEADERS = (.-[^\\])\n")
+for header in cdef_headers:gsub("\\\n", " "):gmatch("%S+") do
 	declared(assert(H.read_file(H.root .. "/" .. header)):match("BEGIN CDEF(.-)END CDEF"), ffi_entries)
 end
 local api = declared(assert(H.read_file(H.root .. "/src/nfq_engine.h")), {})
