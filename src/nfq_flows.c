@@ -72,6 +72,10 @@ struct nfq_flows_priv {
 	struct stream_buf *streams;
 	uint32_t stream_free;	/* index plus 1; 0: none */
 	uint8_t *stream_mem;
+	/* the batch get() saw last: see batch_of */
+	const struct nfq_queue *pf_queue;
+	uint32_t pf_first_id, pf_last_id;
+	double batch_now;	/* the clock at the batch's first get(); -1: not read yet */
 	/* the registry */
 	const void *scope;
 	char name[NFQ_FLOW_NAME_MAX];
@@ -383,6 +387,75 @@ static uint8_t class_of(const struct nfq_flow *f)
 	}
 }
 
+/*
+ * Tables larger than this many flows prefetch each batch (below, records and
+ * buckets stay in the CPU's caches and prefetching is work for nothing).
+ */
+#define PREFETCH_MIN_FLOWS 4096
+
+/*
+ * Whether p is a packet of its queue's current batch (1), the first of a
+ * batch that get() sees (2: the batch is remembered from p to its end), or
+ * not in a batch at all (0: a retained packet, a packet of the script's own).
+ */
+static int batch_of(struct nfq_flows_priv *pv, const struct nfq_packet *p)
+{
+	const struct nfq_queue *q = p->queue;
+	if (!q || p < q->pkts || p >= q->pkts + q->count)
+		return 0;
+	if (q == pv->pf_queue && p->id - pv->pf_first_id <= pv->pf_last_id - pv->pf_first_id)
+		return 1;
+	pv->pf_queue = q;
+	pv->pf_first_id = p->id;
+	pv->pf_last_id = q->pkts[q->count - 1].id;
+	pv->batch_now = -1;
+	return 2;
+}
+
+/*
+ * With many flows, get() spends most of its time waiting for two loads that
+ * miss the caches: the hash bucket, then the flow's record. Packets come in
+ * batches, so at the first get() of a batch's packet p the buckets of p and
+ * the packets after it are fetched together, then the records they point
+ * to, and the misses overlap instead of coming one per packet. Only a hint:
+ * get() computes each bucket again (the script may change a packet in
+ * between), so what was fetched is only ever found in the cache.
+ */
+static void prefetch_batch(struct nfq_flows *t, const struct nfq_packet *p)
+{
+	const struct nfq_queue *q = p->queue;
+	struct nfq_flows_priv *pv = t->priv;
+	uint32_t from = (uint32_t)(p - q->pkts), to = q->count;
+	uint32_t bucket[NFQ_BATCH_SLOTS];
+	for (uint32_t j = from; j < to; j++) {
+		const struct nfq_packet *b = &q->pkts[j];
+		struct pkt_info pi;
+		bucket[j] = NONE;
+		if (!b->payload || parse_packet(b->payload, b->payload_len, &pi) < 0)
+			continue;
+		struct flow_key k;
+		make_key(&k, pi.family, pi.proto, pi.src, pi.sport, pi.dst, pi.dport);
+		bucket[j] = key_hash(&k, pv->seed) & pv->mask;
+		__builtin_prefetch(&pv->buckets[bucket[j]]);
+	}
+	for (uint32_t j = from; j < to; j++) {
+		uint32_t i = bucket[j] == NONE ? NONE : pv->buckets[bucket[j]];
+		if (i == NONE)
+			continue;
+		const uint8_t *rec = (const uint8_t *)slot_at(t, i);
+		__builtin_prefetch(rec, 1);
+		__builtin_prefetch(rec + 64, 1);
+		__builtin_prefetch(&pv->links[i], 1);
+	}
+}
+
+static double monotonic_now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 static int lookup(struct nfq_flows *t, const struct pkt_info *pi, uint32_t bucket, int *dir)
 {
 	for (uint32_t i = t->priv->buckets[bucket]; i != NONE; i = slot_at(t, i)->hnext) {
@@ -428,6 +501,15 @@ int nfq_flows_get(struct nfq_flows *t, const struct nfq_packet *p, double now, i
 	struct pkt_info pi;
 	if (!p->payload || parse_packet(p->payload, p->payload_len, &pi) < 0)
 		return NFQ_FLOW_NONE;
+	int batch = batch_of(t->priv, p);
+	if (batch == 2 && t->count >= PREFETCH_MIN_FLOWS)
+		prefetch_batch(t, p);
+	/* nfq.now() once per batch: the clock costs as much as the lookup. */
+	if (now < 0) {
+		now = batch && t->priv->batch_now >= 0 ? t->priv->batch_now : monotonic_now();
+		if (batch)
+			t->priv->batch_now = now;
+	}
 	if (now > t->next_check)
 		nfq_flows_expire(t, now, EXPIRE_PER_GET);
 	struct flow_key k;
