@@ -25,12 +25,14 @@ enum { TCP_FIN = 1, TCP_SYN = 2, TCP_RST = 4, TCP_ACK = 16 };
 /* sflags: the sequence base of a direction is known; a direction's stream is done. */
 enum { SEQ_KNOWN = 1, STREAM_DONE = 4 };
 
-/* A flow's key in canonical order (the lower endpoint first), for the hash. */
+/*
+ * A flow's key in canonical order (the lower endpoint first), for the hash:
+ * in 64-bit words, written and read whole (a word the CPU must assemble from
+ * narrower stores waits for them).
+ */
 struct flow_key {
-	uint8_t a[16], b[16];
-	uint16_t pa, pb;
-	uint8_t proto, family;
-	uint16_t zero;
+	uint64_t a[2], b[2];	/* addresses (IPv4: the first 4 bytes, the rest zero) */
+	uint64_t rest;		/* ports, then protocol and family */
 };
 
 /* What get and stream read from a packet. */
@@ -91,32 +93,35 @@ static inline struct nfq_flow *slot_at(const struct nfq_flows *t, uint32_t i)
 	return (struct nfq_flow *)(t->slots + (size_t)i * t->stride);
 }
 
-static uint32_t key_hash(const struct flow_key *k, uint64_t seed)
+static inline uint64_t mix(uint64_t h, uint64_t w)
 {
-	uint64_t w[sizeof *k / 8];
-	memcpy(w, k, sizeof w);
-	uint64_t h = seed;
-	for (size_t i = 0; i < sizeof w / sizeof w[0]; i++) {
-		h = (h ^ w[i]) * 0x9e3779b97f4a7c15ull;
-		h ^= h >> 29;
-	}
+	h = (h ^ w) * 0x9e3779b97f4a7c15ull;
+	return h ^ h >> 29;
+}
+
+static inline uint32_t key_hash(const struct flow_key *k, uint64_t seed)
+{
+	uint64_t h = mix(mix(mix(seed, k->rest), k->a[0]), k->b[0]);
+	/* An IPv4 address is the first 4 bytes of its 16: the other words are zero. */
+	if ((uint8_t)(k->rest >> 40) != 4)
+		h = mix(mix(h, k->a[1]), k->b[1]);
 	return (uint32_t)(h ^ h >> 32);
 }
 
-static void make_key(struct flow_key *k, uint8_t family, uint8_t proto, const uint8_t *a, uint16_t pa,
-		     const uint8_t *b, uint16_t pb)
+static inline void make_key(struct flow_key *k, uint8_t family, uint8_t proto, const uint8_t *a, uint16_t pa,
+			    const uint8_t *b, uint16_t pb)
 {
-	int c = memcmp(a, b, 16);
-	if (c > 0 || (c == 0 && pa > pb)) {
-		const uint8_t *t = a;
-		uint16_t tp = pa;
-		a = b, pa = pb, b = t, pb = tp;
-	}
-	memcpy(k->a, a, 16);
-	memcpy(k->b, b, 16);
-	k->pa = pa, k->pb = pb;
-	k->proto = proto, k->family = family;
-	k->zero = 0;
+	uint64_t x[2], y[2];
+	memcpy(x, a, 16);
+	memcpy(y, b, 16);
+	/* Any fixed order puts both directions of a flow in one key: words, not bytes. */
+	int swap = x[0] != y[0] ? x[0] > y[0] : x[1] != y[1] ? x[1] > y[1] : pa > pb;
+	k->a[0] = swap ? y[0] : x[0];
+	k->a[1] = swap ? y[1] : x[1];
+	k->b[0] = swap ? x[0] : y[0];
+	k->b[1] = swap ? x[1] : y[1];
+	uint64_t lo = swap ? pb : pa, hi = swap ? pa : pb;
+	k->rest = lo | hi << 16 | (uint64_t)proto << 32 | (uint64_t)family << 40;
 }
 
 static uint32_t flow_bucket(const struct nfq_flows *t, const struct nfq_flow *f)
@@ -126,6 +131,15 @@ static uint32_t flow_bucket(const struct nfq_flows *t, const struct nfq_flow *f)
 	return key_hash(&k, t->priv->seed) & t->priv->mask;
 }
 
+/* An IPv4 address as the first 4 bytes of 16, in two whole words (see struct flow_key). */
+static inline void put_addr4(uint8_t *to, const uint8_t *from)
+{
+	uint32_t v;
+	memcpy(&v, from, 4);
+	uint64_t w[2] = { v, 0 };
+	memcpy(to, w, 16);
+}
+
 /* The flow key of an IP packet; -1 for anything else, or a cut header. */
 static int parse_packet(const uint8_t *ip, uint32_t len, struct pkt_info *pi)
 {
@@ -133,12 +147,12 @@ static int parse_packet(const uint8_t *ip, uint32_t len, struct pkt_info *pi)
 	int off = nfq_transport_offset(ip, len, &proto);
 	if (off < 0)
 		return -1;
-	memset(pi, 0, sizeof *pi);
+	pi->sport = pi->dport = 0;
 	uint32_t end = len;
 	if (ip[0] >> 4 == 4) {
 		pi->family = 4;
-		memcpy(pi->src, ip + 12, 4);
-		memcpy(pi->dst, ip + 16, 4);
+		put_addr4(pi->src, ip + 12);
+		put_addr4(pi->dst, ip + 16);
 		if (nfq_get16(ip + 2) < end)
 			end = nfq_get16(ip + 2);
 	} else {
