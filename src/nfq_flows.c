@@ -721,8 +721,9 @@ static struct nfq_flows *table_new(uint32_t max, uint32_t user_size, uint32_t us
 	t->capacity = max + NFQ_FLOW_RESERVE;
 	t->ended_head = NONE;
 	t->refs = 1;
+	/* The power of two above max: at most 8 bytes per flow, and a full table's chains short. */
 	uint32_t buckets = 16;
-	while (buckets < max)
+	while (buckets <= max)
 		buckets <<= 1;
 	pv->mask = buckets - 1;
 	pv->seed = fresh_seed();
