@@ -402,7 +402,7 @@ static uint8_t class_of(const struct nfq_flow *f)
 }
 
 /*
- * Tables larger than this many flows prefetch each batch (below, records and
+ * Tables of this many flows or more prefetch each batch (below, records and
  * buckets stay in the CPU's caches and prefetching is work for nothing).
  */
 #define PREFETCH_MIN_FLOWS 4096
@@ -439,7 +439,7 @@ static void prefetch_batch(struct nfq_flows *t, const struct nfq_packet *p)
 {
 	const struct nfq_queue *q = p->queue;
 	struct nfq_flows_priv *pv = t->priv;
-	uint32_t from = (uint32_t)(p - q->pkts), to = q->count;
+	uint32_t from = (uint32_t)(p - q->pkts), to = q->count < NFQ_BATCH_SLOTS ? q->count : NFQ_BATCH_SLOTS;
 	uint32_t bucket[NFQ_BATCH_SLOTS];
 	for (uint32_t j = from; j < to; j++) {
 		const struct nfq_packet *b = &q->pkts[j];
