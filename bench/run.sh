@@ -385,6 +385,11 @@ fi
 # batch we fill ourselves (bench/dispatch_cost.lua).
 DISPATCH_COST=$(LUA_PATH='lua/?.lua;spec/?.lua;;' LUA_CPATH='lua/?.so;;' taskset -c "$CONS_CPU" luajit bench/dispatch_cost.lua 2>&1) ||
 	DISPATCH_COST="bench/dispatch_cost.lua failed: $DISPATCH_COST"
+# The flow table's Lua side alone, over 10 and 100,000 flows (bench/flows_cost.lua).
+if ((FLOWS)); then
+	FLOWS_COST=$(LUA_PATH='lua/?.lua;spec/?.lua;;' LUA_CPATH='lua/?.so;;' taskset -c "$CONS_CPU" luajit bench/flows_cost.lua 2>&1) ||
+		FLOWS_COST="bench/flows_cost.lua failed: $FLOWS_COST"
+fi
 # The name parsers alone, on messages in memory (bench/names.lua).
 NAMES_COST=$(LUA_PATH='lua/?.lua;;' LUA_CPATH='lua/?.so;;' taskset -c "$CONS_CPU" luajit bench/names.lua 2>&1) ||
 	NAMES_COST="bench/names.lua failed: $NAMES_COST"
@@ -491,6 +496,11 @@ ref_id=$(cut -d'|' -f1 <<<"${CONSUMERS[0]}")
 				echo "| $flow_size B | $label | $(fmt "${R_PPS[$k]}") | $(fmtk "${R_MIN[$k]}")–$(fmtk "${R_MAX[$k]}") | $ratio | ${R_CPU[$k]} | ${R_RSS[$k]} MB |"
 			done
 		done
+		echo
+		echo "The same filters without the kernel (\`bench/flows_cost.lua\`: batches of 64 through the module's dispatch, each packet's"
+		echo "source port turning over the flows), on CPU $CONS_CPU:"
+		echo
+		echo "$FLOWS_COST"
 	fi
 	bl_size=${SIZES%% *}
 	if ((BLOCKLIST)) && [[ -n ${R_PPS[blocklist/$bl_size]:-} ]]; then

@@ -1356,6 +1356,12 @@ function _M.now()
 	return tonumber(now_ts.tv_sec) + tonumber(now_ts.tv_nsec) * 1e-9
 end
 
+--- The time of an offline run, or nil while nfq.now() reads the clock: for
+-- code that reads the same clock in C (nfq.flows).
+function _M._offline_now()
+	return offline_now
+end
+
 --- For offline runs: the time nfq.now() returns from now on, or nil for the
 -- real clock again.
 function _M._set_now(t)

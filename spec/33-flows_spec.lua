@@ -366,6 +366,66 @@ describe("flows on the per-packet path", function()
 	end)
 end)
 
+describe("flows over a queue's batch", function()
+	-- A synthetic queue whose packet in slot i goes to port_of(i), changed
+	-- between batches by writing the UDP destination port in place.
+	local function queue_of(callback)
+		local run_batch, keep = batch.synthetic_queue(callback, function() return 9 end)
+		local function set_port(i, port)
+			keep.payloads[i][22], keep.payloads[i][23] = math.floor(port / 256), port % 256
+		end
+		return run_batch, set_port, keep
+	end
+
+	it("reads the clock once per batch: its packets share last_seen, a later batch's is later", function()
+		local flows = nfq.flows { max = 1000 }
+		local seen = {}
+		local run_batch, set_port, keep = queue_of(function(pkt)
+			seen[#seen + 1] = flows:get(pkt).last_seen
+			pkt:accept()
+		end)
+		for i = 0, batch.SIZE - 1 do set_port(i, 1000 + i) end
+		local before = nfq.now()
+		run_batch()
+		local t = os.clock() + 0.002
+		repeat until os.clock() > t
+		run_batch()
+		assert.is_true(seen[1] >= before and seen[#seen] <= nfq.now())
+		for i = 2, batch.SIZE do assert.equal(seen[1], seen[i]) end
+		for i = batch.SIZE + 2, 2 * batch.SIZE do assert.equal(seen[batch.SIZE + 1], seen[i]) end
+		assert.is_true(seen[batch.SIZE + 1] > seen[1])
+		assert.is_not_nil(keep)
+	end)
+
+	it("finds the right flows in a table that prefetches each batch, also after the script changed a packet",
+		function()
+			local flows = nfq.flows { max = 8192 }
+			local got, rewrite = {}, false
+			local run_batch, set_port, keep
+			run_batch, set_port, keep = queue_of(function(pkt)
+				if rewrite and #got == 0 then
+					-- The batch's other packets were prefetched for ports 20000 + i: now they go elsewhere.
+					for i = 1, batch.SIZE - 1 do set_port(i, 20000 + batch.SIZE + i) end
+				end
+				local f = flows:get(pkt)
+				got[#got + 1] = { f.dport, f.packets }
+				pkt:accept()
+			end)
+			for k = 0, 79 do
+				for i = 0, batch.SIZE - 1 do set_port(i, 20000 + k * batch.SIZE + i) end
+				run_batch()
+			end
+			assert.equal(80 * batch.SIZE, flows:count())
+			for i = 0, batch.SIZE - 1 do set_port(i, 20000 + i) end
+			got, rewrite = {}, true
+			run_batch()
+			assert.same({ 20000, 2 }, got[1])
+			for i = 1, batch.SIZE - 1 do assert.same({ 20000 + batch.SIZE + i, 2 }, got[i + 1]) end
+			assert.equal(80 * batch.SIZE, flows:count())
+			assert.is_not_nil(keep)
+		end)
+end)
+
 describe("bench/flows.lua on the per-packet path", function()
 	it("compiles without trace aborts in the module", function()
 		local jit_util = require "jit.util"

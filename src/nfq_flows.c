@@ -25,12 +25,14 @@ enum { TCP_FIN = 1, TCP_SYN = 2, TCP_RST = 4, TCP_ACK = 16 };
 /* sflags: the sequence base of a direction is known; a direction's stream is done. */
 enum { SEQ_KNOWN = 1, STREAM_DONE = 4 };
 
-/* A flow's key in canonical order (the lower endpoint first), for the hash. */
+/*
+ * A flow's key in canonical order (the lower endpoint first), for the hash:
+ * in 64-bit words, written and read whole (a word the CPU must assemble from
+ * narrower stores waits for them).
+ */
 struct flow_key {
-	uint8_t a[16], b[16];
-	uint16_t pa, pb;
-	uint8_t proto, family;
-	uint16_t zero;
+	uint64_t a[2], b[2];	/* addresses (IPv4: the first 4 bytes, the rest zero) */
+	uint64_t rest;		/* ports, then protocol and family */
 };
 
 /* What get and stream read from a packet. */
@@ -72,6 +74,10 @@ struct nfq_flows_priv {
 	struct stream_buf *streams;
 	uint32_t stream_free;	/* index plus 1; 0: none */
 	uint8_t *stream_mem;
+	/* the batch get() saw last: see batch_of */
+	const struct nfq_queue *pf_queue;
+	uint32_t pf_first_id, pf_last_id;
+	double batch_now;	/* the clock at the batch's first get(); -1: not read yet */
 	/* the registry */
 	const void *scope;
 	char name[NFQ_FLOW_NAME_MAX];
@@ -87,32 +93,35 @@ static inline struct nfq_flow *slot_at(const struct nfq_flows *t, uint32_t i)
 	return (struct nfq_flow *)(t->slots + (size_t)i * t->stride);
 }
 
-static uint32_t key_hash(const struct flow_key *k, uint64_t seed)
+static inline uint64_t mix(uint64_t h, uint64_t w)
 {
-	uint64_t w[sizeof *k / 8];
-	memcpy(w, k, sizeof w);
-	uint64_t h = seed;
-	for (size_t i = 0; i < sizeof w / sizeof w[0]; i++) {
-		h = (h ^ w[i]) * 0x9e3779b97f4a7c15ull;
-		h ^= h >> 29;
-	}
+	h = (h ^ w) * 0x9e3779b97f4a7c15ull;
+	return h ^ h >> 29;
+}
+
+static inline uint32_t key_hash(const struct flow_key *k, uint64_t seed)
+{
+	uint64_t h = mix(mix(mix(seed, k->rest), k->a[0]), k->b[0]);
+	/* An IPv4 address is the first 4 bytes of its 16: the other words are zero. */
+	if ((uint8_t)(k->rest >> 40) != 4)
+		h = mix(mix(h, k->a[1]), k->b[1]);
 	return (uint32_t)(h ^ h >> 32);
 }
 
-static void make_key(struct flow_key *k, uint8_t family, uint8_t proto, const uint8_t *a, uint16_t pa,
-		     const uint8_t *b, uint16_t pb)
+static inline void make_key(struct flow_key *k, uint8_t family, uint8_t proto, const uint8_t *a, uint16_t pa,
+			    const uint8_t *b, uint16_t pb)
 {
-	int c = memcmp(a, b, 16);
-	if (c > 0 || (c == 0 && pa > pb)) {
-		const uint8_t *t = a;
-		uint16_t tp = pa;
-		a = b, pa = pb, b = t, pb = tp;
-	}
-	memcpy(k->a, a, 16);
-	memcpy(k->b, b, 16);
-	k->pa = pa, k->pb = pb;
-	k->proto = proto, k->family = family;
-	k->zero = 0;
+	uint64_t x[2], y[2];
+	memcpy(x, a, 16);
+	memcpy(y, b, 16);
+	/* Any fixed order puts both directions of a flow in one key: words, not bytes. */
+	int swap = x[0] != y[0] ? x[0] > y[0] : x[1] != y[1] ? x[1] > y[1] : pa > pb;
+	k->a[0] = swap ? y[0] : x[0];
+	k->a[1] = swap ? y[1] : x[1];
+	k->b[0] = swap ? x[0] : y[0];
+	k->b[1] = swap ? x[1] : y[1];
+	uint64_t lo = swap ? pb : pa, hi = swap ? pa : pb;
+	k->rest = lo | hi << 16 | (uint64_t)proto << 32 | (uint64_t)family << 40;
 }
 
 static uint32_t flow_bucket(const struct nfq_flows *t, const struct nfq_flow *f)
@@ -122,6 +131,15 @@ static uint32_t flow_bucket(const struct nfq_flows *t, const struct nfq_flow *f)
 	return key_hash(&k, t->priv->seed) & t->priv->mask;
 }
 
+/* An IPv4 address as the first 4 bytes of 16, in two whole words (see struct flow_key). */
+static inline void put_addr4(uint8_t *to, const uint8_t *from)
+{
+	uint32_t v;
+	memcpy(&v, from, 4);
+	uint64_t w[2] = { v, 0 };
+	memcpy(to, w, 16);
+}
+
 /* The flow key of an IP packet; -1 for anything else, or a cut header. */
 static int parse_packet(const uint8_t *ip, uint32_t len, struct pkt_info *pi)
 {
@@ -129,12 +147,12 @@ static int parse_packet(const uint8_t *ip, uint32_t len, struct pkt_info *pi)
 	int off = nfq_transport_offset(ip, len, &proto);
 	if (off < 0)
 		return -1;
-	memset(pi, 0, sizeof *pi);
+	pi->sport = pi->dport = 0;
 	uint32_t end = len;
 	if (ip[0] >> 4 == 4) {
 		pi->family = 4;
-		memcpy(pi->src, ip + 12, 4);
-		memcpy(pi->dst, ip + 16, 4);
+		put_addr4(pi->src, ip + 12);
+		put_addr4(pi->dst, ip + 16);
 		if (nfq_get16(ip + 2) < end)
 			end = nfq_get16(ip + 2);
 	} else {
@@ -383,6 +401,75 @@ static uint8_t class_of(const struct nfq_flow *f)
 	}
 }
 
+/*
+ * Tables of this many flows or more prefetch each batch (below, records and
+ * buckets stay in the CPU's caches and prefetching is work for nothing).
+ */
+#define PREFETCH_MIN_FLOWS 4096
+
+/*
+ * Whether p is a packet of its queue's current batch (1), the first of a
+ * batch that get() sees (2: the batch is remembered from p to its end), or
+ * not in a batch at all (0: a retained packet, a packet of the script's own).
+ */
+static int batch_of(struct nfq_flows_priv *pv, const struct nfq_packet *p)
+{
+	const struct nfq_queue *q = p->queue;
+	if (!q || p < q->pkts || p >= q->pkts + q->count)
+		return 0;
+	if (q == pv->pf_queue && p->id - pv->pf_first_id <= pv->pf_last_id - pv->pf_first_id)
+		return 1;
+	pv->pf_queue = q;
+	pv->pf_first_id = p->id;
+	pv->pf_last_id = q->pkts[q->count - 1].id;
+	pv->batch_now = -1;
+	return 2;
+}
+
+/*
+ * With many flows, get() spends most of its time waiting for two loads that
+ * miss the caches: the hash bucket, then the flow's record. Packets come in
+ * batches, so at the first get() of a batch's packet p the buckets of p and
+ * the packets after it are fetched together, then the records they point
+ * to, and the misses overlap instead of coming one per packet. Only a hint:
+ * get() computes each bucket again (the script may change a packet in
+ * between), so what was fetched is only ever found in the cache.
+ */
+static void prefetch_batch(struct nfq_flows *t, const struct nfq_packet *p)
+{
+	const struct nfq_queue *q = p->queue;
+	struct nfq_flows_priv *pv = t->priv;
+	uint32_t from = (uint32_t)(p - q->pkts), to = q->count < NFQ_BATCH_SLOTS ? q->count : NFQ_BATCH_SLOTS;
+	uint32_t bucket[NFQ_BATCH_SLOTS];
+	for (uint32_t j = from; j < to; j++) {
+		const struct nfq_packet *b = &q->pkts[j];
+		struct pkt_info pi;
+		bucket[j] = NONE;
+		if (!b->payload || parse_packet(b->payload, b->payload_len, &pi) < 0)
+			continue;
+		struct flow_key k;
+		make_key(&k, pi.family, pi.proto, pi.src, pi.sport, pi.dst, pi.dport);
+		bucket[j] = key_hash(&k, pv->seed) & pv->mask;
+		__builtin_prefetch(&pv->buckets[bucket[j]]);
+	}
+	for (uint32_t j = from; j < to; j++) {
+		uint32_t i = bucket[j] == NONE ? NONE : pv->buckets[bucket[j]];
+		if (i == NONE)
+			continue;
+		const uint8_t *rec = (const uint8_t *)slot_at(t, i);
+		__builtin_prefetch(rec, 1);
+		__builtin_prefetch(rec + 64, 1);
+		__builtin_prefetch(&pv->links[i], 1);
+	}
+}
+
+static double monotonic_now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 static int lookup(struct nfq_flows *t, const struct pkt_info *pi, uint32_t bucket, int *dir)
 {
 	for (uint32_t i = t->priv->buckets[bucket]; i != NONE; i = slot_at(t, i)->hnext) {
@@ -428,6 +515,15 @@ int nfq_flows_get(struct nfq_flows *t, const struct nfq_packet *p, double now, i
 	struct pkt_info pi;
 	if (!p->payload || parse_packet(p->payload, p->payload_len, &pi) < 0)
 		return NFQ_FLOW_NONE;
+	int batch = batch_of(t->priv, p);
+	if (batch == 2 && t->count >= PREFETCH_MIN_FLOWS)
+		prefetch_batch(t, p);
+	/* nfq.now() once per batch: the clock costs as much as the lookup. */
+	if (now < 0) {
+		now = batch && t->priv->batch_now >= 0 ? t->priv->batch_now : monotonic_now();
+		if (batch)
+			t->priv->batch_now = now;
+	}
 	if (now > t->next_check)
 		nfq_flows_expire(t, now, EXPIRE_PER_GET);
 	struct flow_key k;
@@ -625,8 +721,9 @@ static struct nfq_flows *table_new(uint32_t max, uint32_t user_size, uint32_t us
 	t->capacity = max + NFQ_FLOW_RESERVE;
 	t->ended_head = NONE;
 	t->refs = 1;
+	/* The power of two above max: at most 8 bytes per flow, and a full table's chains short. */
 	uint32_t buckets = 16;
-	while (buckets < max)
+	while (buckets <= max)
 		buckets <<= 1;
 	pv->mask = buckets - 1;
 	pv->seed = fresh_seed();

@@ -155,7 +155,9 @@ void nfq_flows_release(struct nfq_flows *t);
 /*
  * The slot of p's flow, found, or made when create is set; its counters,
  * times, TCP state and dir updated. Before that, up to a few flows whose
- * timeout has passed at now end. NFQ_FLOW_NONE or NFQ_FLOW_EFULL.
+ * timeout has passed at now end. now < 0: the table reads CLOCK_MONOTONIC
+ * itself (nfq.now()'s clock), once per batch for the packets of a queue's
+ * batch. NFQ_FLOW_NONE or NFQ_FLOW_EFULL.
  */
 int nfq_flows_get(struct nfq_flows *t, const struct nfq_packet *p, double now, int create);
 /* End up to budget flows whose timeout has passed at now: how many ended. */

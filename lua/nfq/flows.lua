@@ -26,7 +26,7 @@ local ffi_cast, ffi_istype, ffi_string, ffi_gc = ffi.cast, ffi.istype, ffi.strin
 local type, error, pcall, tostring, tonumber, pairs, setmetatable = type, error, pcall, tostring, tonumber, pairs,
 	setmetatable
 local floor = math.floor
-local now = nfq.now
+local now, offline_now = nfq.now, nfq._offline_now
 local c_packet, shown, is_callable = nfq._c_packet, nfq._shown, nfq._is_callable
 
 local _M = { _VERSION = nfq._VERSION }
@@ -169,7 +169,8 @@ local function lookup(self, pkt, create, what)
 	local t = table_of(self, 3)
 	if not self.taken_over then take_over(self, t) end
 	local p = packet_of(pkt, what, 3)
-	local slot = C.nfq_flows_get(t, p, now(), create)
+	-- -1: C reads nfq.now()'s clock, once per batch.
+	local slot = C.nfq_flows_get(t, p, offline_now() or -1, create)
 	if t.ended_head ~= NONE then drain_get(self, t) end
 	if slot < 0 then
 		if slot ~= EFULL then return nil end
