@@ -203,9 +203,14 @@ local function rebuild(p)
 		local opts = random_options()
 		local doff = rnd(5, 15)
 		local room = doff * 4 - 20
-		if #opts > room then opts = sub(opts, 1, room) else opts = opts .. rep("\0", room - #opts) end
+		if #opts > room then opts = sub(opts, 1, room) else opts = opts .. rep("\1", room - #opts) end
+		if room >= 4 and rnd(1, 2) == 1 then -- the header ends in an option whose length runs past it
+			local kinds = { 2, 3, 5, 8, 14, 19, 28 }
+			opts = sub(opts, 1, room - rnd(2, 3)) .. char(kinds[rnd(1, #kinds)], rnd(3, 40))
+			opts = opts .. rep("\0", room - #opts)
+		end
 		local tcph = sub(rest, 1, 12) .. char(doff * 16 + band(byte(rest, 13), 15)) .. sub(rest, 14, 20)
-		rest = tcph .. opts .. sub(rest, l.tcp + 1)
+		rest = tcph .. opts .. (rnd(1, 3) == 1 and "" or sub(rest, l.tcp + 1))
 	end
 	p = iphdr .. rest
 	return set16(p, 2, #p)
@@ -265,7 +270,8 @@ end
 local triggers = { "[TCP:flags:PA]", "[TCP:flags:A*]", "[IP:version:4]", "[IP:ttl:64]", "[TCP:dport:80]",
 	"[UDP:dport:53]", "[IP:proto:6]", "[IP:proto:17]", "[TCP:options-mss:*]", "[TCP:options-timestamp:*]",
 	"[TCP:load:*]", "[IP:load:*]", "[DNS:qdcount:1]", "[DNSQR:qtype:1]", "[IP:flags:*]", "[TCP:flags:S]",
-	"[TCP:options-md5header:*]", "[TCP:dataofs:*]", "[TCP:options-wscale:]", "[IP:len:*]" }
+	"[TCP:options-md5header:*]", "[TCP:dataofs:*]", "[TCP:options-wscale:]", "[IP:len:*]",
+	"[DNSQR:qname:www.example.com.]", "[DNSQR:qname:*]", "[UDP:load:*]", "[IP:src:10.7.0.1]", "[TCP:options-uto:*]" }
 local fields = {
 	IP = { "version", "ihl", "tos", "len", "id", "flags", "frag", "ttl", "proto", "chksum", "src", "dst", "load" },
 	TCP = { "sport", "dport", "seq", "ack", "dataofs", "reserved", "flags", "window", "chksum", "urgptr", "load",
@@ -303,7 +309,7 @@ local function random_value(proto, field)
 	return tostring(pick == 1 and rnd(0, 1) or pick == 2 and rnd(0, 7) or pick == 3 and rnd(0, 255) or rnd(0, 65535))
 end
 
-local function random_tamper(inbound)
+local function random_tamper()
 	local proto = protos[rnd(1, #protos)]
 	local list = fields[proto]
 	local field = list[rnd(1, #list)]
@@ -311,14 +317,13 @@ local function random_tamper(inbound)
 	local kind = kinds[rnd(1, (field == "load" or field:find("^options") or field == "src" or field == "dst"
 		or field == "flags") and 2 or 3)]
 	if kind == "corrupt" then return ("tamper{%s:%s:corrupt}"):format(proto, field) end
-	local _ = inbound
 	return ("tamper{%s:%s:%s:%s}"):format(proto, field, kind, random_value(proto, field))
 end
 
 local function random_node(depth, inbound)
 	if depth <= 0 or rnd(1, 4) == 1 then return rnd(1, 6) == 1 and "drop" or "" end
 	local pick = rnd(1, inbound and 2 or 5)
-	if pick <= 2 then return random_tamper(inbound) .. "(" .. random_node(depth - 1, inbound) .. ",)" end
+	if pick <= 2 then return random_tamper() .. "(" .. random_node(depth - 1, inbound) .. ",)" end
 	if pick == 3 then
 		return "duplicate(" .. random_node(depth - 1) .. "," .. random_node(depth - 1) .. ")"
 	end
@@ -380,6 +385,26 @@ end
 
 local BATCH = 24
 
+-- Reads past a packet: the packet's last byte just before a page that may
+-- not be touched (a read past it is a SIGSEGV), through a packet stand-in
+-- with the three methods apply uses on an outbound packet.
+ffi.cdef [[
+void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);
+int mprotect(void *addr, size_t len, int prot);
+]]
+local PAGE, FENCED = 4096, 17 * 4096
+local fenced = ffi.cast("uint8_t *", ffi.C.mmap(nil, FENCED + 4096, 3, 0x22, -1, 0))
+assert(ffi.C.mprotect(fenced + FENCED, PAGE, 0) == 0, "mprotect")
+local fence_end = fenced + FENCED
+local stand_in = { accept = function() end, drop = function() end }
+function stand_in.view(self) return self.ptr, self.len end
+
+function M.apply_fenced(s, p)
+	stand_in.ptr, stand_in.len = fence_end - #p, #p
+	ffi.copy(stand_in.ptr, p, #p)
+	return pcall(s.apply, s, stand_in, "out")
+end
+
 --- A strategy parsed with guarded buffers, and the list of guards to check
 -- (the module's and the strategy's), or nil and the parse error.
 function M.parse(dna, opts)
@@ -417,6 +442,15 @@ local function run_batch(dna, inputs, direction, failures)
 			if M.current_failure then raised[pkt.id] = raised[pkt.id] or M.current_failure end
 		end,
 	}, inputs, { send = true, hook = direction == "in" and "input" or "output" })
+	if direction == "out" then
+		for i, input in ipairs(inputs) do
+			local ok, e = M.apply_fenced(s, seen[i] or input)
+			if not ok then raised[i] = raised[i] or tostring(e) end
+		end
+		for k in pairs(s.held) do s.held[k] = nil end
+		local broken = broken_guard(all)
+		if broken then raised[1] = raised[1] or broken end
+	end
 	for i, input in ipairs(inputs) do
 		local r = results.by_id[i]
 		local why = raised[i]
@@ -487,6 +521,9 @@ M.hex = hex
 
 if arg and arg[0] and arg[0]:find("fuzz_geneva%.lua$") then -- run as a script
 	local seconds, seed = tonumber(arg[1]) or 60, tonumber(arg[2]) or os.time()
+	print(("fuzz_geneva: seed %d, %d seconds (a crash: a read past a packet; run again with this seed)")
+		:format(seed, seconds))
+	io.stdout:flush()
 	local report = M.run { seconds = seconds, seed = seed, root = os.getenv("NFQ_ROOT") or "." }
 	print(("fuzz_geneva: seed %d, %d strategy runs, %d packets, %d random strategies refused by parse, %d failures")
 		:format(seed, report.strategies, report.packets, report.rejected, #report.failures))
