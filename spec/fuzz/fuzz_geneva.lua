@@ -387,7 +387,7 @@ local BATCH = 24
 
 -- Reads past a packet: the packet's last byte just before a page that may
 -- not be touched (a read past it is a SIGSEGV), through a packet stand-in
--- with the three methods apply uses on an outbound packet.
+-- with the methods apply uses.
 ffi.cdef [[
 void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);
 int mprotect(void *addr, size_t len, int prot);
@@ -396,13 +396,13 @@ local PAGE, FENCED = 4096, 17 * 4096
 local fenced = ffi.cast("uint8_t *", ffi.C.mmap(nil, FENCED + 4096, 3, 0x22, -1, 0))
 assert(ffi.C.mprotect(fenced + FENCED, PAGE, 0) == 0, "mprotect")
 local fence_end = fenced + FENCED
-local stand_in = { accept = function() end, drop = function() end }
+local stand_in = { accept = function() end, drop = function() end, set_payload = function() end }
 function stand_in.view(self) return self.ptr, self.len end
 
-function M.apply_fenced(s, p)
+function M.apply_fenced(s, p, direction)
 	stand_in.ptr, stand_in.len = fence_end - #p, #p
 	ffi.copy(stand_in.ptr, p, #p)
-	return pcall(s.apply, s, stand_in, "out")
+	return pcall(s.apply, s, stand_in, direction or "out")
 end
 
 --- A strategy parsed with guarded buffers, and the list of guards to check
@@ -442,14 +442,13 @@ local function run_batch(dna, inputs, direction, failures)
 			if M.current_failure then raised[pkt.id] = raised[pkt.id] or M.current_failure end
 		end,
 	}, inputs, { send = true, hook = direction == "in" and "input" or "output" })
-	if direction == "out" then
-		for i, input in ipairs(inputs) do
-			local ok, e = M.apply_fenced(s, seen[i] or input)
-			if not ok then raised[i] = raised[i] or tostring(e) end
-		end
+	-- again, each packet fenced
+	for i, input in ipairs(inputs) do
+		local ok, e = M.apply_fenced(s, seen[i] or input, direction)
+		if not ok then raised[i] = raised[i] or tostring(e) end
 		for k in pairs(s.held) do s.held[k] = nil end
 		local broken = broken_guard(all)
-		if broken then raised[1] = raised[1] or broken end
+		if broken then raised[i] = raised[i] or broken end
 	end
 	for i, input in ipairs(inputs) do
 		local r = results.by_id[i]
