@@ -337,6 +337,24 @@ describe("nfq.geneva on hostile packets", function()
 		assert.truthy(fuzz.broken_guard(guards):find("a write past the end of uint8_t[?] (" .. size, 1, true))
 	end)
 
+	it("cuts a load or an option that grows a packet past 65535 bytes there, writing nothing past the slot", function()
+		local big = testing.packet { proto = "tcp", tcp_flags = 0x18, payload = ("x"):rep(65531 - 40) }
+		for _, dna in ipairs { "[TCP:flags:PA]-tamper{TCP:load:replace:" .. ("y"):rep(66000) .. "}-|",
+			"[TCP:flags:PA]-tamper{TCP:options-timestamp:replace:1}(tamper{TCP:options-mss:replace:1},)-|" } do
+			local sent = {}
+			local s, guards = fuzz.parse(dna, { send = function(ptr, len)
+				sent[#sent + 1] = require("ffi").string(ptr, len)
+				return true
+			end })
+			testing.run({ on_packet = function(pkt) s:apply(pkt, "out") end }, { big })
+			assert.is_nil(fuzz.broken_guard(guards))
+			assert.equal(1, #sent)
+			assert.equal(65535, #sent[1])
+			assert.equal(65535, u16(sent[1], 2))
+			assert.is_true(ip_sum_ok(sent[1]) and tcp_sum_ok(sent[1]))
+		end
+	end)
+
 	-- Found by the fuzz run: memmove over the slots with a negative length.
 	it("refuses a fragment offset below -1, on which Geneva's engine crashes or moves sequence numbers back", function()
 		local s, err = geneva.parse("[TCP:flags:PA]-fragment{ip:-2:True}-|")
