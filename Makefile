@@ -83,7 +83,7 @@ FUZZ_SECONDS ?= 600
 FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -fvisibility=hidden
 FUZZ_TARGETS = packet headers reject build flows dns dns_reply tls quic http sets
 
-.PHONY: all lib asan tsan deps deps-build deps-fuzz deps-deb deb lint test unit demo bench bench-scale bench-send bench-sets soak install uninstall clean fuzz fuzz-merge fuzz-replay fuzz-replay-build
+.PHONY: all lib asan tsan deps deps-build deps-fuzz deps-deb deb lint test unit demo bench bench-scale bench-send bench-sets soak install uninstall clean fuzz fuzz-geneva fuzz-merge fuzz-replay fuzz-replay-build
 
 all: nfqlua lua/nfq/core.so lib
 
@@ -264,12 +264,17 @@ $(NAMES_FUZZ:%=$(BUILD)/fuzz_%): $(BUILD)/fuzz_%: $(BUILD)/fuzz/fuzz_%.o $(FUZZ_
 $(BUILD)/fuzz_sets: $(BUILD)/fuzz/fuzz_sets.o $(FUZZ_CORE_OBJ)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ $(CORE_LIBS)
 
-fuzz: deps-fuzz $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%)
+fuzz: deps-fuzz $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%) lua/nfq/core.so
+	$(SPEC_ENV) $(LUAJIT) spec/fuzz/fuzz_geneva.lua $(FUZZ_SECONDS) > $(BUILD)/fuzz_geneva.log 2>&1 & \
 	for t in $(FUZZ_TARGETS); do \
 		mkdir -p $(BUILD)/corpus_$$t; \
 		ASAN_OPTIONS=detect_leaks=0 $(BUILD)/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
 			-artifact_prefix=$(BUILD)/ $(BUILD)/corpus_$$t spec/fuzz/corpus/$$t > $(BUILD)/fuzz_$$t.log 2>&1 & \
-	done; wait; tail -n 12 $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%.log)
+	done; wait; tail -n 12 $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%.log) $(BUILD)/fuzz_geneva.log
+
+# nfq.geneva's packet building on hostile packets, in LuaJIT (spec/fuzz/fuzz_geneva.lua).
+fuzz-geneva: lua/nfq/core.so
+	$(SPEC_ENV) $(LUAJIT) spec/fuzz/fuzz_geneva.lua $(FUZZ_SECONDS)
 
 fuzz-merge: $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%)
 	for t in $(FUZZ_TARGETS); do \

@@ -314,6 +314,93 @@ describe("nfq.geneva.parse", function()
 	end)
 end)
 
+describe("nfq.geneva on hostile packets", function()
+	local fuzz = dofile(H.root .. "/spec/fuzz/fuzz_geneva.lua")
+
+	it("survives a seeded fuzz run: every fixture strategy and random ones on mutated packets", function()
+		local report = fuzz.run { seed = 35, iterations = 300, root = H.root }
+		local f = report.failures[1]
+		assert(not f, f and ("%s (%s) on %d bytes %s...: %s"):format(f.dna, f.direction, #f.input,
+			fuzz.hex(f.input:sub(1, 80)), f.why))
+		assert.is_true(report.strategies > 500 and report.packets > 12000)
+	end)
+
+	it("the fuzz harness sees a write past a slot's 65535 bytes and past a buffer", function()
+		local s, guards = fuzz.parse("[TCP:flags:PA]-duplicate(,)-|")
+		assert.is_nil(fuzz.broken_guard(guards))
+		local store = s.store
+		store[65535] = 0
+		assert.equal("a write past byte 65535 of slot 0 of the strategy's store", fuzz.broken_guard(guards))
+		store[65535] = 0xa5
+		local size = 2 * (65536 + 1024) -- two slots: the packet and its duplicate
+		store[size] = 0
+		assert.truthy(fuzz.broken_guard(guards):find("a write past the end of uint8_t[?] (" .. size, 1, true))
+	end)
+
+	it("cuts a load or an option that grows a packet past 65535 bytes there, writing nothing past the slot", function()
+		local big = testing.packet { proto = "tcp", tcp_flags = 0x18, payload = ("x"):rep(65531 - 40) }
+		for _, dna in ipairs { "[TCP:flags:PA]-tamper{TCP:load:replace:" .. ("y"):rep(66000) .. "}-|",
+			"[TCP:flags:PA]-tamper{TCP:options-timestamp:replace:1}(tamper{TCP:options-mss:replace:1},)-|" } do
+			local sent = {}
+			local s, guards = fuzz.parse(dna, { send = function(ptr, len)
+				sent[#sent + 1] = require("ffi").string(ptr, len)
+				return true
+			end })
+			testing.run({ on_packet = function(pkt) s:apply(pkt, "out") end }, { big })
+			assert.is_nil(fuzz.broken_guard(guards))
+			assert.equal(1, #sent)
+			assert.equal(65535, #sent[1])
+			assert.equal(65535, u16(sent[1], 2))
+			assert.is_true(ip_sum_ok(sent[1]) and tcp_sum_ok(sent[1]))
+		end
+	end)
+
+	-- Found by the fuzz run: memmove over the slots with a negative length.
+	it("refuses a fragment offset below -1, on which Geneva's engine crashes or moves sequence numbers back", function()
+		local s, err = geneva.parse("[TCP:flags:PA]-fragment{ip:-2:True}-|")
+		assert.is_nil(s)
+		assert.equal("position 28: the fragment offset is -1 (half) or at least 0, got -2", err)
+		assert.is_nil(geneva.parse("[TCP:flags:PA]-fragment{tcp:-100000:True}-|"))
+		assert.truthy(geneva.parse("[TCP:flags:PA]-fragment{tcp:-1:True}-|"))
+	end)
+
+	-- Found by the fuzz run: set_payload raised past 65531 bytes.
+	it("cuts an inbound packet an option grew past what a verdict carries, lengths and checksums right", function()
+		local big = testing.packet { proto = "tcp", tcp_flags = 0x18, payload = ("x"):rep(65531 - 40) }
+		assert.equal(65531, #big)
+		local s = assert(geneva.parse([[ \/ [TCP:flags:PA]-tamper{TCP:options-mss:replace:1460}-|]]))
+		local results = testing.run({ on_packet = function(pkt) assert.equal("accept", s:apply(pkt)) end },
+			{ big }, { hook = "input" })
+		local p = results.by_id[1].payload
+		assert.equal(65531, #p)
+		assert.equal(65531, u16(p, 2))
+		assert.equal("\2\4\5\180", p:sub(41, 44))
+		assert.is_true(ip_sum_ok(p))
+		assert.is_true(tcp_sum_ok(p))
+	end)
+
+	-- Found reading the code the fuzzer drove: a TCP option whose length
+	-- runs past the header was read past the packet's end.
+	it("reads no option value past the packet's end", function()
+		local ffi = require "ffi"
+		-- a SYN whose header (24 bytes) ends in an MSS option's kind and length, its value missing
+		local syn = testing.packet { proto = "tcp", tcp_flags = 0x02 }
+		syn = syn:sub(1, 2) .. "\0\44" .. syn:sub(5, 32) .. "\96" .. syn:sub(34) .. "\1\1\2\4"
+		assert.equal(44, #syn)
+		local buf = ffi.new("uint8_t[64]")
+		ffi.copy(buf, syn, #syn) -- the two bytes after it are zero: an MSS of 0 if read
+		local verdict
+		local pkt = {
+			view = function() return buf, #syn end,
+			accept = function() verdict = "accept" end,
+			drop = function() verdict = "drop" end,
+		}
+		local s = assert(geneva.parse("[TCP:options-mss:0]-drop-|"))
+		assert.equal("accept", s:apply(pkt, "out"))
+		assert.equal("accept", verdict)
+	end)
+end)
+
 describe("nfq.geneva's per-packet path", function()
 	local segment = testing.packet { proto = "tcp", tcp_flags = 0x18, payload = ("GET / HTTP/1.1\r\n"):rep(4) }
 	local ack = testing.packet { proto = "tcp", tcp_flags = 0x10 }

@@ -523,6 +523,9 @@ local function parse_action(text, pos, direction)
 		node.segment = p[1] == "tcp"
 		local spos = ppos + #p[1] + 1
 		node.size = parse_number(p[2], spos, "the fragment offset")
+		-- Geneva's engine crashes (ip) or cuts from the end and moves the
+		-- sequence number back (tcp, Python's negative slices) on the others
+		if node.size < -1 then fail(spos, "the fragment offset is -1 (half) or at least 0, got " .. p[2]) end
 		local opos = spos + #p[2] + 1
 		if p[3] ~= "True" and p[3] ~= "False" then fail(opos, "expected True or False, got " .. shown_text(p[3])) end
 		node.in_order = p[3] == "True"
@@ -722,7 +725,8 @@ local function option_value(d, kind)
 			local olen = o + 1 < stop and d[o + 1] or 0
 			if olen < 2 then olen = 2 end
 			if k == kind and not unmatched_kinds[k] then
-				local n = olen - 2
+				-- what the header holds of a length that runs past it
+				local n = o + olen > stop and stop - o - 2 or olen - 2
 				if n == 1 then return d[o + 2] end
 				if n == 2 or n == 3 and k ~= 14 then return get16(d, o + 2) end
 				if n == 3 then return d[o + 2] end
@@ -805,6 +809,7 @@ local md5_buf = ffi.new("uint8_t[16]")
 -- a tamper adds (a load, an option) before it is cut at 65535.
 local SLOT = 65536 + 1024
 local MAX_PACKET = 65535
+local MAX_VERDICT = 65531 -- the longest payload a verdict carries (set_payload)
 local next_slot = 0 -- the next free slot of the packet being handled
 
 -- Rewrite the TCP options as scapy does for Geneva's set_options: the
@@ -1284,6 +1289,8 @@ function Strategy:_build()
 	local function emit_in(s, fl, _, pay)
 		if inbound_bytes then return end
 		local d, len = base + s * SLOT, lens[s]
+		-- a load or an option that grew it is cut where a verdict ends, as at 65535 for a send
+		if len > MAX_VERDICT then len = MAX_VERDICT end
 		finish(d, len, fl, pay)
 		inbound_bytes = ffi_string(d, len)
 	end
