@@ -79,6 +79,45 @@ describe("pkt:reject without a kernel", function()
 			{ u16(answer, 41), u16(answer, 43), u32(answer, 45), u32(answer, 49), answer:byte(54) })
 	end)
 
+	it("tcp-reset-both resets the destination too, as from the sender: the segment's own seq, its ACK if it had one",
+		function()
+			local data = testing.packet { proto = "tcp", src = "10.1.1.1", dst = "10.2.2.2", sport = 40000, dport = 443,
+				tcp_flags = 0x18, seq = 5, ack = 77, payload = "hello" }
+			local returned
+			local r = testing.run(function(pkt) returned = { pkt:reject("tcp-reset-both") } end, { data },
+				{ send = true, send_mark = 0x10, send_mask = 0x10 })
+			assert.same({ true }, returned)
+			assert.same({ "drop", 2 }, { r.by_id[1].verdict, #r.sent })
+			local to_sender, to_destination = r.sent[1].packet, r.sent[2].packet
+			assert.equal(reject(data, "tcp-reset"), to_sender, "first the sender's reset, as tcp-reset sends it")
+			assert.same({ 0x10, 0x10 }, { r.sent[1].mark, r.sent[2].mark })
+			assert.equal(40, #to_destination)
+			assert.is_true(checksums_ok(to_destination))
+			assert.same({ 0x45, 0, 40, 0x4000, 64, 6 }, { to_destination:byte(1), to_destination:byte(2),
+				u16(to_destination, 3), u16(to_destination, 7), to_destination:byte(9), to_destination:byte(10) })
+			assert.equal(data:sub(13, 20), to_destination:sub(13, 20), "addresses as in the packet")
+			assert.same({ 40000, 443, 5, 77, 0x50, 0x14, 0 }, { u16(to_destination, 21), u16(to_destination, 23),
+				u32(to_destination, 25), u32(to_destination, 29), to_destination:byte(33), to_destination:byte(34),
+				u16(to_destination, 39) })
+			-- IPv6, a SYN (no ACK): a bare RST with the SYN's sequence number.
+			r = testing.run(function(pkt) assert(pkt:reject("tcp-reset-both")) end, { v6_syn }, { send = true })
+			assert.equal(2, #r.sent)
+			to_destination = r.sent[2].packet
+			assert.equal(60, #to_destination)
+			assert.is_true(checksums_ok(to_destination))
+			assert.same({ 0x60, 20, 6, 64 }, { to_destination:byte(1), u16(to_destination, 5), to_destination:byte(7),
+				to_destination:byte(8) })
+			assert.equal(v6_syn:sub(9, 40), to_destination:sub(9, 40))
+			assert.same({ 40000, 23, 0xfffffffe, 0, 0x04 }, { u16(to_destination, 41), u16(to_destination, 43),
+				u32(to_destination, 45), u32(to_destination, 49), to_destination:byte(54) })
+			-- Neither reset for a reset; a raise for anything but TCP.
+			local answer, none = reject(testing.packet { proto = "tcp", tcp_flags = 0x14 }, "tcp-reset-both")
+			assert.is_nil(answer)
+			assert.matches("no answer to a TCP reset (the packet was dropped)", none[2], 1, true)
+			assert.matches("nfq: reject: tcp%-reset%-both answers TCP segments only",
+				reject_error(testing.packet { proto = "udp" }, "tcp-reset-both", { send = true }))
+		end)
+
 	it("answers UDP with an ICMP port unreachable quoting the datagram, at most 576 bytes in all", function()
 		local udp = testing.packet { proto = "udp", src = "10.1.1.1", dst = "10.2.2.2", payload = "probe" }
 		local answer, returned = reject(udp)
