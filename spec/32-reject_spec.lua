@@ -355,6 +355,37 @@ except Exception as e:
     print(repr(e))
 ]]
 
+-- Both ends of a TCP connection on loopback, in Python: the client sends
+-- one segment of data, then each end reads; how each read ended ("reset",
+-- "eof", "data" or "timeout") and how long after the send.
+local CONNECTION = [[
+import socket, sys, time
+addr, port = sys.argv[1], int(sys.argv[2])
+family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+server = socket.socket(family, socket.SOCK_STREAM)
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind((addr, port))
+server.listen(1)
+client = socket.socket(family, socket.SOCK_STREAM)
+client.settimeout(5)
+client.connect((addr, port))
+accepted, _ = server.accept()
+accepted.settimeout(float(sys.argv[3]))
+t = time.time()
+client.send(b"hello")
+def outcome(s):
+    try:
+        return "eof" if s.recv(100) == b"" else "data"
+    except ConnectionResetError:
+        return "reset"
+    except socket.timeout:
+        return "timeout"
+ends = []
+for s in (client, accepted):
+    ends.append("%s %.3f" % (outcome(s), time.time() - t))
+print("client %s server %s" % tuple(ends))
+]]
+
 describe("pkt:reject #kernel", function()
 	local client_py
 	H.isolated_tests()
@@ -400,6 +431,49 @@ describe("pkt:reject #kernel", function()
 		assert.equal(4, answered)
 		assert.same({ 4, 4, 0 }, { q:stats().dropped, q:stats().sent, q:stats().send_errors })
 	end)
+
+	it("tcp-reset-both resets both ends of a connection at once, over IPv4 and IPv6; tcp-reset the sender only",
+		function()
+			for _, ipt in ipairs { "iptables", "ip6tables" } do
+				H.sh(ipt .. " -A OUTPUT -m mark --mark 0x1/0x1 -j RETURN")
+				H.sh(ipt .. " -A OUTPUT -o lo -p tcp --dport 7304 -j NFQUEUE --queue-num 1")
+			end
+			local how, rejected = nil, 0
+			local q = H.bound_queue(1, function(pkt)
+				local _, offset = pkt:transport()
+				if #pkt:get_payload() > offset + pkt:tcp().header_length then
+					assert(pkt:reject(how))
+					rejected = rejected + 1
+				else
+					pkt:accept()
+				end
+			end, { send = true, send_mark = 1, send_mask = 1 })
+			finally(function() q:close() end)
+			local script = H.tmpfile(CONNECTION, ".py")
+			local function connection(addr, server_wait)
+				local out = H.tmpfile("")
+				os.execute(("python3 %s %s 7304 %d > %s 2>&1 &"):format(script, addr, server_wait, out))
+				local line
+				H.wait_for(function()
+					assert(q:run(false))
+					line = H.read_file(out):match("[^\n]+")
+					return line
+				end, 15, "the connection's ends to finish")
+				return line
+			end
+			how = "tcp-reset-both"
+			for _, addr in ipairs { "127.0.0.1", "::1" } do
+				local line = connection(addr, 5)
+				local client, client_after, server, server_after = line:match("^client (%a+) (%S+) server (%a+) (%S+)$")
+				assert.equal("reset", client, line)
+				assert.is_true(server == "reset" or server == "eof", line)
+				assert.is_true(tonumber(client_after) < 0.5 and tonumber(server_after) < 0.5, line)
+			end
+			assert.same({ 2, 4, 0 }, { rejected, q:stats().sent, q:stats().send_errors })
+			-- Without the destination's reset, the server is left waiting.
+			how = "tcp-reset"
+			assert.matches("^client reset %S+ server timeout ", connection("127.0.0.1", 1))
+		end)
 
 	-- A namespace name for this test, removed after it.
 	local function peer_namespace(tag)
