@@ -7,6 +7,7 @@ local bit = require "bit"
 local nfq = require "nfq"
 local testing = require "nfq.testing"
 local H = require "helpers.net"
+local batch = require "helpers.batch"
 
 local C = nfq._C
 
@@ -117,6 +118,28 @@ describe("pkt:reject without a kernel", function()
 			assert.matches("nfq: reject: tcp%-reset%-both answers TCP segments only",
 				reject_error(testing.packet { proto = "udp" }, "tcp-reset-both", { send = true }))
 		end)
+
+	-- As pkt:reject() in spec 15: the packet object stays unallocated.
+	it("tcp-reset-both allocates nothing per packet", function()
+		local q = ffi.gc(C.nfq_queue_open_offline(C.NFQ_COPY_PACKET, 65535), C.nfq_queue_close)
+		C.nfq_queue_set_sender(q, C.nfq_sender_open(1, 1, 0))
+		local queue = nfq._adopt(q, function(pkt) pkt:reject("tcp-reset-both") end)
+		local bytes = testing.packet { proto = "tcp", tcp_flags = 0x18, seq = 5, ack = 77, payload = "hello" }
+		local meta = ffi.new("struct nfq_packet")
+		local function round()
+			for i = 1, 64 do
+				meta.id = i
+				C.nfq_queue_offline_push(q, meta, bytes, #bytes)
+			end
+			queue:_dispatch()
+			C.nfq_queue_flush(q)
+			C.nfq_queue_clear_records(q)
+		end
+		jit.flush()
+		local grown = batch.heap_growth(round, 200, 3000)
+		assert.is_true(grown < 16, ("the Lua heap grew by %.1f KB over 192000 packets"):format(grown))
+		assert.equal(3200 * 64 * 2, tonumber(q.stats.sent))
+	end)
 
 	it("answers UDP with an ICMP port unreachable quoting the datagram, at most 576 bytes in all", function()
 		local udp = testing.packet { proto = "udp", src = "10.1.1.1", dst = "10.2.2.2", payload = "probe" }
