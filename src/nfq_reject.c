@@ -358,7 +358,7 @@ const char *nfq_reject_strerror(int code)
 	case NFQ_REJECT_EROOM:
 		return "the answer does not fit in the buffer";
 	case NFQ_REJECT_EKIND:
-		return "unknown kind of answer";
+		return "unknown kind of answer (a reset for the destination goes with a tcp-reset only)";
 	}
 	return "unknown error";
 }
