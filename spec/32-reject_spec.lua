@@ -1,7 +1,8 @@
 -- pkt:reject(): the packet is dropped and its sender answered with what
 -- iptables REJECT sends: the answers' bytes (nfq.testing), the packets that
 -- get none, the fuzz corpus of the builders, and real clients that see
--- ECONNREFUSED at once on every hook (the kernel, in namespaces).
+-- ECONNREFUSED at once on every hook (the kernel, in namespaces); with
+-- "tcp-reset-both", both ends of a real connection see ECONNRESET at once.
 local ffi = require "ffi"
 local bit = require "bit"
 local nfq = require "nfq"
@@ -378,17 +379,22 @@ except Exception as e:
     print(repr(e))
 ]]
 
--- Both ends of a TCP connection on loopback, in Python: the client sends
--- one segment of data, then each end reads; how each read ended ("reset",
--- "eof", "data" or "timeout") and how long after the send.
+-- Both ends of a TCP connection, in Python: the client (in namespace
+-- argv[4], if given) sends one segment of data, then each end reads; how
+-- each read ended ("reset", "eof", "data" or "timeout") and how long after
+-- the send.
 local CONNECTION = [[
-import socket, sys, time
+import ctypes, os, socket, sys, time
 addr, port = sys.argv[1], int(sys.argv[2])
 family = socket.AF_INET6 if ":" in addr else socket.AF_INET
 server = socket.socket(family, socket.SOCK_STREAM)
 server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 server.bind((addr, port))
 server.listen(1)
+if len(sys.argv) > 4:
+    # A socket stays in the namespace it was made in.
+    ns = os.open("/run/netns/" + sys.argv[4], os.O_RDONLY)
+    assert ctypes.CDLL(None, use_errno=True).setns(ns, 0x40000000) == 0
 client = socket.socket(family, socket.SOCK_STREAM)
 client.settimeout(5)
 client.connect((addr, port))
@@ -455,47 +461,57 @@ describe("pkt:reject #kernel", function()
 		assert.same({ 4, 4, 0 }, { q:stats().dropped, q:stats().sent, q:stats().send_errors })
 	end)
 
+	-- A queue that refuses TCP segments with data with pkt:reject(how()) and
+	-- accepts the rest (the handshake).
+	local function data_refused(how, opts)
+		local q = H.bound_queue(1, function(pkt)
+			local _, offset = pkt:transport()
+			if #pkt:get_payload() > offset + pkt:tcp().header_length then
+				assert(pkt:reject(how()))
+			else
+				pkt:accept()
+			end
+		end, opts)
+		finally(function() q:close() end)
+		return q
+	end
+
+	-- Run CONNECTION to addr:port (its client in namespace ns, if given)
+	-- while q runs: the outcome of each end, as "client reset 0.02 server ...".
+	local function connection(q, addr, port, server_wait, ns)
+		local script, out = H.tmpfile(CONNECTION, ".py"), H.tmpfile("")
+		os.execute(("python3 %s %s %d %d %s > %s 2>&1 &"):format(script, addr, port, server_wait, ns or "", out))
+		local line
+		H.wait_for(function()
+			assert(q:run(false))
+			line = H.read_file(out):match("[^\n]+")
+			return line
+		end, 15, "the connection's ends to finish")
+		return line
+	end
+
+	-- Both ends saw the reset, well within half a second of the refused send.
+	local function assert_both_reset(line)
+		local client, client_after, server, server_after = line:match("^client (%a+) (%S+) server (%a+) (%S+)$")
+		assert.equal("reset", client, line)
+		assert.is_true(server == "reset" or server == "eof", line)
+		assert.is_true(tonumber(client_after) < 0.5 and tonumber(server_after) < 0.5, line)
+	end
+
 	it("tcp-reset-both resets both ends of a connection at once, over IPv4 and IPv6; tcp-reset the sender only",
 		function()
 			for _, ipt in ipairs { "iptables", "ip6tables" } do
 				H.sh(ipt .. " -A OUTPUT -m mark --mark 0x1/0x1 -j RETURN")
 				H.sh(ipt .. " -A OUTPUT -o lo -p tcp --dport 7304 -j NFQUEUE --queue-num 1")
 			end
-			local how, rejected = nil, 0
-			local q = H.bound_queue(1, function(pkt)
-				local _, offset = pkt:transport()
-				if #pkt:get_payload() > offset + pkt:tcp().header_length then
-					assert(pkt:reject(how))
-					rejected = rejected + 1
-				else
-					pkt:accept()
-				end
-			end, { send = true, send_mark = 1, send_mask = 1 })
-			finally(function() q:close() end)
-			local script = H.tmpfile(CONNECTION, ".py")
-			local function connection(addr, server_wait)
-				local out = H.tmpfile("")
-				os.execute(("python3 %s %s 7304 %d > %s 2>&1 &"):format(script, addr, server_wait, out))
-				local line
-				H.wait_for(function()
-					assert(q:run(false))
-					line = H.read_file(out):match("[^\n]+")
-					return line
-				end, 15, "the connection's ends to finish")
-				return line
-			end
-			how = "tcp-reset-both"
-			for _, addr in ipairs { "127.0.0.1", "::1" } do
-				local line = connection(addr, 5)
-				local client, client_after, server, server_after = line:match("^client (%a+) (%S+) server (%a+) (%S+)$")
-				assert.equal("reset", client, line)
-				assert.is_true(server == "reset" or server == "eof", line)
-				assert.is_true(tonumber(client_after) < 0.5 and tonumber(server_after) < 0.5, line)
-			end
-			assert.same({ 2, 4, 0 }, { rejected, q:stats().sent, q:stats().send_errors })
+			local how = "tcp-reset-both"
+			local q = data_refused(function() return how end, { send = true, send_mark = 1, send_mask = 1 })
+			assert_both_reset(connection(q, "127.0.0.1", 7304, 5))
+			assert_both_reset(connection(q, "::1", 7304, 5))
+			assert.same({ 2, 4, 0 }, { q:stats().dropped, q:stats().sent, q:stats().send_errors })
 			-- Without the destination's reset, the server is left waiting.
 			how = "tcp-reset"
-			assert.matches("^client reset %S+ server timeout ", connection("127.0.0.1", 1))
+			assert.matches("^client reset %S+ server timeout ", connection(q, "127.0.0.1", 7304, 1))
 		end)
 
 	-- A namespace name for this test, removed after it.
@@ -539,6 +555,19 @@ describe("pkt:reject #kernel", function()
 				assert_refused_at_once(refused(q, "udp", addr, 7312, peer))
 			end
 			assert.same({ [C.NFQ_HOOK_PREROUTING] = true, [C.NFQ_HOOK_INPUT] = true }, hooks)
+		end)
+
+	it("tcp-reset-both resets both ends of a connection from another host at once on INPUT, over IPv4 and IPv6",
+		function()
+			local peer = peer_namespace("both")
+			link("nfqrc0", "nfqrc1", peer, "169.254.95", "fd00:95")
+			for _, ipt in ipairs { "iptables", "ip6tables" } do
+				H.sh(ipt .. " -A INPUT -i nfqrc0 -p tcp --dport 7340 -j NFQUEUE --queue-num 1")
+			end
+			local q = data_refused(function() return "tcp-reset-both" end, { send = true })
+			assert_both_reset(connection(q, "169.254.95.1", 7340, 5, peer))
+			assert_both_reset(connection(q, "fd00:95::1", 7340, 5, peer))
+			assert.same({ 4, 0 }, { q:stats().sent, q:stats().send_errors })
 		end)
 
 	it("refuses a connect and a datagram through a router at once on FORWARD, over IPv4 and IPv6", function()
