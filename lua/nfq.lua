@@ -385,6 +385,8 @@ local SEND_OFF = "sending is off: run nfqlua with --send (in library mode, bind 
 
 local reject_kinds = {
 	["tcp-reset"] = C.NFQ_REJECT_TCP_RESET,
+	-- an IPS's "reject both": the sender's reset, then the destination's
+	["tcp-reset-both"] = bor(C.NFQ_REJECT_TCP_RESET, C.NFQ_REJECT_TO_DESTINATION),
 	["icmp-port-unreachable"] = C.NFQ_REJECT_PORT_UNREACHABLE,
 	["icmp-host-unreachable"] = C.NFQ_REJECT_HOST_UNREACHABLE,
 	["icmp-net-unreachable"] = C.NFQ_REJECT_NET_UNREACHABLE,
@@ -402,11 +404,16 @@ for name in pairs(reject_kinds) do reject_names[#reject_names + 1] = name end
 table.sort(reject_names)
 local REJECT_MAX_LEN = C.NFQ_REJECT_MAX_LEN
 local REJECT_VERIFY_CSUM, REJECT_ENOTTCP = C.NFQ_REJECT_VERIFY_CSUM, C.NFQ_REJECT_ENOTTCP
+local REJECT_TO_DESTINATION = C.NFQ_REJECT_TO_DESTINATION
 local SKB_CSUMNOTREADY = 1
+-- The answers, built here and copied by nfq_queue_send: the sender's, and
+-- tcp-reset-both's reset for the destination.
 local reject_buf = ffi.new("uint8_t[?]", REJECT_MAX_LEN)
+local reject_peer_buf = ffi.new("uint8_t[?]", REJECT_MAX_LEN)
 
---- Drop the packet and answer its sender as iptables REJECT does: true, or
--- nil and why no answer was sent (the packet is dropped all the same).
+--- Drop the packet and answer its sender as iptables REJECT does (with
+-- "tcp-reset-both", reset its destination too): true, or nil and why no
+-- answer was sent (the packet is dropped all the same).
 -- After its first C call it reads nothing more from self: the JIT can then
 -- leave the packet object unallocated (see README, Sending and rejecting).
 function Packet:reject(how)
@@ -436,11 +443,15 @@ function Packet:reject(how)
 	if band(p.flags, PF_SKBINFO) == 0 or band(p.skbinfo, SKB_CSUMNOTREADY) == 0 then
 		kind = bor(kind, REJECT_VERIFY_CSUM)
 	end
-	local n = C.nfq_reject_build(reject_buf, REJECT_MAX_LEN, p.payload, p.payload_len, kind)
+	local both = band(kind, REJECT_TO_DESTINATION) ~= 0
+	local n = C.nfq_reject_build(reject_buf, REJECT_MAX_LEN, p.payload, p.payload_len,
+		band(kind, bnot(REJECT_TO_DESTINATION)))
 	if n == REJECT_ENOTTCP then
-		error(("nfq: reject: tcp-reset answers TCP segments only, and packet %d is not one; "
-			.. "give an ICMP answer instead"):format(id), 2)
+		error(("nfq: reject: %s answers TCP segments only, and packet %d is not one; "
+			.. "give an ICMP answer instead"):format(how, id), 2)
 	end
+	-- It passes the same checks as the sender's reset, so it fails only with it.
+	local peer_n = both and C.nfq_reject_build(reject_peer_buf, REJECT_MAX_LEN, p.payload, p.payload_len, kind)
 	if C.nfq_packet_verdict(p, NF_DROP) ~= 0 then
 		error(("nfq: verdict for packet %d: %s"):format(id, strerror(ffi_errno())), 2)
 	end
@@ -450,6 +461,10 @@ function Packet:reject(how)
 	-- An IPv6 link-local sender is answered on the interface its packet came in on.
 	if C.nfq_queue_send(q, reject_buf, n, 0, 0, p.indev) ~= 0 then
 		return nil, ffi_string(q.errmsg) .. " (the packet was dropped)"
+	end
+	-- The destination's reset leaves by the interface the packet was going out on.
+	if both and C.nfq_queue_send(q, reject_peer_buf, peer_n, 0, 0, p.outdev) ~= 0 then
+		return nil, ffi_string(q.errmsg) .. " (the packet was dropped, its sender answered)"
 	end
 	return true
 end

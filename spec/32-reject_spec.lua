@@ -1,12 +1,14 @@
 -- pkt:reject(): the packet is dropped and its sender answered with what
 -- iptables REJECT sends: the answers' bytes (nfq.testing), the packets that
 -- get none, the fuzz corpus of the builders, and real clients that see
--- ECONNREFUSED at once on every hook (the kernel, in namespaces).
+-- ECONNREFUSED at once on every hook (the kernel, in namespaces); with
+-- "tcp-reset-both", both ends of a real connection see ECONNRESET at once.
 local ffi = require "ffi"
 local bit = require "bit"
 local nfq = require "nfq"
 local testing = require "nfq.testing"
 local H = require "helpers.net"
+local batch = require "helpers.batch"
 
 local C = nfq._C
 
@@ -77,6 +79,67 @@ describe("pkt:reject without a kernel", function()
 		assert.equal(v6_syn:sub(9, 24), answer:sub(25, 40))
 		assert.same({ 23, 40000, 0, 0xffffffff, 0x14 },
 			{ u16(answer, 41), u16(answer, 43), u32(answer, 45), u32(answer, 49), answer:byte(54) })
+	end)
+
+	it("tcp-reset-both resets the destination too, as from the sender: the segment's own seq, its ACK if it had one",
+		function()
+			local data = testing.packet { proto = "tcp", src = "10.1.1.1", dst = "10.2.2.2", sport = 40000, dport = 443,
+				tcp_flags = 0x18, seq = 5, ack = 77, payload = "hello" }
+			local returned
+			local r = testing.run(function(pkt) returned = { pkt:reject("tcp-reset-both") } end, { data },
+				{ send = true, send_mark = 0x10, send_mask = 0x10 })
+			assert.same({ true }, returned)
+			assert.same({ "drop", 2 }, { r.by_id[1].verdict, #r.sent })
+			local to_sender, to_destination = r.sent[1].packet, r.sent[2].packet
+			assert.equal(reject(data, "tcp-reset"), to_sender, "first the sender's reset, as tcp-reset sends it")
+			assert.same({ 0x10, 0x10 }, { r.sent[1].mark, r.sent[2].mark })
+			assert.equal(40, #to_destination)
+			assert.is_true(checksums_ok(to_destination))
+			assert.same({ 0x45, 0, 40, 0x4000, 64, 6 }, { to_destination:byte(1), to_destination:byte(2),
+				u16(to_destination, 3), u16(to_destination, 7), to_destination:byte(9), to_destination:byte(10) })
+			assert.equal(data:sub(13, 20), to_destination:sub(13, 20), "addresses as in the packet")
+			assert.same({ 40000, 443, 5, 77, 0x50, 0x14, 0 }, { u16(to_destination, 21), u16(to_destination, 23),
+				u32(to_destination, 25), u32(to_destination, 29), to_destination:byte(33), to_destination:byte(34),
+				u16(to_destination, 39) })
+			-- IPv6, a SYN (no ACK): a bare RST with the SYN's sequence number.
+			r = testing.run(function(pkt) assert(pkt:reject("tcp-reset-both")) end, { v6_syn }, { send = true })
+			assert.equal(2, #r.sent)
+			to_destination = r.sent[2].packet
+			assert.equal(60, #to_destination)
+			assert.is_true(checksums_ok(to_destination))
+			assert.same({ 0x60, 20, 6, 64 }, { to_destination:byte(1), u16(to_destination, 5), to_destination:byte(7),
+				to_destination:byte(8) })
+			assert.equal(v6_syn:sub(9, 40), to_destination:sub(9, 40))
+			assert.same({ 40000, 23, 0xfffffffe, 0, 0x04 }, { u16(to_destination, 41), u16(to_destination, 43),
+				u32(to_destination, 45), u32(to_destination, 49), to_destination:byte(54) })
+			-- Neither reset for a reset; a raise for anything but TCP.
+			local answer, none = reject(testing.packet { proto = "tcp", tcp_flags = 0x14 }, "tcp-reset-both")
+			assert.is_nil(answer)
+			assert.matches("no answer to a TCP reset (the packet was dropped)", none[2], 1, true)
+			assert.matches("nfq: reject: tcp%-reset%-both answers TCP segments only",
+				reject_error(testing.packet { proto = "udp" }, "tcp-reset-both", { send = true }))
+		end)
+
+	-- As pkt:reject() in spec 15: the packet object stays unallocated.
+	it("tcp-reset-both allocates nothing per packet", function()
+		local q = ffi.gc(C.nfq_queue_open_offline(C.NFQ_COPY_PACKET, 65535), C.nfq_queue_close)
+		C.nfq_queue_set_sender(q, C.nfq_sender_open(1, 1, 0))
+		local queue = nfq._adopt(q, function(pkt) pkt:reject("tcp-reset-both") end)
+		local bytes = testing.packet { proto = "tcp", tcp_flags = 0x18, seq = 5, ack = 77, payload = "hello" }
+		local meta = ffi.new("struct nfq_packet")
+		local function round()
+			for i = 1, 64 do
+				meta.id = i
+				C.nfq_queue_offline_push(q, meta, bytes, #bytes)
+			end
+			queue:_dispatch()
+			C.nfq_queue_flush(q)
+			C.nfq_queue_clear_records(q)
+		end
+		jit.flush()
+		local grown = batch.heap_growth(round, 200, 3000)
+		assert.is_true(grown < 16, ("the Lua heap grew by %.1f KB over 192000 packets"):format(grown))
+		assert.equal(3200 * 64 * 2, tonumber(q.stats.sent))
 	end)
 
 	it("answers UDP with an ICMP port unreachable quoting the datagram, at most 576 bytes in all", function()
@@ -316,6 +379,42 @@ except Exception as e:
     print(repr(e))
 ]]
 
+-- Both ends of a TCP connection, in Python: the client (in namespace
+-- argv[4], if given) sends one segment of data, then each end reads; how
+-- each read ended ("reset", "eof", "data" or "timeout") and how long after
+-- the send.
+local CONNECTION = [[
+import ctypes, os, socket, sys, time
+addr, port = sys.argv[1], int(sys.argv[2])
+family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+server = socket.socket(family, socket.SOCK_STREAM)
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind((addr, port))
+server.listen(1)
+if len(sys.argv) > 4:
+    # A socket stays in the namespace it was made in.
+    ns = os.open("/run/netns/" + sys.argv[4], os.O_RDONLY)
+    assert ctypes.CDLL(None, use_errno=True).setns(ns, 0x40000000) == 0
+client = socket.socket(family, socket.SOCK_STREAM)
+client.settimeout(5)
+client.connect((addr, port))
+accepted, _ = server.accept()
+accepted.settimeout(float(sys.argv[3]))
+t = time.time()
+client.send(b"hello")
+def outcome(s):
+    try:
+        return "eof" if s.recv(100) == b"" else "data"
+    except ConnectionResetError:
+        return "reset"
+    except socket.timeout:
+        return "timeout"
+ends = []
+for s in (client, accepted):
+    ends.append("%s %.3f" % (outcome(s), time.time() - t))
+print("client %s server %s" % tuple(ends))
+]]
+
 describe("pkt:reject #kernel", function()
 	local client_py
 	H.isolated_tests()
@@ -362,6 +461,59 @@ describe("pkt:reject #kernel", function()
 		assert.same({ 4, 4, 0 }, { q:stats().dropped, q:stats().sent, q:stats().send_errors })
 	end)
 
+	-- A queue that refuses TCP segments with data with pkt:reject(how()) and
+	-- accepts the rest (the handshake).
+	local function data_refused(how, opts)
+		local q = H.bound_queue(1, function(pkt)
+			local _, offset = pkt:transport()
+			if #pkt:get_payload() > offset + pkt:tcp().header_length then
+				assert(pkt:reject(how()))
+			else
+				pkt:accept()
+			end
+		end, opts)
+		finally(function() q:close() end)
+		return q
+	end
+
+	-- Run CONNECTION to addr:port (its client in namespace ns, if given)
+	-- while q runs: the outcome of each end, as "client reset 0.02 server ...".
+	local function connection(q, addr, port, server_wait, ns)
+		local script, out = H.tmpfile(CONNECTION, ".py"), H.tmpfile("")
+		os.execute(("python3 %s %s %d %d %s > %s 2>&1 &"):format(script, addr, port, server_wait, ns or "", out))
+		local line
+		H.wait_for(function()
+			assert(q:run(false))
+			line = H.read_file(out):match("[^\n]+")
+			return line
+		end, 15, "the connection's ends to finish")
+		return line
+	end
+
+	-- Both ends saw the reset, well within half a second of the refused send.
+	local function assert_both_reset(line)
+		local client, client_after, server, server_after = line:match("^client (%a+) (%S+) server (%a+) (%S+)$")
+		assert.equal("reset", client, line)
+		assert.is_true(server == "reset" or server == "eof", line)
+		assert.is_true(tonumber(client_after) < 0.5 and tonumber(server_after) < 0.5, line)
+	end
+
+	it("tcp-reset-both resets both ends of a connection at once, over IPv4 and IPv6; tcp-reset the sender only",
+		function()
+			for _, ipt in ipairs { "iptables", "ip6tables" } do
+				H.sh(ipt .. " -A OUTPUT -m mark --mark 0x1/0x1 -j RETURN")
+				H.sh(ipt .. " -A OUTPUT -o lo -p tcp --dport 7304 -j NFQUEUE --queue-num 1")
+			end
+			local how = "tcp-reset-both"
+			local q = data_refused(function() return how end, { send = true, send_mark = 1, send_mask = 1 })
+			assert_both_reset(connection(q, "127.0.0.1", 7304, 5))
+			assert_both_reset(connection(q, "::1", 7304, 5))
+			assert.same({ 2, 4, 0 }, { q:stats().dropped, q:stats().sent, q:stats().send_errors })
+			-- Without the destination's reset, the server is left waiting.
+			how = "tcp-reset"
+			assert.matches("^client reset %S+ server timeout ", connection(q, "127.0.0.1", 7304, 1))
+		end)
+
 	-- A namespace name for this test, removed after it.
 	local function peer_namespace(tag)
 		local name = ("nfqrej%s%d"):format(tag, ffi.C.getpid())
@@ -403,6 +555,19 @@ describe("pkt:reject #kernel", function()
 				assert_refused_at_once(refused(q, "udp", addr, 7312, peer))
 			end
 			assert.same({ [C.NFQ_HOOK_PREROUTING] = true, [C.NFQ_HOOK_INPUT] = true }, hooks)
+		end)
+
+	it("tcp-reset-both resets both ends of a connection from another host at once on INPUT, over IPv4 and IPv6",
+		function()
+			local peer = peer_namespace("both")
+			link("nfqrc0", "nfqrc1", peer, "169.254.95", "fd00:95")
+			for _, ipt in ipairs { "iptables", "ip6tables" } do
+				H.sh(ipt .. " -A INPUT -i nfqrc0 -p tcp --dport 7340 -j NFQUEUE --queue-num 1")
+			end
+			local q = data_refused(function() return "tcp-reset-both" end, { send = true })
+			assert_both_reset(connection(q, "169.254.95.1", 7340, 5, peer))
+			assert_both_reset(connection(q, "fd00:95::1", 7340, 5, peer))
+			assert.same({ 4, 0 }, { q:stats().sent, q:stats().send_errors })
 		end)
 
 	it("refuses a connect and a datagram through a router at once on FORWARD, over IPv4 and IPv6", function()

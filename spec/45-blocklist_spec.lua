@@ -4,8 +4,10 @@
 -- certificate made here, a client that splits a real ClientHello
 -- (spec/fixtures/tls-openssl.hello) into three segments, curl and an HTTP
 -- server, QUIC Initials from spec/fixtures (made by make_quic.py), a SIGHUP
--- that loads a new list and one whose list is gone. Its default list,
--- scripts/examples/blocklist.txt, is the one --check loads.
+-- that loads a new list and one whose list is gone. Refused TCP connections
+-- are reset on the server's side too (pkt:reject("tcp-reset-both")): none is
+-- left established there, and one s_server serves every connection. Its
+-- default list, scripts/examples/blocklist.txt, is the one --check loads.
 local H = require "helpers.net"
 
 local SCRIPT = H.root .. "/scripts/examples/blocklist.lua"
@@ -53,6 +55,14 @@ local function stop_counts(d)
 	return counts, d:output()
 end
 
+-- The server's side of the refused connections to port: reset too, so
+-- none is left established.
+local function server_side_reset(port)
+	H.wait_for(function()
+		return not H.sh(("ss -Htn state established '( sport = :%d )'"):format(port)):find("%S")
+	end, 5, "the server's side of the refused connection to be reset")
+end
+
 -- Run a command in the background; kill it when the test ends.
 local function background(cmd)
 	local pidfile = H.tmpfile()
@@ -78,6 +88,7 @@ describe("blocklist.lua #kernel", function()
 		assert.matches("reset", tcp)
 		assert.matches("192%.0%.2%.9", dig("+tcp ok.test A"))
 		assert.matches("reset", dig("+tcp tracker.example A", "::1"))
+		server_side_reset(53)
 		d:wait_output("dns_blocked=2", 10)
 		local counts = stop_counts(d)
 		assert.equal(2, counts.dns_blocked)
@@ -90,24 +101,16 @@ describe("blocklist.lua #kernel", function()
 		local dir = H.tmpfile() .. ".d"
 		H.sh(("mkdir %s && cd %s && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
 			.. "-keyout key.pem -out cert.pem -days 1 -subj /CN=blocklist.test 2>&1"):format(dir, dir))
-		-- A server per connection refused: s_server serves one at a time, and
-		-- a refused client leaves its connection open on the server's side.
-		local server
-		local function serve()
-			if server then os.execute("kill " .. server .. "; while ss -ltn | grep -q ':443 '; do sleep 0.05; done") end
-			local pidfile = H.tmpfile()
-			H.sh(("openssl s_server -accept 127.0.0.1:443 -cert %s/cert.pem -key %s/key.pem -quiet < /dev/null "
-				.. "> /dev/null 2>&1 & echo $! > %s"):format(dir, dir, pidfile))
-			server = H.read_file(pidfile):match("%d+")
-			H.wait_for(function() return H.sh("ss -ltn"):find("127.0.0.1:443 ", 1, true) end, 10, "s_server to listen")
-		end
-		finally(function() if server then os.execute("kill " .. server) end end)
+		-- One s_server for every connection: it serves one at a time, so it
+		-- serves the last only if the refused ones were reset on its side too.
+		background(("exec openssl s_server -accept 127.0.0.1:443 -cert %s/cert.pem -key %s/key.pem -quiet "
+			.. "< /dev/null"):format(dir, dir))
+		H.wait_for(function() return H.sh("ss -ltn"):find("127.0.0.1:443 ", 1, true) end, 10, "s_server to listen")
 		local d = start(H.tmpfile("ads.example\nblocked.example\n"))
 		local function s_client(name)
 			return H.sh(("timeout 10 openssl s_client -connect 127.0.0.1:443 -servername %s < /dev/null 2>&1 || true")
 				:format(name))
 		end
-		serve()
 		assert.matches("Cipher is TLS_", s_client("ok.test"))
 		-- The SNI of the openssl fixture is blocked.example; curl's is curl.example.
 		local client = H.tmpfile([[
@@ -134,13 +137,15 @@ except socket.timeout:
 		local refused = s_client("www.ads.example")
 		assert.matches("errno=104", refused) -- ECONNRESET
 		assert.matches("SSL handshake has read 0 bytes", refused)
-		serve()
+		server_side_reset(443)
 		assert.matches("^reset", split(fixture("tls-openssl.hello")))
+		server_side_reset(443)
+		assert.matches("Cipher is TLS_", s_client("ok.test"), "the same s_server serves the next connection")
 		-- The rest of the connections that passed skipped the queue.
 		assert.is_true(H.rule_packets("filter", "OUTPUT", "ACCEPT.-mark match 0x40000000") > 0)
 		local counts = stop_counts(d)
 		assert.equal(2, counts.tls_blocked)
-		assert.equal(2, counts.tls_passed)
+		assert.equal(3, counts.tls_passed)
 		assert.equal(0, counts.unread)
 	end)
 
@@ -155,6 +160,7 @@ except socket.timeout:
 		end
 		assert.matches("^hello", curl("ok.test"))
 		assert.matches("reset", curl("img.ads.example"))
+		server_side_reset(80)
 		local counts = stop_counts(d)
 		assert.equal(1, counts.http_blocked)
 		assert.equal(1, counts.http_passed)

@@ -117,6 +117,9 @@ enum {
  * pkt:reject(how): the answer to build. The ICMP kinds answer IPv6 packets
  * with their ICMPv6 counterparts. NFQ_REJECT_VERIFY_CSUM, or'ed in, refuses
  * an original whose transport checksum is wrong, as iptables REJECT does.
+ * NFQ_REJECT_TO_DESTINATION, or'ed into NFQ_REJECT_TCP_RESET, builds the
+ * reset for the packet's destination instead, as if its sender had sent it
+ * (pkt:reject("tcp-reset-both") sends both resets).
  */
 enum {
 	NFQ_REJECT_DEFAULT = 0,			/* a TCP reset for TCP, port unreachable otherwise */
@@ -129,6 +132,7 @@ enum {
 	NFQ_REJECT_NET_PROHIBITED = 7,		/* ICMP 3/9, ICMPv6 1/1 */
 	NFQ_REJECT_KIND_MASK = 0xff,
 	NFQ_REJECT_VERIFY_CSUM = 0x100,
+	NFQ_REJECT_TO_DESTINATION = 0x200,
 	NFQ_REJECT_MAX_LEN = 1280		/* the longest answer: an ICMPv6 error */
 };
 
@@ -143,7 +147,7 @@ enum {
 	NFQ_REJECT_EADDRESS = -7,	/* from or to a broadcast, multicast or unspecified address */
 	NFQ_REJECT_ECHECKSUM = -8,	/* its transport checksum is wrong */
 	NFQ_REJECT_EROOM = -9,		/* the output buffer is too small */
-	NFQ_REJECT_EKIND = -10		/* an unknown kind of answer */
+	NFQ_REJECT_EKIND = -10		/* an unknown kind of answer, or TO_DESTINATION without TCP_RESET */
 };
 
 struct nfq_queue;
@@ -488,7 +492,8 @@ int nfq_queue_send(struct nfq_queue *q, const void *data, size_t len, uint32_t m
 /*
  * Build into out (cap bytes, NFQ_REJECT_MAX_LEN is always enough) the answer
  * iptables REJECT gives the IPv4/IPv6 packet pkt (len bytes captured): how is
- * an NFQ_REJECT_* kind, with NFQ_REJECT_VERIFY_CSUM or'ed in. Its length, or
+ * an NFQ_REJECT_* kind, with NFQ_REJECT_VERIFY_CSUM or NFQ_REJECT_TO_DESTINATION
+ * or'ed in. Its length, or
  * a negative NFQ_REJECT_E* code.
  */
 int nfq_reject_build(uint8_t *out, size_t cap, const uint8_t *pkt, size_t len, uint32_t how);

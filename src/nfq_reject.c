@@ -9,6 +9,14 @@
  *   segment's acknowledgment number when that had ACK; otherwise it is 0
  *   and the reset acknowledges the segment (sequence number plus SYN, FIN
  *   and the data length). TTL or hop limit 64, IPv4 with DF set.
+ * - The reset for the destination (NFQ_REJECT_TO_DESTINATION, an IPS's
+ *   "reject both") comes from the original's source, to its destination,
+ *   ports as they were: its sequence number is the segment's own, the next
+ *   byte the destination expects, since the segment never reaches it. With
+ *   ACK, it acknowledges what the segment did, as the sender's own abort
+ *   (tcp_send_active_reset(): RST and ACK, seq SND.NXT, ack RCV.NXT) would:
+ *   a destination in SYN-SENT accepts a reset only with an acceptable ACK
+ *   (RFC 793). A segment without ACK (a SYN) gives a bare RST.
  * - An ICMP destination unreachable quotes the original from its IP header
  *   on: as much as fits in 576 bytes (IPv4) or in the IPv6 minimum MTU of
  *   1280 (ICMPv6). Its IPv4 TOS is the original's with the precedence of
@@ -172,8 +180,10 @@ static int checksum_ok(const struct original *o)
 	return nfq_fold(nfq_sum16(l4, len, acc)) == 0;
 }
 
-/* The IP header of the answer, addresses swapped; its length fields later. */
-static size_t put_ip(uint8_t *out, const struct original *o, uint8_t proto, uint8_t tos, uint16_t frag)
+/* The IP header of the answer, addresses swapped (kept as they were for
+ * the destination's reset); its length fields later. */
+static size_t put_ip(uint8_t *out, const struct original *o, uint8_t proto, uint8_t tos, uint16_t frag,
+		     int to_destination)
 {
 	const uint8_t *ip = o->ip;
 	if (o->v6) {
@@ -181,8 +191,8 @@ static size_t put_ip(uint8_t *out, const struct original *o, uint8_t proto, uint
 		out[0] = 0x60;
 		out[6] = proto;
 		out[7] = HOP_LIMIT;
-		memcpy(out + 8, ip + 24, 16);
-		memcpy(out + 24, ip + 8, 16);
+		memcpy(out + 8, ip + (to_destination ? 8 : 24), 16);
+		memcpy(out + 24, ip + (to_destination ? 24 : 8), 16);
 		return 40;
 	}
 	memset(out, 0, 20);
@@ -191,8 +201,8 @@ static size_t put_ip(uint8_t *out, const struct original *o, uint8_t proto, uint
 	nfq_put16(out + 6, frag);
 	out[8] = HOP_LIMIT;
 	out[9] = proto;
-	memcpy(out + 12, ip + 16, 4);
-	memcpy(out + 16, ip + 12, 4);
+	memcpy(out + 12, ip + (to_destination ? 12 : 16), 4);
+	memcpy(out + 16, ip + (to_destination ? 16 : 12), 4);
 	return 20;
 }
 
@@ -207,7 +217,7 @@ static void finish_ip(uint8_t *out, int v6, size_t total)
 	nfq_put16(out + 10, nfq_fold(nfq_sum16(out, 20, 0)));
 }
 
-static int tcp_reset(uint8_t *out, size_t cap, const struct original *o)
+static int tcp_reset(uint8_t *out, size_t cap, const struct original *o, int to_destination)
 {
 	const uint8_t *th = o->ip + o->l4;
 	if (o->l4 + 20 > o->avail)
@@ -221,20 +231,27 @@ static int tcp_reset(uint8_t *out, size_t cap, const struct original *o)
 	size_t hlen = o->v6 ? 40 : 20;
 	if (cap < hlen + 20)
 		return NFQ_REJECT_EROOM;
-	put_ip(out, o, IPPROTO_TCP_, 0, IPV4_DF);
+	put_ip(out, o, IPPROTO_TCP_, 0, IPV4_DF, to_destination);
 	uint8_t *t = out + hlen;
 	memset(t, 0, 20);
-	memcpy(t, th + 2, 2);
-	memcpy(t + 2, th, 2);
 	t[12] = 5 << 4;
-	if (flags & TCP_ACK) {
-		memcpy(t + 4, th + 8, 4);
-		t[13] = TCP_RST;
+	if (to_destination) {
+		memcpy(t, th, 8);	/* ports as they were, and the segment's sequence number */
+		if (flags & TCP_ACK)
+			memcpy(t + 8, th + 8, 4);
+		t[13] = (uint8_t)(TCP_RST | (flags & TCP_ACK));
 	} else {
-		size_t data = o->datagram - o->l4 - doff;
-		uint32_t ack = nfq_get32(th + 4) + !!(flags & TCP_SYN) + !!(flags & TCP_FIN) + (uint32_t)data;
-		nfq_put32(t + 8, ack);
-		t[13] = TCP_RST | TCP_ACK;
+		memcpy(t, th + 2, 2);
+		memcpy(t + 2, th, 2);
+		if (flags & TCP_ACK) {
+			memcpy(t + 4, th + 8, 4);
+			t[13] = TCP_RST;
+		} else {
+			size_t data = o->datagram - o->l4 - doff;
+			uint32_t ack = nfq_get32(th + 4) + !!(flags & TCP_SYN) + !!(flags & TCP_FIN) + (uint32_t)data;
+			nfq_put32(t + 8, ack);
+			t[13] = TCP_RST | TCP_ACK;
+		}
 	}
 	finish_ip(out, o->v6, hlen + 20);
 	nfq_put16(t + 16, nfq_fold(nfq_sum16(t, 20, pseudo_sum(out, o->v6, IPPROTO_TCP_, 20))));
@@ -278,7 +295,7 @@ static int unreachable(uint8_t *out, size_t cap, const struct original *o, uint3
 	if (cap < total)
 		return NFQ_REJECT_EROOM;
 	uint8_t tos = (uint8_t)((o->ip[1] & IPTOS_TOS_MASK) | IPTOS_PREC_INTERNETCONTROL);
-	put_ip(out, o, o->v6 ? IPPROTO_ICMPV6_ : IPPROTO_ICMP_, tos, 0);
+	put_ip(out, o, o->v6 ? IPPROTO_ICMPV6_ : IPPROTO_ICMP_, tos, 0, 0);
 	uint8_t *icmp = out + hlen;
 	memset(icmp, 0, 8);
 	icmp[0] = o->v6 ? 1 : 3;
@@ -293,7 +310,8 @@ static int unreachable(uint8_t *out, size_t cap, const struct original *o, uint3
 int nfq_reject_build(uint8_t *out, size_t cap, const uint8_t *pkt, size_t len, uint32_t how)
 {
 	uint32_t kind = how & NFQ_REJECT_KIND_MASK;
-	if (kind > NFQ_REJECT_NET_PROHIBITED)
+	int to_destination = (how & NFQ_REJECT_TO_DESTINATION) != 0;
+	if (kind > NFQ_REJECT_NET_PROHIBITED || (to_destination && kind != NFQ_REJECT_TCP_RESET))
 		return NFQ_REJECT_EKIND;
 	struct original o;
 	memset(&o, 0, sizeof o);
@@ -314,7 +332,7 @@ int nfq_reject_build(uint8_t *out, size_t cap, const uint8_t *pkt, size_t len, u
 	if ((how & NFQ_REJECT_VERIFY_CSUM) && !checksum_ok(&o))
 		return NFQ_REJECT_ECHECKSUM;
 	if (kind == NFQ_REJECT_TCP_RESET)
-		return tcp_reset(out, cap, &o);
+		return tcp_reset(out, cap, &o, to_destination);
 	return unreachable(out, cap, &o, kind);
 }
 
@@ -340,7 +358,7 @@ const char *nfq_reject_strerror(int code)
 	case NFQ_REJECT_EROOM:
 		return "the answer does not fit in the buffer";
 	case NFQ_REJECT_EKIND:
-		return "unknown kind of answer";
+		return "unknown kind of answer (a reset for the destination goes with a tcp-reset only)";
 	}
 	return "unknown error";
 }

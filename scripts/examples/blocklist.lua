@@ -3,11 +3,13 @@
 -- address sets, gives the formats: plain names, hosts files, ||name^):
 --   * a DNS query over UDP for a listed name is answered NXDOMAIN by the
 --     script (nfq.dns_reply, sent with nfq.send) and dropped; one over TCP
---     (port 53) is refused with a TCP reset, as its stream is not ours to
+--     (port 53) is refused with TCP resets, as its stream is not ours to
 --     answer in;
 --   * a TLS connection whose ClientHello names a listed server (SNI), or an
 --     HTTP/1.x request whose Host is listed, is refused with a TCP reset to
---     the client (pkt:reject), also when the ClientHello or request head
+--     both ends (pkt:reject("tcp-reset-both"): the server, which may have
+--     had the first segments, closes its side at once instead of keeping a
+--     half-open connection), also when the ClientHello or request head
 --     comes in several segments (the flow's stream bytes): segments before
 --     the decision are accepted, as the server cannot answer a ClientHello
 --     it has only part of, and the segment that completes it is the one
@@ -89,12 +91,13 @@ local function dns_udp(pkt)
 	pkt:accept()
 end
 
--- A TCP segment to port 53 that starts a query for a listed name: reset.
+-- A TCP segment to port 53 that starts a query for a listed name: both
+-- ends reset.
 local function dns_tcp(pkt)
 	local q = dns(pkt)
 	if q and not q:is_response() and listed(q:name_ptr()) then
 		count("dns_tcp_blocked")
-		return pkt:reject()
+		return pkt:reject("tcp-reset-both")
 	end
 	pkt:accept()
 end
@@ -155,7 +158,7 @@ local function on_packet(pkt)
 			if verdict == BLOCKED then
 				state.verdict = BLOCKED
 				flow:stream_done()
-				return pkt:reject()
+				return pkt:reject("tcp-reset-both")
 			end
 		elseif udp then
 			verdict = decide_quic(pkt)
