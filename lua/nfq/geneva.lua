@@ -422,6 +422,13 @@ end
 
 local ACTIONS = "duplicate, tamper, fragment, drop or sleep"
 
+--- The colon-separated fields of an action's {parameters}, empty ones kept.
+local function colon_fields(params)
+	local fields = {}
+	for part in ((params or "") .. ":"):gmatch("([^:]*):") do fields[#fields + 1] = part end
+	return fields
+end
+
 -- One action with its parameters: name, or name{params}.
 local function parse_action(text, pos, direction)
 	local name, params = text:match("^([%a_]*)(.*)$")
@@ -450,8 +457,7 @@ local function parse_action(text, pos, direction)
 			end
 		end
 	elseif name == "tamper" then
-		local p = {}
-		for part in ((params or "") .. ":"):gmatch("([^:]*):") do p[#p + 1] = part end
+		local p = colon_fields(params)
 		if #p < 3 or #p > 4 then
 			fail(ppos, "tamper takes {PROTOCOL:field:corrupt} or {PROTOCOL:field:replace|add:value}")
 		end
@@ -514,8 +520,7 @@ local function parse_action(text, pos, direction)
 			end
 		end
 	elseif name == "fragment" then
-		local p = {}
-		for part in ((params or "") .. ":"):gmatch("([^:]*):") do p[#p + 1] = part end
+		local p = colon_fields(params)
 		if #p < 3 or #p > 4 then
 			fail(ppos, "fragment takes {ip|tcp:offset:True|False} or {ip|tcp:offset:True|False:overlap}")
 		end
