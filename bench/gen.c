@@ -1,7 +1,7 @@
 /* gen: UDP load generator for the NFQUEUE benchmark (loopback only).
  *
  *   gen [-d 127.0.0.1] [-p PORT] [-s SIZE] [-t SECONDS | -n DATAGRAMS]
- *       [-b BATCH] [-g] [-c CPU] [-S SNDBUF] [-F FLOWS] [-D]
+ *       [-b BATCH] [-g] [-c CPU] [-S SNDBUF] [-F FLOWS] [-D] [-T]
  *
  * Sends SIZE-byte UDP payloads with sendmmsg, BATCH messages per call. With
  * -g each message is one UDP GSO super-packet of 32 segments of SIZE bytes
@@ -10,13 +10,19 @@
  * set per message with IP_PKTINFO), so a stateful filter sees that many
  * concurrent flows. With -D the payloads are DNS queries (A, one question)
  * for random names under common TLDs, 4096 of them taken in turn, instead
- * of SIZE bytes: what a DNS filter sees.
+ * of SIZE bytes: what a DNS filter sees. With -T it sends TCP segments
+ * instead (flags PA, SIZE bytes of payload, from port 40000, checksums
+ * complete), built once and sent through a raw socket with the IP header
+ * included: what a Geneva strategy with a [TCP:flags:PA] trigger matches.
+ * No connection: the receiver must drop them (bench/run.sh does, in INPUT).
  * Prints "sent=N sends=M errors=E seconds=S" on stdout.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/ip.h>
+#include <netinet/tcp.h>
 #include <netinet/udp.h>
 #include <sched.h>
 #include <signal.h>
@@ -76,22 +82,77 @@ static size_t dns_query(unsigned char *out, unsigned *seed)
 	return n + sizeof tail;
 }
 
+#define TCP_SPORT 40000
+
+static uint32_t sum_words(const uint8_t *p, size_t n, uint32_t sum)
+{
+	for (size_t i = 0; i + 1 < n; i += 2)
+		sum += (uint32_t)(p[i] << 8 | p[i + 1]);
+	if (n & 1)
+		sum += (uint32_t)p[n - 1] << 8;
+	return sum;
+}
+
+static uint16_t fold(uint32_t sum)
+{
+	while (sum >> 16)
+		sum = (sum & 0xffff) + (sum >> 16);
+	return (uint16_t)~sum;
+}
+
+/* An IPv4/TCP segment (PA) from dst:TCP_SPORT to dst:port with size bytes of
+ * payload into out (40 + size bytes), both checksums set. */
+static size_t tcp_segment(uint8_t *out, struct in_addr dst, int port, int size)
+{
+	size_t len = sizeof(struct iphdr) + sizeof(struct tcphdr) + (size_t)size;
+	struct iphdr *ip = (struct iphdr *)out;
+	struct tcphdr *tcp = (struct tcphdr *)(out + sizeof *ip);
+	memset(out, 0, sizeof *ip + sizeof *tcp);
+	memset(out + sizeof *ip + sizeof *tcp, 'x', (size_t)size);
+	ip->version = 4;
+	ip->ihl = 5;
+	ip->tot_len = htons((uint16_t)len);
+	ip->id = htons(1);
+	ip->ttl = 64;
+	ip->protocol = IPPROTO_TCP;
+	ip->saddr = dst.s_addr;
+	ip->daddr = dst.s_addr;
+	ip->check = htons(fold(sum_words(out, sizeof *ip, 0)));
+	tcp->source = htons(TCP_SPORT);
+	tcp->dest = htons((uint16_t)port);
+	tcp->seq = htonl(1);
+	tcp->ack_seq = htonl(1);
+	tcp->doff = 5;
+	tcp->psh = 1;
+	tcp->ack = 1;
+	tcp->window = htons(65535);
+	uint8_t pseudo[12];
+	memcpy(pseudo, &ip->saddr, 4);
+	memcpy(pseudo + 4, &ip->daddr, 4);
+	pseudo[8] = 0;
+	pseudo[9] = IPPROTO_TCP;
+	pseudo[10] = (uint8_t)((len - sizeof *ip) >> 8);
+	pseudo[11] = (uint8_t)(len - sizeof *ip);
+	tcp->check = htons(fold(sum_words((uint8_t *)tcp, len - sizeof *ip, sum_words(pseudo, sizeof pseudo, 0))));
+	return len;
+}
+
 static void usage(void)
 {
 	fprintf(stderr, "usage: gen [-d 127.0.0.1] [-p PORT] [-s SIZE] [-t SECONDS | -n DATAGRAMS]\n"
-			"           [-b BATCH] [-g] [-c CPU] [-S SNDBUF] [-F FLOWS] [-D]\n");
+			"           [-b BATCH] [-g] [-c CPU] [-S SNDBUF] [-F FLOWS] [-D] [-T]\n");
 	exit(2);
 }
 
 int main(int argc, char **argv)
 {
 	const char *dst = "127.0.0.1";
-	int port = 9999, size = 64, batch = 64, gso = 0, cpu = -1, flows = 0, dns = 0, opt;
+	int port = 9999, size = 64, batch = 64, gso = 0, cpu = -1, flows = 0, dns = 0, tcp = 0, opt;
 	double seconds = 0;
 	unsigned long long limit = 0;
 	int sndbuf = 64 << 20;
 
-	while ((opt = getopt(argc, argv, "d:p:s:t:n:b:gc:S:F:Dh")) != -1) {
+	while ((opt = getopt(argc, argv, "d:p:s:t:n:b:gc:S:F:DTh")) != -1) {
 		switch (opt) {
 		case 'd': dst = optarg; break;
 		case 'p': port = atoi(optarg); break;
@@ -104,13 +165,14 @@ int main(int argc, char **argv)
 		case 'S': sndbuf = atoi(optarg); break;
 		case 'F': flows = atoi(optarg); break;
 		case 'D': dns = 1; break;
+		case 'T': tcp = 1; break;
 		default: usage();
 		}
 	}
 	if (seconds <= 0 && limit == 0)
 		seconds = 2;
 	if (port < 1 || port > 65535 || size < 1 || batch < 1 || batch > MAX_BATCH || flows < 0 || flows > 1 << 22 ||
-	    (dns && gso))
+	    (dns && gso) || (tcp && (gso || dns || flows)))
 		usage();
 
 	struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons(port) };
@@ -121,8 +183,12 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	int segs = gso ? GSO_SEGMENTS : 1;
-	size_t msglen = (size_t)size * segs;
-	if (msglen > 65507) {
+	size_t msglen = tcp ? sizeof(struct iphdr) + sizeof(struct tcphdr) + (size_t)size : (size_t)size * segs;
+	if (tcp && msglen > 65535) {
+		fprintf(stderr, "gen: a TCP segment of %d bytes exceeds one IP packet\n", size);
+		return 2;
+	}
+	if (!tcp && msglen > 65507) {
 		fprintf(stderr, "gen: %d x %d bytes exceeds one UDP datagram\n", segs, size);
 		return 2;
 	}
@@ -135,7 +201,7 @@ int main(int argc, char **argv)
 			perror("gen: sched_setaffinity");
 	}
 
-	int fd = socket(AF_INET, SOCK_DGRAM, 0);
+	int fd = tcp ? socket(AF_INET, SOCK_RAW, IPPROTO_RAW) : socket(AF_INET, SOCK_DGRAM, 0);
 	if (fd < 0) { perror("gen: socket"); return 1; }
 	/* Queued packets are charged to the sender's buffer until their verdict:
 	 * a big one keeps the queue full instead of stalling the sender. */
@@ -155,6 +221,8 @@ int main(int argc, char **argv)
 	char *payload = malloc(msglen);
 	if (!payload) return 1;
 	memset(payload, 'x', msglen);
+	if (tcp)
+		tcp_segment((uint8_t *)payload, sin.sin_addr, port, size);
 	static struct mmsghdr msgs[MAX_BATCH];
 	static struct iovec iov[MAX_BATCH];
 	static union {
