@@ -2,7 +2,7 @@
 # NFQUEUE benchmark: how many packets per second each consumer verdicts, next
 # to the hand-written C reference measured in the same run.
 #
-#   sudo bench/run.sh                  # everything, under 3 minutes (about 170 s)
+#   sudo bench/run.sh                  # everything, about 3 minutes (190 s)
 #   sudo BENCH_ONLY='ref|accept' bench/run.sh
 #
 # It re-executes itself in a private network namespace (unshare -n), so the
@@ -19,7 +19,8 @@
 # MAXLEN (1024, queue length for every consumer), GEN_BATCH (64), GEN_SNDBUF
 # (64 MiB), GEN_CPU (0), CONS_CPU (1), SINK_CPU (CONS_CPU), GSO_SINK_CPU
 # (GEN_CPU), PORT (9999), FLOWS (1: the flow table's rounds), BLOCKLIST (1:
-# the blocklist example's rounds), BENCH_ONLY (regex on consumer ids), OUT.
+# the blocklist example's rounds), GENEVA (1: the Geneva strategies' rounds on
+# TCP), BENCH_ONLY (regex on consumer ids), OUT.
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -104,6 +105,18 @@ BLOCKLIST=${BLOCKLIST:-1}
 BLOCKLIST_CONSUMERS=(
 	"bl-accept|nfqlua accept_all.lua|-D|./nfqlua scripts/examples/accept_all.lua --queue $QUEUE --max-len $MAXLEN"
 	"blocklist|nfqlua scripts/examples/blocklist.lua, 1,000,000 names|-D|env NFQ_BLOCKLIST=\$TMP/blocklist.txt ./nfqlua scripts/examples/blocklist.lua --queue $QUEUE --max-len $MAXLEN --send --send-mark 0x1/0x1"
+)
+
+# The issue's two Geneva strategies on TCP segments they match (gen -T: flags
+# PA, from a raw socket) against accept_all on the same segments,
+# "id|label|generator flags|command". The segments and the strategies' output
+# (send mark: not queued again) are dropped when they arrive (raw PREROUTING), so no RST answers them;
+# GENEVA=0 leaves the table out.
+GENEVA=${GENEVA:-1}
+GENEVA_CONSUMERS=(
+	"tcp-accept|nfqlua accept_all.lua|-T|./nfqlua scripts/examples/accept_all.lua --queue $QUEUE --max-len $MAXLEN --no-gso"
+	"geneva-dup-tcp|nfqlua scripts/examples/geneva.lua, bench/geneva_dup_tcp.strategy|-T|env NFQ_GENEVA_STRATEGY=bench/geneva_dup_tcp.strategy ./nfqlua scripts/examples/geneva.lua --queue $QUEUE --max-len $MAXLEN --no-gso --send --send-mark 0x1/0x1"
+	"geneva-frag-tcp|nfqlua scripts/examples/geneva.lua, bench/geneva_frag_tcp.strategy|-T|env NFQ_GENEVA_STRATEGY=bench/geneva_frag_tcp.strategy ./nfqlua scripts/examples/geneva.lua --queue $QUEUE --max-len $MAXLEN --no-gso --send --send-mark 0x1/0x1"
 )
 
 die() { echo "run.sh: $*" >&2; exit 1; }
@@ -381,6 +394,23 @@ if ((BLOCKLIST)) && { selected bl-accept || selected blocklist; }; then
 		BLOCKLIST_COST="bench/blocklist.lua failed: $BLOCKLIST_COST"
 fi
 
+if ((GENEVA)) && { selected tcp-accept || selected geneva-dup-tcp || selected geneva-frag-tcp; }; then
+	iptables -w -A OUTPUT -o lo -p tcp --dport "$PORT" -j NFQUEUE --queue-num "$QUEUE"
+	iptables -w -t raw -A PREROUTING -i lo -p tcp --dport "$PORT" -j DROP
+	SIZES_ALL=$SIZES SIZES=${SIZES%% *}
+	rounds GENEVA_CONSUMERS
+	SIZES=$SIZES_ALL
+	# Packets in and out of the last window of each strategy (its counters at stop).
+	declare -A GENEVA_IO
+	for id in geneva-dup-tcp geneva-frag-tcp; do
+		GENEVA_IO[$id]=$(grep -ho 'geneva: packets=.*' "$TMP/$id-${SIZES%% *}.log" 2>/dev/null |
+			awk '{for (i = 2; i <= NF; i++) {split($i, kv, "="); c[kv[1]] = kv[2]}}
+				END {if (c["packets"]) printf "%.2f%s", c["sent"] / c["packets"], c["send_errors"] ? " (" c["send_errors"] " send errors)" : ""}')
+	done
+	iptables -w -t raw -D PREROUTING -i lo -p tcp --dport "$PORT" -j DROP
+	iptables -w -D OUTPUT -o lo -p tcp --dport "$PORT" -j NFQUEUE --queue-num "$QUEUE"
+fi
+
 # The Lua side alone, without the kernel: dispatch and verdict code on a
 # batch we fill ourselves (bench/dispatch_cost.lua).
 DISPATCH_COST=$(LUA_PATH='lua/?.lua;spec/?.lua;;' LUA_CPATH='lua/?.so;;' taskset -c "$CONS_CPU" luajit bench/dispatch_cost.lua 2>&1) ||
@@ -524,6 +554,24 @@ ref_id=$(cut -d'|' -f1 <<<"${CONSUMERS[0]}")
 		echo "module's dispatch), on CPU $CONS_CPU; the lookup in a million-name set is most of the difference (cache misses, see the sets' table):"
 		echo
 		echo "$BLOCKLIST_COST"
+	fi
+	gv_size=${SIZES%% *}
+	if ((GENEVA)) && [[ -n ${R_PPS[tcp-accept/$gv_size]:-} ]]; then
+		echo
+		echo "The issue's two Geneva strategies (\`scripts/examples/geneva.lua\`, \`--no-gso --send --send-mark 0x1/0x1\`) on TCP segments they"
+		echo "match (\`gen -T\`: flags PA, $gv_size bytes of payload, through a raw socket), against accept_all.lua on the same segments, in"
+		echo "rounds of their own. Each queued segment is dropped and replaced by the packets the strategy sends (with the send mark, which"
+		echo "skips the queue); the segments and those packets are dropped as they arrive on lo (raw PREROUTING: no routing, no RST). Input packets/s are verdicts/s:"
+		echo
+		echo "| payload | consumer | input packets/s (median) | min–max | vs accept_all | packets sent per input | CPU µs/pkt | peak RSS |"
+		echo "|---|---|---:|---:|---:|---:|---:|---:|"
+		for id in tcp-accept geneva-dup-tcp geneva-frag-tcp; do
+			k="$id/$gv_size"
+			[[ -n ${R_PPS[$k]:-} ]] || continue
+			ratio=$(awk -v a="${R_PPS[$k]}" -v b="${R_PPS[tcp-accept/$gv_size]:-0}" 'BEGIN {printf (b ? "%.2f" : "—"), a / b}')
+			label=$(printf '%s\n' "${GENEVA_CONSUMERS[@]}" | awk -F'|' -v id="$id" '$1 == id {print $2}')
+			echo "| $gv_size B | $label | $(fmt "${R_PPS[$k]}") | $(fmtk "${R_MIN[$k]}")–$(fmtk "${R_MAX[$k]}") | $ratio | ${GENEVA_IO[$id]:-—} | ${R_CPU[$k]} | ${R_RSS[$k]} MB |"
+		done
 	fi
 	echo
 	echo "How it is measured: verdicts/s is the growth of the queue's id sequence in \`$PROC_Q\`, less netlink-full drops and"
