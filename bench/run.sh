@@ -512,7 +512,7 @@ ref_id=$(cut -d'|' -f1 <<<"${CONSUMERS[0]}")
 	flow_size=${SIZES%% *}
 	if ((FLOWS)) && [[ -n ${R_PPS[flows-10/$flow_size]:-} ]]; then
 		echo
-		echo "The flow table (\`bench/flows.lua\`: \`flows:get(pkt)\`, a counter and a verdict in the flow's state) against accept_all.lua,"
+		echo "The flow table (\`bench/flows.lua\`: \`flows:state(pkt)\`, a counter and a verdict in the flow's state) against accept_all.lua,"
 		echo "both fed over the same flows (the generator takes turns over that many source addresses), in rounds of their own:"
 		echo
 		echo "| payload | consumer | verdicts/s (median) | min–max | vs accept_all, same flows | CPU µs/pkt | peak RSS |"

@@ -100,6 +100,57 @@ describe("nfq.flows offline", function()
 		assert.same({ "0,0", "0,0", "1,0.5" }, out)
 	end)
 
+	it("gives with flows:state the state and direction get() gives, the packet counted once", function()
+		local flows = nfq.flows { max = 8, state = "struct { uint32_t seen; }" }
+		local out = {}
+		testing.run(function(pkt)
+			local state, dir = flows:state(pkt)
+			if not state then
+				out[#out + 1] = "none"
+				return
+			end
+			state.seen = state.seen + 1
+			local f = flows:find(pkt)
+			assert.is_true(f.state == state)
+			assert.equal(f.dir, dir)
+			assert.equal(4, ffi.sizeof(state[0]))
+			out[#out + 1] = ("%s %d %d/%d"):format(dir, state.seen, f.orig_packets, f.reply_packets)
+		end, {
+			udp(client, server, "a"),
+			udp(server, client, "b"),
+			udp({ "10.0.0.1", 40001 }, server, "c"),
+			udp(client, server, "d"),
+			"\69\0\0\20\0\0\0\0\64\6\0\0\10\0\0\1\10\0\0\2", -- TCP with no TCP header: cut
+		})
+		assert.same({ "orig 1 1/0", "reply 2 1/1", "orig 1 1/0", "orig 3 2/1", "none" }, out)
+		assert.equal(2, flows:count())
+	end)
+
+	it("refuses flows:state on a table without state, a closed table or what is not a packet", function()
+		local plain = nfq.flows { max = 4 }
+		local flows = nfq.flows { max = 4, state = "struct { uint8_t verdict; }" }
+		local errors = {}
+		testing.run(function(pkt)
+			for _, call in ipairs {
+				function() plain:state(pkt) end,
+				function() flows:state("not a packet") end,
+			} do
+				local ok, err = pcall(call)
+				assert.is_false(ok)
+				errors[#errors + 1] = (err:gsub("^[^:]+:%d+: ", ""))
+			end
+			flows:close()
+			local ok, err = pcall(flows.state, flows, pkt)
+			assert.is_false(ok)
+			errors[#errors + 1] = (err:gsub("^[^:]+:%d+: ", ""))
+		end, { udp(client, server, "a") })
+		assert.same({
+			"nfq: flows:state: the table has no state; create it with state = \"struct { ... }\", or use flows:get(pkt)",
+			"nfq: flows:state expects a packet, got string \"not a packet\"",
+			"nfq: this flow table is closed",
+		}, errors)
+	end)
+
 	it("ends flows by timeout, eviction, FIN, RST and removal, and tells on_end why", function()
 		local ends = {}
 		local flows = nfq.flows {
@@ -363,6 +414,34 @@ describe("flows on the per-packet path", function()
 		local grown = heap_growth(flows, function(i) return 8000 + i end)
 		assert.is_true(grown < 16, ("the Lua heap grew by %.1f KB over 1M packets"):format(grown))
 		assert.is_true(ended > 900000)
+	end)
+end)
+
+describe("flows:state on the per-packet path", function()
+	it("allocates nothing over a million packets of 10 flows, nor with evictions and on_end", function()
+		for _, case in ipairs {
+			{ max = 100, flows = 10 },
+			{ max = 16, flows = 1000000, on_end = true },
+		} do
+			jit.flush()
+			local ended = 0
+			local flows = nfq.flows {
+				max = case.max, state = "struct { uint32_t count; }",
+				on_end = case.on_end and function() ended = ended + 1 end or nil,
+			}
+			local seen = 0
+			local run_batch, keep = batch.synthetic_queue(function(pkt)
+				local state, dir = flows:state(pkt)
+				state.count = state.count + 1
+				if dir == "orig" then seen = seen + 1 end
+				pkt:accept()
+			end, function(i) return 8000 + i % case.flows end)
+			local grown = batch.heap_growth(run_batch, 2000, 1000000 / batch.SIZE)
+			assert.is_not_nil(keep)
+			assert.is_true(grown < 16, ("the Lua heap grew by %.1f KB over 1M packets"):format(grown))
+			assert.is_true(seen >= 1000000)
+			if case.on_end then assert.is_true(ended > 900000) else assert.equal(10, flows:count()) end
+		end
 	end)
 end)
 

@@ -187,6 +187,35 @@ function Flows:get(pkt)
 	return flow
 end
 
+local dirs = { [0] = "orig", "reply" }
+
+--- The fast path of get(): the packet's flow found or made and counted as
+-- get() does, but no handle: the pointer to the flow's state (opts.state's
+-- type) and the packet's direction, or nil as get(). The pointer is valid
+-- for this packet's callback only, as flow.state is.
+function Flows:state(pkt)
+	local t = self.t
+	if t == nil then
+		error("nfq: this flow table is closed", 2)
+	end
+	local state_t = self.state_ptr_t
+	if state_t == nil then
+		error("nfq: flows:state: the table has no state; create it with state = \"struct { ... }\", "
+			.. "or use flows:get(pkt)", 2)
+	end
+	if not self.taken_over then take_over(self, t) end
+	local p = packet_of(pkt, "flows:state", 2)
+	local slot = C.nfq_flows_get(t, p, offline_now() or -1, 1)
+	if t.ended_head ~= NONE then drain_get(self, t) end
+	if slot < 0 then
+		if slot ~= EFULL then return nil end
+		error("nfq: flows:state: every slot holds a flow that waits for on_end (is flows:state called from "
+			.. "on_end?)", 2)
+	end
+	local record = self.records + slot * self.stride
+	return ffi_cast(state_t, record + self.user_offset), dirs[ffi_cast(flow_ptr_t, record).dir]
+end
+
 --- The flow of a packet if there is one, counters untouched.
 function Flows:find(pkt)
 	local flow = lookup(self, pkt, 0, "flows:find")
