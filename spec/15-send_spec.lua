@@ -185,16 +185,7 @@ describe("nfq.send without a kernel (nfq.testing)", function()
 		end)
 		nfq._set_send_queue(queue)
 		finally(function() nfq._set_send_queue(nil) end)
-		local meta = ffi.new("struct nfq_packet")
-		local function round()
-			for i = 1, 64 do
-				meta.id = i
-				C.nfq_queue_offline_push(q, meta, bytes, #bytes)
-			end
-			queue:_dispatch()
-			C.nfq_queue_flush(q)
-			C.nfq_queue_clear_records(q)
-		end
+		local round = batch.offline_round(q, queue, bytes)
 		-- Traces of earlier specs' callbacks would stand in the way (as in spec 05).
 		jit.flush()
 		local grown = batch.heap_growth(round, 200, 3000)

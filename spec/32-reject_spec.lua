@@ -126,16 +126,7 @@ describe("pkt:reject without a kernel", function()
 		C.nfq_queue_set_sender(q, C.nfq_sender_open(1, 1, 0))
 		local queue = nfq._adopt(q, function(pkt) pkt:reject("tcp-reset-both") end)
 		local bytes = testing.packet { proto = "tcp", tcp_flags = 0x18, seq = 5, ack = 77, payload = "hello" }
-		local meta = ffi.new("struct nfq_packet")
-		local function round()
-			for i = 1, 64 do
-				meta.id = i
-				C.nfq_queue_offline_push(q, meta, bytes, #bytes)
-			end
-			queue:_dispatch()
-			C.nfq_queue_flush(q)
-			C.nfq_queue_clear_records(q)
-		end
+		local round = batch.offline_round(q, queue, bytes)
 		jit.flush()
 		local grown = batch.heap_growth(round, 200, 3000)
 		assert.is_true(grown < 16, ("the Lua heap grew by %.1f KB over 192000 packets"):format(grown))

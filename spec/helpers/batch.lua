@@ -51,6 +51,22 @@ function B.synthetic_queue(callback, dport_of, packet_of)
 	return run, { q = q, pkts = pkts, payloads = payloads }
 end
 
+--- For an offline queue q (nfq_queue_open_offline) adopted as queue: a
+-- function that pushes SIZE copies of the packet bytes, dispatches them to
+-- the callback, sends what it sent and clears the records.
+function B.offline_round(q, queue, bytes)
+	local meta = ffi.new("struct nfq_packet")
+	return function()
+		for i = 1, B.SIZE do
+			meta.id = i
+			C.nfq_queue_offline_push(q, meta, bytes, #bytes)
+		end
+		queue:_dispatch()
+		C.nfq_queue_flush(q)
+		C.nfq_queue_clear_records(q)
+	end
+end
+
 --- How many KB the Lua heap grows over `runs` calls of fn, after `warm`
 -- calls that let the JIT compile it, with the collector stopped meanwhile.
 function B.heap_growth(fn, warm, runs)
