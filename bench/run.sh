@@ -337,6 +337,10 @@ wait_for 3 grep -qs ready "$TMP/sink.out" || die "the sink did not start: $(cat 
 pkg_version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo '?'; }
 fmt() { [[ $1 == - ]] && { echo -; return; }; awk -v n="$1" 'BEGIN {s = sprintf("%.0f", n); o = ""; while (length(s) > 3) {o = "," substr(s, length(s) - 2) o; s = substr(s, 1, length(s) - 3)} print s o}'; }
 fmtk() { [[ $1 == - ]] && { echo -; return; }; awk -v n="$1" 'BEGIN {printf "%.0fk", n / 1000}'; }
+# ratio A B: A/B to two places, or "—" without a B.
+ratio() { awk -v a="$1" -v b="${2:-0}" 'BEGIN {printf (b ? "%.2f" : "—"), a / b}'; }
+# label_of ID ENTRY...: the label of the consumer ID among "id|label|..." entries.
+label_of() { local id=$1; shift; printf '%s\n' "$@" | awk -F'|' -v id="$id" '$1 == id {print $2}'; }
 
 # rounds ARRAY: RUNS interleaved rounds over the consumers of that array at
 # each size. Entries are "id|label|command" or, with generator flags,
@@ -521,8 +525,8 @@ ref_id=$(cut -d'|' -f1 <<<"${CONSUMERS[0]}")
 			for id in flows-accept-$n flows-$n; do
 				k="$id/$flow_size"
 				[[ -n ${R_PPS[$k]:-} ]] || continue
-				ratio=$(awk -v a="${R_PPS[$k]}" -v b="${R_PPS[flows-accept-$n/$flow_size]:-0}" 'BEGIN {printf (b ? "%.2f" : "—"), a / b}')
-				label=$(printf '%s\n' "${FLOW_CONSUMERS[@]}" | awk -F'|' -v id="$id" '$1 == id {print $2}')
+				ratio=$(ratio "${R_PPS[$k]}" "${R_PPS[flows-accept-$n/$flow_size]:-}")
+				label=$(label_of "$id" "${FLOW_CONSUMERS[@]}")
 				echo "| $flow_size B | $label | $(fmt "${R_PPS[$k]}") | $(fmtk "${R_MIN[$k]}")–$(fmtk "${R_MAX[$k]}") | $ratio | ${R_CPU[$k]} | ${R_RSS[$k]} MB |"
 			done
 		done
@@ -545,8 +549,8 @@ ref_id=$(cut -d'|' -f1 <<<"${CONSUMERS[0]}")
 		for id in bl-accept blocklist; do
 			k="$id/$bl_size"
 			[[ -n ${R_PPS[$k]:-} ]] || continue
-			ratio=$(awk -v a="${R_PPS[$k]}" -v b="${R_PPS[bl-accept/$bl_size]:-0}" 'BEGIN {printf (b ? "%.2f" : "—"), a / b}')
-			label=$(printf '%s\n' "${BLOCKLIST_CONSUMERS[@]}" | awk -F'|' -v id="$id" '$1 == id {print $2}')
+			ratio=$(ratio "${R_PPS[$k]}" "${R_PPS[bl-accept/$bl_size]:-}")
+			label=$(label_of "$id" "${BLOCKLIST_CONSUMERS[@]}")
 			echo "| $label | $(fmt "${R_PPS[$k]}") | $(fmtk "${R_MIN[$k]}")–$(fmtk "${R_MAX[$k]}") | $ratio | ${R_CPU[$k]} | ${R_RSS[$k]} MB |"
 		done
 		echo
@@ -568,8 +572,8 @@ ref_id=$(cut -d'|' -f1 <<<"${CONSUMERS[0]}")
 		for id in tcp-accept geneva-dup-tcp geneva-frag-tcp; do
 			k="$id/$gv_size"
 			[[ -n ${R_PPS[$k]:-} ]] || continue
-			ratio=$(awk -v a="${R_PPS[$k]}" -v b="${R_PPS[tcp-accept/$gv_size]:-0}" 'BEGIN {printf (b ? "%.2f" : "—"), a / b}')
-			label=$(printf '%s\n' "${GENEVA_CONSUMERS[@]}" | awk -F'|' -v id="$id" '$1 == id {print $2}')
+			ratio=$(ratio "${R_PPS[$k]}" "${R_PPS[tcp-accept/$gv_size]:-}")
+			label=$(label_of "$id" "${GENEVA_CONSUMERS[@]}")
 			echo "| $gv_size B | $label | $(fmt "${R_PPS[$k]}") | $(fmtk "${R_MIN[$k]}")–$(fmtk "${R_MAX[$k]}") | $ratio | ${GENEVA_IO[$id]:-—} | ${R_CPU[$k]} | ${R_RSS[$k]} MB |"
 		done
 	fi

@@ -517,6 +517,15 @@ describe("scripts/examples/geneva.lua on the wire #kernel", function()
 		end
 	end
 
+	-- The captured segments that carry data, in order.
+	local function data_segments(segments)
+		local data = {}
+		for _, s in ipairs(segments) do
+			if s.len > 0 then data[#data + 1] = s end
+		end
+		return data
+	end
+
 	-- A connection that sends request and reads what the server got back.
 	local function exchange(server, request)
 		local c = H.tcp_connect(ADDR[2], PORT)
@@ -548,11 +557,7 @@ describe("scripts/examples/geneva.lua on the wire #kernel", function()
 		local d = run_daemon(path)
 		local stop = capture()
 		assert.equal(request, exchange(server, request))
-		local segments = stop()
-		local data = {}
-		for _, s in ipairs(segments) do
-			if s.len > 0 then data[#data + 1] = s end
-		end
+		local data = data_segments(stop())
 		assert.equal(3, #data)
 		assert.same({ 8, 4, #request - 12 }, { data[1].len, data[2].len, data[3].len })
 		assert.equal(data[1].seq + 8, data[2].seq)
@@ -570,11 +575,7 @@ describe("scripts/examples/geneva.lua on the wire #kernel", function()
 		local d = run_daemon(path)
 		local stop = capture()
 		assert.equal(request, exchange(server, request))
-		local segments = stop()
-		local data = {}
-		for _, s in ipairs(segments) do
-			if s.len > 0 then data[#data + 1] = s end
-		end
+		local data = data_segments(stop())
 		assert.equal(2, #data)
 		assert.equal(40, data[1].hdr_len)
 		assert.equal("0", data[1].checksum) -- tshark: bad
