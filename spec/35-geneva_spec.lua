@@ -595,11 +595,8 @@ describe("scripts/examples/geneva.lua on the wire #kernel", function()
 		d:wait_output("[TCP:flags:PA]-duplicate(tamper{IP:ttl:replace:1},)-|")
 		stop = capture()
 		assert.equal(request, exchange(server, request))
-		segments = stop()
 		local ttls = {}
-		for _, s in ipairs(segments) do
-			if s.len > 0 then ttls[#ttls + 1] = s.ttl end
-		end
+		for _, s in ipairs(data_segments(stop())) do ttls[#ttls + 1] = s.ttl end
 		assert.same({ 1, 64 }, ttls)
 		d:signal("TERM")
 		assert.equal(0, d:wait())
